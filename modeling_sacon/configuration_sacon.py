@@ -1,0 +1,128 @@
+"""SaCon configuration: two encoder sub-configs plus the contrastive/MLM options of the paper."""
+
+from __future__ import annotations
+
+import math
+
+from transformers import AutoConfig, PretrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+POOLING_CHOICES = ("entity_start",)
+LABEL_POOLING_CHOICES = ("cls_mean", "cls", "mean")
+LABEL_ANCHORED_REDUCTIONS = ("sum", "mean")
+
+
+class SaconConfig(PretrainedConfig):
+    r"""
+    Configuration of a [`SaconDualEncoderModel`].
+
+    Args:
+        sentence_config (`dict` or `PretrainedConfig`): config of the sentence encoder (any AutoConfig encoder).
+        label_config (`dict` or `PretrainedConfig`, *optional*): config of the label encoder; defaults to a copy of
+            `sentence_config`. Ignored when `share_encoders=True`.
+        share_encoders (`bool`): use one encoder for sentences and labels (the paper uses two).
+        projection_dim (`int`, *optional*): size of optional linear projections; `None` (the paper) uses the raw
+            2 x hidden representations.
+        sentence_pooling (`str`): `"entity_start"`, the hidden states at the head-start and tail-start markers.
+        label_pooling (`str`): `"cls_mean"` ([CLS ; masked mean], the paper), `"cls"` or `"mean"` (repeated twice
+            so both towers keep the same width).
+        logit_scale_init_value (`float`): initial log scale, log(1 / 0.07) as in the paper.
+        logit_scale_max (`float`): the scale is clamped to at most this log value (log 100, as CLIP).
+        learn_logit_scale (`bool`): whether `logit_scale` receives gradients.
+        label_anchored_reduction (`str`): `"sum"` of positives' log-probabilities (the authors' code) or `"mean"`
+            (SupCon-style).
+        sentence_anchored_weight / label_anchored_weight (`float`): weights inside the contrastive term.
+        sentence_mlm_weight / label_mlm_weight (`float`): weights of the two MLM terms (0 disables one).
+        mlm_probability (`float`): share of maskable tokens chosen for MLM (80% [MASK], 10% random, 10% kept).
+        head_markers / tail_markers (`list[str]`): entity marker strings written around head and tail.
+        blank_token (`str`): the token that replaces a blanked entity mention.
+        max_length / label_max_length (`int`): tokenisation lengths of sentences and label texts.
+    """
+
+    model_type = "sacon"
+    sub_configs_defaults = {
+        "sentence_config": SubConfigSpec(config_class=AutoConfig, model_type="bert"),
+        "label_config": SubConfigSpec(config_class=AutoConfig, model_type="bert", optional=True),
+    }
+
+    sentence_config: dict | PretrainedConfig | None = None
+    label_config: dict | PretrainedConfig | None = None
+    share_encoders: bool = False
+    projection_dim: int | None = None
+    sentence_pooling: str = "entity_start"
+    label_pooling: str = "cls_mean"
+    logit_scale_init_value: float = math.log(1 / 0.07)
+    logit_scale_max: float = math.log(100.0)
+    learn_logit_scale: bool = True
+    label_anchored_reduction: str = "sum"
+    sentence_anchored_weight: float = 1.0
+    label_anchored_weight: float = 1.0
+    sentence_mlm_weight: float = 1.0
+    label_mlm_weight: float = 1.0
+    mlm_probability: float = 0.15
+    head_markers: list[str] | None = None
+    tail_markers: list[str] | None = None
+    blank_token: str = "[BLANK]"
+    max_length: int = 64
+    label_max_length: int = 64
+    initializer_range: float = 0.02
+    tie_word_embeddings: bool = True
+
+    def __post_init__(self, **kwargs):
+        if self.label_config is None and not self.share_encoders:
+            sentence = self.sentence_config
+            self.label_config = sentence.to_dict() if isinstance(sentence, PretrainedConfig) else sentence
+        super().__post_init__(**kwargs)
+        if self.share_encoders:
+            self.label_config = None
+        self.head_markers = list(self.head_markers or ("[E1]", "[/E1]"))
+        self.tail_markers = list(self.tail_markers or ("[E2]", "[/E2]"))
+        self._validate()
+
+    def _validate(self) -> None:
+        """Fail at construction time, with the option's name, rather than deep inside a forward pass."""
+        if self.sentence_pooling not in POOLING_CHOICES:
+            raise ValueError(f"sentence_pooling={self.sentence_pooling!r} is unknown; choose one of {POOLING_CHOICES}")
+        if self.label_pooling not in LABEL_POOLING_CHOICES:
+            raise ValueError(f"label_pooling={self.label_pooling!r} is unknown; choose one of {LABEL_POOLING_CHOICES}")
+        if self.label_anchored_reduction not in LABEL_ANCHORED_REDUCTIONS:
+            raise ValueError(
+                f"label_anchored_reduction={self.label_anchored_reduction!r} is unknown; "
+                f"choose one of {LABEL_ANCHORED_REDUCTIONS}"
+            )
+        for name in ("sentence_anchored_weight", "label_anchored_weight", "sentence_mlm_weight", "label_mlm_weight"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or value < 0 or math.isnan(value):
+                raise ValueError(f"{name} must be a non-negative number, got {value!r}")
+        if not 0.0 <= self.mlm_probability < 1.0:
+            raise ValueError(f"mlm_probability must be in [0, 1), got {self.mlm_probability}")
+        if self.projection_dim is not None and self.projection_dim <= 0:
+            raise ValueError(f"projection_dim must be a positive int or None, got {self.projection_dim}")
+        if self.logit_scale_init_value > self.logit_scale_max:
+            raise ValueError(
+                f"logit_scale_init_value ({self.logit_scale_init_value}) exceeds logit_scale_max ({self.logit_scale_max})"
+            )
+        for name in ("head_markers", "tail_markers"):
+            markers = getattr(self, name)
+            if len(markers) != 2 or not all(isinstance(m, str) and m.strip() for m in markers):
+                raise ValueError(f"{name} must be two non-empty strings (start, end), got {markers!r}")
+        all_markers = self.head_markers + self.tail_markers
+        if len(set(all_markers)) != 4:
+            raise ValueError(f"entity markers must be four distinct strings, got {all_markers}")
+        if self.blank_token in all_markers:
+            raise ValueError(f"blank_token {self.blank_token!r} must differ from the entity markers")
+        for name in ("max_length", "label_max_length"):
+            if getattr(self, name) < 8:
+                raise ValueError(f"{name} must be at least 8 tokens, got {getattr(self, name)}")
+
+    @property
+    def marker_tokens(self) -> list[str]:
+        """Head start, head end, tail start, tail end: the tokens the processor adds to the vocabulary."""
+        return [*self.head_markers, *self.tail_markers]
+
+    @property
+    def label_encoder_config(self) -> PretrainedConfig:
+        return self.sentence_config if self.share_encoders else self.label_config
+
+
+__all__ = ["SaconConfig"]

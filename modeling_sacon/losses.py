@@ -1,0 +1,197 @@
+"""SaCon's symmetric anchored contrastive loss and the masked-LM term, as plain functions plus a module.
+
+Shapes: B sentences, U distinct relation labels in the (global) batch, D embedding size, M masked tokens, V vocab.
+`labels[b]` is the index (in [0, U)) of sentence b's relation among the U label rows.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+
+def sentence_anchored_loss(logits_per_sentence: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Each sentence picks its relation among the batch's U distinct labels.
+
+    logits_per_sentence: [B, U]; labels: [B] -> scalar (mean over sentences).
+    """
+    return F.cross_entropy(logits_per_sentence, labels)
+
+
+def label_anchored_loss(logits_per_label: torch.Tensor, labels: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
+    """Each label scores all B sentences; every sentence of its relation is a positive.
+
+    logits_per_label: [U, B]; labels: [B] -> scalar (mean over the U labels). The per-label term is the negative sum
+    of the positives' log-probabilities (`"sum"`, the authors' code) or their mean (`"mean"`, SupCon-style).
+    """
+    if reduction not in ("sum", "mean"):
+        raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
+    num_labels = logits_per_label.shape[0]
+    log_probs = F.log_softmax(logits_per_label, dim=1)  # [U, B]
+    positives = labels.unsqueeze(0) == torch.arange(num_labels, device=labels.device).unsqueeze(1)  # [U, B]
+    if not bool(positives.any(dim=1).all()):
+        raise ValueError("every label row needs at least one sentence of its relation in the batch")
+    per_label = -(log_probs * positives).sum(dim=1)  # [U]
+    if reduction == "mean":
+        per_label = per_label / positives.sum(dim=1)
+    return per_label.mean()
+
+
+def masked_lm_loss(logits: torch.Tensor, labels: torch.Tensor, num_items: float | None = None) -> torch.Tensor:
+    """Cross-entropy over the masked tokens only.
+
+    logits: [M, V]; labels: [M]. `num_items` overrides the denominator (the default is M), so that several processes
+    can divide their local sums by a shared count and DDP's gradient averaging reproduces the global mean.
+    """
+    total = F.cross_entropy(logits, labels, reduction="sum")
+    denominator = num_items if num_items is not None else max(labels.numel(), 1)
+    return total / denominator
+
+
+def symmetric_contrastive_loss(
+    sentence_embeds: torch.Tensor,
+    label_embeds: torch.Tensor,
+    labels: torch.Tensor,
+    logit_scale: torch.Tensor,
+    reduction: str = "sum",
+    sentence_weight: float = 1.0,
+    label_weight: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(weighted sentence-anchored + weighted label-anchored) / 2 on L2-normalised embeddings.
+
+    sentence_embeds: [B, D]; label_embeds: [U, D] (normalised here); logit_scale: scalar log-scale.
+    Returns (contrastive, sentence_anchored, label_anchored, logits_per_sentence [B, U]).
+    """
+    sentence_embeds = F.normalize(sentence_embeds, dim=-1)
+    label_embeds = F.normalize(label_embeds, dim=-1)
+    logits_per_sentence = logit_scale.exp() * sentence_embeds @ label_embeds.t()  # [B, U]
+    s_loss = sentence_anchored_loss(logits_per_sentence, labels)
+    l_loss = label_anchored_loss(logits_per_sentence.t(), labels, reduction)
+    return (sentence_weight * s_loss + label_weight * l_loss) / 2, s_loss, l_loss, logits_per_sentence
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Cross-process negatives
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """All-gather along dim 0 with gradients flowing back to every process's local rows; sizes may differ per rank.
+
+    `accelerator.gather` has no backward; the functional collective does (its backward is a reduce-scatter).
+    """
+    from torch.distributed._functional_collectives import all_gather_tensor_autograd
+
+    return _gather(tensor, lambda padded: all_gather_tensor_autograd(padded, gather_dim=0, group=dist.group.WORLD))
+
+
+def gather_no_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """All-gather along dim 0 for tensors that need no gradient (ids, counts)."""
+
+    def collect(padded: torch.Tensor) -> torch.Tensor:
+        out = [torch.empty_like(padded) for _ in range(world_size())]
+        dist.all_gather(out, padded)
+        return torch.cat(out, dim=0)
+
+    return _gather(tensor.detach(), collect)
+
+
+def _gather(tensor: torch.Tensor, collect) -> torch.Tensor:
+    """Pads every rank's rows to the largest count (collectives need equal shapes), gathers, trims the padding."""
+    if world_size() == 1:
+        return tensor
+    sizes = gather_sizes(tensor.shape[0], tensor.device)
+    longest = max(sizes)
+    if tensor.shape[0] < longest:
+        tensor = torch.cat([tensor, tensor.new_zeros((longest - tensor.shape[0], *tensor.shape[1:]))], dim=0)
+    chunks = collect(tensor.contiguous()).split(longest, dim=0)
+    return torch.cat([chunk[:size] for chunk, size in zip(chunks, sizes)], dim=0)
+
+
+def gather_sizes(size: int, device: torch.device) -> list[int]:
+    local = torch.tensor([size], device=device, dtype=torch.long)
+    out = [torch.zeros_like(local) for _ in range(world_size())]
+    dist.all_gather(out, local)
+    return [int(s.item()) for s in out]
+
+
+def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
+    """Sum of a (gradient-free) tensor over processes; identity on one process."""
+    if world_size() == 1:
+        return value
+    value = value.detach().clone()
+    dist.all_reduce(value)
+    return value
+
+
+def deduplicate_labels(
+    label_embeds: torch.Tensor, label_relation_ids: torch.Tensor, sentence_relation_ids: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep one label row per relation (its first occurrence) and re-index the sentences to those rows.
+
+    label_embeds: [U', D] (U' may repeat relations, e.g. across processes); label_relation_ids: [U'];
+    sentence_relation_ids: [B] -> (label_embeds [U, D], labels [B]).
+    """
+    unique_ids, inverse = torch.unique(label_relation_ids, sorted=True, return_inverse=True)
+    positions = torch.arange(inverse.numel(), device=inverse.device)
+    first = torch.full((unique_ids.numel(),), inverse.numel(), device=inverse.device, dtype=torch.long)
+    first = first.scatter_reduce(0, inverse, positions, reduce="amin")  # [U] first row of each relation
+    lookup = torch.searchsorted(unique_ids, sentence_relation_ids).clamp(max=unique_ids.numel() - 1)
+    if bool((unique_ids[lookup] != sentence_relation_ids).any()):
+        raise ValueError("a sentence's relation id has no label row in the batch")
+    return label_embeds[first], lookup
+
+
+class SaconContrastiveLoss(nn.Module):
+    """The contrastive half of SaCon's objective, optionally over the global batch of all processes."""
+
+    def __init__(
+        self,
+        reduction: str = "sum",
+        sentence_weight: float = 1.0,
+        label_weight: float = 1.0,
+        gather_across_processes: bool = False,
+    ):
+        super().__init__()
+        self.reduction = reduction
+        self.sentence_weight = sentence_weight
+        self.label_weight = label_weight
+        self.gather_across_processes = gather_across_processes
+
+    def forward(
+        self,
+        sentence_embeds: torch.Tensor,  # [B, D]
+        label_embeds: torch.Tensor,  # [U, D]
+        labels: torch.Tensor,  # [B] in [0, U)
+        logit_scale: torch.Tensor,  # scalar
+        label_relation_ids: torch.Tensor | None = None,  # [U] corpus-wide relation ids, needed to gather
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Returns (contrastive, sentence_anchored, label_anchored, logits_per_sentence, labels used)."""
+        if self.gather_across_processes and world_size() > 1:
+            if label_relation_ids is None:
+                raise ValueError("label_relation_ids are required to deduplicate labels across processes")
+            sentence_relation_ids = gather_no_grad(label_relation_ids[labels])
+            all_label_ids = gather_no_grad(label_relation_ids)
+            sentence_embeds = gather_with_grad(sentence_embeds)
+            label_embeds, labels = deduplicate_labels(gather_with_grad(label_embeds), all_label_ids, sentence_relation_ids)
+        loss, s_loss, l_loss, logits = symmetric_contrastive_loss(
+            sentence_embeds, label_embeds, labels, logit_scale, self.reduction, self.sentence_weight, self.label_weight
+        )
+        return loss, s_loss, l_loss, logits, labels
+
+
+__all__ = [
+    "SaconContrastiveLoss",
+    "deduplicate_labels",
+    "gather_no_grad",
+    "gather_with_grad",
+    "label_anchored_loss",
+    "masked_lm_loss",
+    "sentence_anchored_loss",
+    "symmetric_contrastive_loss",
+]

@@ -1,0 +1,313 @@
+"""SaCon dual encoder: a sentence encoder pooled at entity-start markers and a label encoder over relation texts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import AutoModel, PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.utils import ModelOutput
+
+from .configuration_sacon import SaconConfig
+from .losses import SaconContrastiveLoss, all_reduce_sum, masked_lm_loss, world_size
+
+
+@dataclass
+class SaconOutput(ModelOutput):
+    r"""
+    loss: total = contrastive + sentence_mlm_weight * sentence MLM + label_mlm_weight * label MLM.
+    contrastive_loss: (sentence-anchored + label-anchored) / 2, each with its weight.
+    logits_per_sentence: [B, U] scaled cosine of each sentence to each distinct label of the (global) batch.
+    logits_per_label: [U, B], its transpose.
+    sentence_embeds / label_embeds: L2-normalised [B, D] / [U, D] (local to this process).
+    """
+
+    loss: torch.FloatTensor | None = None
+    contrastive_loss: torch.FloatTensor | None = None
+    sentence_anchored_loss: torch.FloatTensor | None = None
+    label_anchored_loss: torch.FloatTensor | None = None
+    sentence_mlm_loss: torch.FloatTensor | None = None
+    label_mlm_loss: torch.FloatTensor | None = None
+    logits_per_sentence: torch.FloatTensor | None = None
+    logits_per_label: torch.FloatTensor | None = None
+    sentence_embeds: torch.FloatTensor | None = None
+    label_embeds: torch.FloatTensor | None = None
+
+
+class SaconMLMHead(nn.Module):
+    """BERT-style prediction head (transform + decoder); the decoder weight is tied to the word embeddings."""
+
+    def __init__(self, hidden_size: int, vocab_size: int, hidden_act: str = "gelu", layer_norm_eps: float = 1e-12):
+        super().__init__()
+        self.dense = nn.Linear(hidden_size, hidden_size)
+        self.act = ACT2FN[hidden_act]
+        self.LayerNorm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
+        self.decoder = nn.Linear(hidden_size, vocab_size)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.LayerNorm(self.act(self.dense(hidden))))
+
+
+def _build_encoder(config) -> PreTrainedModel:
+    """A bare encoder; BERT-likes skip the pooler, which SaCon never uses (and which would get no gradient)."""
+    try:
+        return AutoModel.from_config(config, add_pooling_layer=False)
+    except TypeError:
+        return AutoModel.from_config(config)
+
+
+def _load_encoder(path: str, **kwargs) -> PreTrainedModel:
+    try:
+        return AutoModel.from_pretrained(path, add_pooling_layer=False, **kwargs)
+    except TypeError:
+        return AutoModel.from_pretrained(path, **kwargs)
+
+
+def _embedding_weight_name(encoder: PreTrainedModel, prefix: str) -> str:
+    weight = encoder.get_input_embeddings().weight
+    for name, param in encoder.named_parameters():
+        if param is weight:
+            return f"{prefix}.{name}"
+    raise ValueError(f"cannot find the input embedding weight of {type(encoder).__name__}")
+
+
+class SaconPreTrainedModel(PreTrainedModel):
+    config: SaconConfig
+    config_class = SaconConfig
+    base_model_prefix = "sacon"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """Heads and projections as BERT; `logit_scale` explicitly, since a checkpoint lacking it must not load garbage."""
+        super()._init_weights(module)
+        if isinstance(module, SaconDualEncoderModel):
+            init.constant_(module.logit_scale, self.config.logit_scale_init_value)
+
+
+class SaconDualEncoderModel(SaconPreTrainedModel):
+    """SaCon: sentence encoder -> [h ; t] at entity-start markers; label encoder -> [CLS ; masked mean].
+
+    The two towers are compared by cosine times `exp(logit_scale)`; with `return_loss=True` the forward adds the
+    symmetric anchored contrastive loss and both MLM losses (see `losses.py`).
+    """
+
+    def __init__(
+        self,
+        config: SaconConfig,
+        sentence_encoder: PreTrainedModel | None = None,
+        label_encoder: PreTrainedModel | None = None,
+    ):
+        super().__init__(config)
+        self.sentence_encoder = sentence_encoder if sentence_encoder is not None else _build_encoder(config.sentence_config)
+        config.sentence_config = self.sentence_encoder.config
+        if not config.share_encoders:
+            self.label_encoder = label_encoder if label_encoder is not None else _build_encoder(config.label_config)
+            config.label_config = self.label_encoder.config
+
+        s_cfg, l_cfg = config.sentence_config, config.label_encoder_config
+        self.sentence_mlm_head = SaconMLMHead(s_cfg.hidden_size, s_cfg.vocab_size, s_cfg.hidden_act, s_cfg.layer_norm_eps)
+        ties = {"sentence_mlm_head.decoder.weight": _embedding_weight_name(self.sentence_encoder, "sentence_encoder")}
+        if not config.share_encoders:
+            self.label_mlm_head = SaconMLMHead(l_cfg.hidden_size, l_cfg.vocab_size, l_cfg.hidden_act, l_cfg.layer_norm_eps)
+            ties["label_mlm_head.decoder.weight"] = _embedding_weight_name(self.label_encoder, "label_encoder")
+        self._tied_weights_keys = ties
+
+        sentence_dim, label_dim = 2 * s_cfg.hidden_size, 2 * l_cfg.hidden_size
+        if config.projection_dim is None:
+            if sentence_dim != label_dim:
+                raise ValueError(
+                    f"the encoders' hidden sizes differ ({s_cfg.hidden_size} vs {l_cfg.hidden_size}): "
+                    "set projection_dim so both towers map to one space"
+                )
+            self.sentence_projection = nn.Identity()
+            self.label_projection = nn.Identity()
+        else:
+            self.sentence_projection = nn.Linear(sentence_dim, config.projection_dim, bias=False)
+            self.label_projection = nn.Linear(label_dim, config.projection_dim, bias=False)
+        self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value), requires_grad=config.learn_logit_scale)
+        self.contrastive_loss = SaconContrastiveLoss(
+            config.label_anchored_reduction, config.sentence_anchored_weight, config.label_anchored_weight
+        )
+        self.post_init()
+
+    # -- towers ---------------------------------------------------------------------------------------------------
+
+    @property
+    def label_tower(self) -> PreTrainedModel:
+        return self.sentence_encoder if self.config.share_encoders else self.label_encoder
+
+    @property
+    def label_head(self) -> SaconMLMHead:
+        return self.sentence_mlm_head if self.config.share_encoders else self.label_mlm_head
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.sentence_encoder.get_input_embeddings()
+
+    def resize_token_embeddings(self, new_num_tokens: int, mean_resizing: bool = True) -> nn.Embedding:
+        """Resize both towers (they share a tokenizer: the markers are added to it) and re-tie the MLM decoders."""
+        embeddings = self.sentence_encoder.resize_token_embeddings(new_num_tokens, mean_resizing=mean_resizing)
+        if not self.config.share_encoders:
+            self.label_encoder.resize_token_embeddings(new_num_tokens, mean_resizing=mean_resizing)
+        self.tie_weights()
+        return embeddings
+
+    def logit_scale_value(self) -> torch.Tensor:
+        """The clamped log-scale actually used (at most `logit_scale_max`, as CLIP)."""
+        return self.logit_scale.clamp(max=self.config.logit_scale_max)
+
+    def _encode_sentences(self, input_ids, attention_mask, entity_positions, token_type_ids=None):
+        if entity_positions is None:
+            raise ValueError("entity_positions ([B, 2] head-start and tail-start marker indices) are required")
+        hidden = self.sentence_encoder(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+        ).last_hidden_state  # [B, L, H]
+        rows = torch.arange(hidden.shape[0], device=hidden.device).unsqueeze(1)
+        pooled = hidden[rows, entity_positions].flatten(1)  # [B, 2H]
+        return hidden, self.sentence_projection(pooled)
+
+    def _encode_labels(self, input_ids, attention_mask, token_type_ids=None):
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        hidden = self.label_tower(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+        ).last_hidden_state  # [U, L, H]
+        cls = hidden[:, 0]
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # padding excluded (the authors' mean includes it)
+        pooling = self.config.label_pooling
+        pooled = torch.cat([cls, mean] if pooling == "cls_mean" else [cls, cls] if pooling == "cls" else [mean, mean], dim=-1)
+        return hidden, self.label_projection(pooled)
+
+    def get_sentence_features(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        entity_positions: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """[B, D] sentence representations ([h ; t] at the entity-start markers, projected), not normalised."""
+        return self._encode_sentences(input_ids, attention_mask, entity_positions, token_type_ids)[1]
+
+    def get_label_features(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """[U, D] label representations ([CLS ; masked mean] of "name [SEP] description", projected), not normalised."""
+        return self._encode_labels(input_ids, attention_mask, token_type_ids)[1]
+
+    # -- loss -----------------------------------------------------------------------------------------------------
+
+    def _mlm_loss(self, head: SaconMLMHead, hidden: torch.Tensor, mlm_labels: torch.Tensor, gather: bool) -> torch.Tensor:
+        """MLM on masked positions only (the vocab projection of unmasked tokens is wasted work)."""
+        selected = mlm_labels != -100
+        count = selected.sum()
+        num_items = None
+        if gather and world_size() > 1:
+            # local sum / (global count / world) so that DDP's gradient *average* equals the global-batch mean
+            num_items = all_reduce_sum(count.float()).clamp(min=1.0) / world_size()
+        if int(count) == 0 and num_items is None:
+            return hidden.sum() * 0.0
+        return masked_lm_loss(head(hidden[selected]), mlm_labels[selected], num_items)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        entity_positions: torch.Tensor | None = None,
+        label_input_ids: torch.Tensor | None = None,
+        label_attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        mlm_labels: torch.Tensor | None = None,
+        label_mlm_labels: torch.Tensor | None = None,
+        label_relation_ids: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        label_token_type_ids: torch.Tensor | None = None,
+        return_loss: bool | None = None,
+        gather_across_processes: bool = False,
+        return_dict: bool | None = None,
+    ) -> SaconOutput | tuple:
+        r"""
+        entity_positions: [B, 2] indices of the head-start and tail-start markers.
+        label_input_ids / label_attention_mask: [U, L'] the batch's distinct relation texts.
+        labels: [B] index of each sentence's relation among the U label rows (needed for the loss).
+        mlm_labels / label_mlm_labels: [B, L] / [U, L'] original ids at masked positions, -100 elsewhere.
+        label_relation_ids: [U] corpus-wide relation ids, used to deduplicate labels when gathering across processes.
+        gather_across_processes: contrast against the global batch of all processes (negatives from every rank).
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        return_loss = return_loss if return_loss is not None else labels is not None
+        sentence_hidden, sentence_embeds = self._encode_sentences(input_ids, attention_mask, entity_positions, token_type_ids)
+        label_hidden = label_embeds = None
+        if label_input_ids is not None:
+            label_hidden, label_embeds = self._encode_labels(label_input_ids, label_attention_mask, label_token_type_ids)
+
+        logit_scale = self.logit_scale_value()
+        out = SaconOutput(
+            sentence_embeds=nn.functional.normalize(sentence_embeds, dim=-1),
+            label_embeds=None if label_embeds is None else nn.functional.normalize(label_embeds, dim=-1),
+        )
+        if label_embeds is not None and not return_loss:
+            out.logits_per_sentence = logit_scale.exp() * out.sentence_embeds @ out.label_embeds.t()
+            out.logits_per_label = out.logits_per_sentence.t()
+        if return_loss:
+            if label_embeds is None or labels is None:
+                raise ValueError("return_loss=True needs label_input_ids and labels (each sentence's label row)")
+            self.contrastive_loss.gather_across_processes = gather_across_processes
+            contrastive, s_loss, l_loss, logits, _ = self.contrastive_loss(
+                sentence_embeds, label_embeds, labels, logit_scale, label_relation_ids
+            )
+            out.contrastive_loss, out.sentence_anchored_loss, out.label_anchored_loss = contrastive, s_loss, l_loss
+            out.logits_per_sentence, out.logits_per_label = logits, logits.t()
+            loss = contrastive
+            if mlm_labels is not None and self.config.sentence_mlm_weight > 0:
+                out.sentence_mlm_loss = self._mlm_loss(self.sentence_mlm_head, sentence_hidden, mlm_labels, gather_across_processes)
+                loss = loss + self.config.sentence_mlm_weight * out.sentence_mlm_loss
+            if label_mlm_labels is not None and self.config.label_mlm_weight > 0:
+                out.label_mlm_loss = self._mlm_loss(self.label_head, label_hidden, label_mlm_labels, gather_across_processes)
+                loss = loss + self.config.label_mlm_weight * out.label_mlm_loss
+            out.loss = loss
+        return out if return_dict else out.to_tuple()
+
+    # -- construction from two pretrained encoders -----------------------------------------------------------------
+
+    @classmethod
+    def from_encoders_pretrained(
+        cls,
+        sentence_model_name_or_path: str,
+        label_model_name_or_path: str | None = None,
+        *,
+        vocab_size: int | None = None,
+        encoder_kwargs: dict | None = None,
+        **config_kwargs,
+    ) -> "SaconDualEncoderModel":
+        """Compose SaCon from pretrained encoders (as `VisionTextDualEncoderModel.from_vision_text_pretrained`).
+
+        The label encoder defaults to a second, independent copy of the sentence checkpoint (the paper). Pass
+        `vocab_size=len(processor.tokenizer)` to grow the embeddings for the entity markers the processor added.
+        New parts (MLM heads when the checkpoint has none, projections, logit_scale) are freshly initialised.
+        """
+        encoder_kwargs = encoder_kwargs or {}
+        sentence_encoder = _load_encoder(sentence_model_name_or_path, **encoder_kwargs)
+        label_encoder = None
+        if not config_kwargs.get("share_encoders", False):
+            label_encoder = _load_encoder(label_model_name_or_path or sentence_model_name_or_path, **encoder_kwargs)
+        config = SaconConfig(
+            sentence_config=sentence_encoder.config.to_dict(),
+            label_config=None if label_encoder is None else label_encoder.config.to_dict(),
+            **config_kwargs,
+        )
+        model = cls(config, sentence_encoder=sentence_encoder, label_encoder=label_encoder)
+        if vocab_size is not None and vocab_size != model.get_input_embeddings().num_embeddings:
+            model.resize_token_embeddings(vocab_size)
+        return model
+
+
+__all__ = ["SaconDualEncoderModel", "SaconMLMHead", "SaconOutput", "SaconPreTrainedModel"]
