@@ -22,7 +22,7 @@ SaconDualEncoderModel.register_for_auto_class("AutoModel")
 # Heavier parts (datasets, Trainer) load on first use, so `import modeling_sacon` stays cheap.
 _LAZY = {
     "default_backbone_path": "defaults",
-    "default_data_dir": "defaults",
+    "get_data_dir": "data",
 }
 
 

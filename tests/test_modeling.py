@@ -1,0 +1,199 @@
+"""SaconDualEncoderModel: forward and gradients, construction from pretrained encoders, config validation."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModel
+
+from modeling_sacon import SaconConfig, SaconDualEncoderModel
+from modeling_sacon.defaults import default_backbone_path
+
+from conftest import tiny_bert_config
+
+
+def make_batch(processor, instances, relations, label_texts, generator=None, mlm_probability=0.15):
+    """Sentence and distinct-label tensors with MLM on both sides, as the pre-training collator builds them."""
+    distinct = sorted(set(relations))
+    sentences = processor.encode_instances(instances)
+    labels_enc = processor.encode_labels([label_texts[r] for r in distinct])
+    generator = generator or torch.Generator().manual_seed(0)
+    input_ids, mlm_labels = processor.mask_tokens(sentences["input_ids"], mlm_probability, generator)
+    label_ids, label_mlm = processor.mask_tokens(labels_enc["input_ids"], mlm_probability, generator)
+    return {
+        "input_ids": input_ids,
+        "attention_mask": sentences["attention_mask"],
+        "entity_positions": sentences["entity_positions"],
+        "label_input_ids": label_ids,
+        "label_attention_mask": labels_enc["attention_mask"],
+        "labels": torch.tensor([distinct.index(r) for r in relations]),
+        "mlm_labels": mlm_labels,
+        "label_mlm_labels": label_mlm,
+    }
+
+
+TOY_LABELS = {"P1": ("located in", "the place something is in"), "P2": ("founded by", "who founded it")}
+TOY = [
+    {"tokens": "paris is a city in france".split(), "h": ["paris", "", [[0]]], "t": ["france", "", [[5]]]},
+    {"tokens": "apple was founded by steve jobs".split(), "h": ["apple", "", [[0]]], "t": ["jobs", "", [[4, 5]]]},
+    {"tokens": "lyon lies in the south of france".split(), "h": ["lyon", "", [[0]]], "t": ["france", "", [[6]]]},
+]
+
+
+def test_forward_shapes_and_gradients_reach_everything(processor, tiny_model):
+    batch = make_batch(processor, TOY, ["P1", "P2", "P1"], TOY_LABELS, mlm_probability=0.3)
+    out = tiny_model.train()(**batch)
+    assert out.logits_per_sentence.shape == (3, 2) and out.logits_per_label.shape == (2, 3)
+    assert out.sentence_embeds.shape == (3, 64) and out.label_embeds.shape == (2, 64)
+    expected = out.contrastive_loss + out.sentence_mlm_loss + out.label_mlm_loss
+    assert torch.allclose(out.loss, expected)
+    out.loss.backward()
+    for name in ("sentence_encoder", "label_encoder"):
+        grads = [p.grad for n, p in tiny_model.named_parameters() if n.startswith(name) and p.grad is not None]
+        assert grads and all(torch.isfinite(g).all() for g in grads) and any(g.abs().sum() > 0 for g in grads)
+    assert tiny_model.logit_scale.grad is not None and torch.isfinite(tiny_model.logit_scale.grad)
+    assert tiny_model.logit_scale.grad.abs() > 0
+
+
+def test_logits_without_loss_and_scale_clamp(processor, tiny_model):
+    batch = make_batch(processor, TOY, ["P1", "P2", "P1"], TOY_LABELS)
+    for key in ("labels", "mlm_labels", "label_mlm_labels"):
+        batch.pop(key)
+    with torch.no_grad():
+        tiny_model.logit_scale.fill_(10.0)
+        out = tiny_model(**batch)
+    assert out.loss is None
+    cosine = out.sentence_embeds @ out.label_embeds.T
+    assert torch.allclose(out.logits_per_sentence, 100.0 * cosine, atol=1e-4)  # exp(log 100), not exp(10)
+
+
+def test_features_match_forward_embeddings(processor, tiny_model):
+    batch = make_batch(processor, TOY, ["P1", "P2", "P1"], TOY_LABELS, mlm_probability=0.0)
+    with torch.no_grad():
+        out = tiny_model(**batch)
+        sentence = tiny_model.get_sentence_features(batch["input_ids"], batch["attention_mask"], batch["entity_positions"])
+        label = tiny_model.get_label_features(batch["label_input_ids"], batch["label_attention_mask"])
+    assert torch.allclose(torch.nn.functional.normalize(sentence, dim=-1), out.sentence_embeds, atol=1e-6)
+    assert torch.allclose(torch.nn.functional.normalize(label, dim=-1), out.label_embeds, atol=1e-6)
+
+
+def test_label_mean_ignores_padding(processor, tiny_model):
+    """A label encoded alone and padded inside a batch with a longer one gives the same embedding."""
+    texts = [("located in", ""), ("founded by", "the person or organisation who founded this organisation")]
+    with torch.no_grad():
+        alone = tiny_model.get_label_features(**processor.encode_labels(texts[:1]))
+        padded = tiny_model.get_label_features(**processor.encode_labels(texts))[:1]
+    assert torch.allclose(alone, padded, atol=1e-5)
+
+
+@pytest.mark.parametrize("options", [{"share_encoders": True}, {"projection_dim": 16}, {"label_pooling": "mean"}])
+def test_variants_train_and_round_trip(processor, tmp_path, options):
+    torch.manual_seed(0)
+    config = SaconConfig(sentence_config=tiny_bert_config(len(processor.tokenizer)).to_dict(), **options)
+    model = SaconDualEncoderModel(config).eval()
+    batch = make_batch(processor, TOY, ["P1", "P2", "P1"], TOY_LABELS)
+    out = model(**batch)
+    out.loss.backward()
+    assert torch.isfinite(out.loss)
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModel.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        assert torch.allclose(reloaded(**batch).loss, model(**batch).loss, atol=1e-6)
+    assert ("label_encoder" in dict(model.named_children())) is not options.get("share_encoders", False)
+
+
+def test_saved_checkpoint_declares_ties_and_init(processor, tiny_model, tmp_path):
+    tiny_model.save_pretrained(tmp_path)
+    state = load_file(tmp_path / "model.safetensors")
+    assert "logit_scale" in state and "sentence_mlm_head.decoder.bias" in state
+    assert "sentence_mlm_head.decoder.weight" not in state  # tied to the word embeddings, declared, not duplicated
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["auto_map"] == {
+        "AutoConfig": "configuration_sacon.SaconConfig",
+        "AutoModel": "modeling_sacon.SaconDualEncoderModel",
+    }
+    # a checkpoint without logit_scale gets the configured initial value, never uninitialised memory
+    del state["logit_scale"]
+    from safetensors.torch import save_file
+
+    save_file(state, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    reloaded = AutoModel.from_pretrained(tmp_path)
+    assert reloaded.logit_scale.item() == pytest.approx(tiny_model.config.logit_scale_init_value)
+    assert reloaded.sentence_mlm_head.decoder.weight is reloaded.sentence_encoder.embeddings.word_embeddings.weight
+
+
+def test_gradient_checkpointing_gives_same_gradients(processor, tiny_model):
+    batch = make_batch(processor, TOY, ["P1", "P2", "P1"], TOY_LABELS)
+    tiny_model.eval()  # no dropout: the two passes must agree
+    tiny_model(**batch).loss.backward()
+    reference = tiny_model.sentence_encoder.embeddings.word_embeddings.weight.grad.clone()
+    tiny_model.zero_grad()
+    tiny_model.activation_checkpointing_enable()
+    tiny_model.train()
+    for module in tiny_model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    tiny_model(**batch).loss.backward()
+    assert torch.allclose(tiny_model.sentence_encoder.embeddings.word_embeddings.weight.grad, reference, atol=1e-6)
+
+
+def test_from_encoders_pretrained_on_minilm_with_fewrel(processor, val_wiki):
+    model = SaconDualEncoderModel.from_encoders_pretrained(default_backbone_path(), vocab_size=len(processor.tokenizer))
+    original = AutoModel.from_pretrained(default_backbone_path())
+    # the pretrained weights are kept (not re-initialised), and the two towers are independent copies
+    for tower in (model.sentence_encoder, model.label_encoder):
+        assert torch.equal(tower.encoder.layer[0].attention.self.query.weight, original.encoder.layer[0].attention.self.query.weight)
+        assert torch.equal(tower.embeddings.word_embeddings.weight[: original.config.vocab_size], original.embeddings.word_embeddings.weight)
+    assert model.sentence_encoder.embeddings.word_embeddings.weight is not model.label_encoder.embeddings.word_embeddings.weight
+    assert model.get_input_embeddings().num_embeddings == len(processor.tokenizer)
+
+    from modeling_sacon.data import label_texts, load_label_table
+
+    relations = ["P177", "P364", "P2094", "P361"]
+    instances = [inst for r in relations for inst in val_wiki[r][:2]]
+    table = label_texts(relations, load_label_table(processor_data_path("pid2name.json")))
+    batch = make_batch(processor, instances, [r for r in relations for _ in range(2)], table, torch.Generator().manual_seed(1))
+    never = torch.tensor(sorted(processor.never_mask_ids))
+    for ids_key, labels_key in (("input_ids", "mlm_labels"), ("label_input_ids", "label_mlm_labels")):
+        masked_positions = batch[labels_key] != -100
+        assert masked_positions.any()
+        assert not torch.isin(batch[labels_key][masked_positions], never).any()  # no marker / special was chosen
+    markers = torch.tensor(processor.marker_ids)
+    assert (torch.isin(batch["input_ids"], markers).sum(1) == 4).all()  # all four markers survive masking
+    out = model(**batch)
+    assert torch.isfinite(out.loss) and out.logits_per_sentence.shape == (8, 4)
+    assert out.sentence_mlm_loss > 0 and out.label_mlm_loss > 0
+
+
+def processor_data_path(name):
+    from modeling_sacon.data import get_data_dir
+
+    return get_data_dir() / "fewrel" / name
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"sentence_pooling": "cls"}, "sentence_pooling='cls' is unknown"),
+        ({"label_pooling": "max"}, "label_pooling='max' is unknown"),
+        ({"label_anchored_reduction": "avg"}, "label_anchored_reduction='avg' is unknown"),
+        ({"label_mlm_weight": -0.5}, "label_mlm_weight must be a non-negative number"),
+        ({"sentence_anchored_weight": -1}, "sentence_anchored_weight must be a non-negative"),
+        ({"mlm_probability": 1.5}, "mlm_probability must be in"),
+        ({"head_markers": ["[E1]"]}, "head_markers must be two non-empty strings"),
+        ({"head_markers": ["[X]", "[Y]"], "tail_markers": ["[X]", "[Z]"]}, "four distinct strings"),
+        ({"logit_scale_init_value": 9.0}, "exceeds logit_scale_max"),
+    ],
+)
+def test_config_rejects_bad_options(options, message):
+    with pytest.raises(ValueError, match=message.replace("[", r"\[")):
+        SaconConfig(**options)
+
+
+def test_mismatched_hidden_sizes_need_a_projection():
+    small, large = tiny_bert_config(100).to_dict(), {**tiny_bert_config(100).to_dict(), "hidden_size": 48, "num_attention_heads": 4}
+    with pytest.raises(ValueError, match="set projection_dim"):
+        SaconDualEncoderModel(SaconConfig(sentence_config=small, label_config=large))
+    model = SaconDualEncoderModel(SaconConfig(sentence_config=small, label_config=large, projection_dim=8))
+    assert model.get_label_features(torch.tensor([[1, 2, 3]])).shape == (1, 8)
