@@ -1,0 +1,133 @@
+"""Evaluate a SaCon checkpoint (or an off-the-shelf encoder) on FewRel: N-way K-shot, zero-shot, NOTA, PubMed.
+
+    python examples/evaluate_fewrel.py --model_name_or_path outputs/sacon-minilm
+    python examples/evaluate_fewrel.py --encoder mean_pooling          # the packaged MiniLM, off the shelf
+    python examples/evaluate_fewrel.py --encoder marker                # MiniLM with [h;t] marker pooling, untrained
+
+Every distinct sentence is encoded once; episodes (seeded, identical for every model) are scored on the cache.
+Prints a markdown table; `--output_json` writes {setting: {"accuracy", "ci95", "episodes"}} and `--update_card DIR`
+writes the results into the model card of checkpoint DIR.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import AutoModel, AutoTokenizer, HfArgumentParser
+
+from modeling_sacon import SaconDualEncoderModel, SaconProcessor
+from modeling_sacon.data import load_fewrel_json, load_label_table, resolve_data_path
+from modeling_sacon.defaults import default_backbone_path
+from modeling_sacon.episodes import parse_settings
+from modeling_sacon.evaluation import METHODS, FewShotEvaluator, MeanPoolingEncoder
+
+logger = logging.getLogger("evaluate_fewrel")
+ENCODERS = ("sacon", "marker", "mean_pooling")
+
+
+@dataclass
+class EvalArguments:
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "SaCon checkpoint (encoder=sacon) or plain encoder; default: packaged MiniLM"}
+    )
+    encoder: str = field(
+        default="sacon",
+        metadata={"help": "sacon: a SaCon checkpoint; marker: compose SaCon from a plain encoder, untrained; "
+                  "mean_pooling: the plain encoder's mean-pooled sentence embedding"},
+    )
+    data_file: str = field(default="fewrel/val_wiki.json", metadata={"help": "FewRel JSON, relative to SACON_DATA_DIR"})
+    label_file: str = field(default="fewrel/pid2name.json", metadata={"help": "relation -> [name, description]"})
+    settings: str = field(default="5-1,5-5,10-1,10-5,zs-5,zs-10,nota-5-1-0.5", metadata={"help": "comma-separated"})
+    pubmed_file: str = field(default="fewrel/val_pubmed.json", metadata={"help": "FewRel 2.0 domain adaptation; '' skips"})
+    pubmed_settings: str = field(default="5-1,5-5")
+    episodes: int = field(default=10_000, metadata={"help": "episodes per setting"})
+    seed: int = field(default=0)
+    method: str = field(default="prototype", metadata={"help": f"one of {METHODS} (zero-shot settings use zero_shot)"})
+    similarity: str = field(default="cosine", metadata={"help": "cosine or euclidean"})
+    batch_size: int = field(default=128)
+    output_json: str | None = field(default=None)
+    update_card: str | None = field(default=None, metadata={"help": "checkpoint dir whose README.md gets the results"})
+    no_progress: bool = field(default=False)
+
+
+def build_evaluator_factory(args: EvalArguments):
+    """Loads the model once; returns a function making an evaluator for a (dataset, label table) pair."""
+    if args.encoder not in ENCODERS:
+        raise ValueError(f"--encoder {args.encoder!r} is unknown; choose one of {ENCODERS}")
+    if args.method not in METHODS:
+        raise ValueError(f"--method {args.method!r} is unknown; choose one of {METHODS}")
+    path = args.model_name_or_path or default_backbone_path()
+    if args.encoder == "mean_pooling":
+        model, tokenizer = AutoModel.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+        encoder, processor = MeanPoolingEncoder(model, tokenizer), None
+    elif args.encoder == "marker":
+        processor = SaconProcessor.from_pretrained(path)
+        encoder = SaconDualEncoderModel.from_encoders_pretrained(path, vocab_size=len(processor.tokenizer)).eval()
+    else:
+        if args.model_name_or_path is None:
+            raise ValueError("--encoder sacon needs --model_name_or_path (a SaCon checkpoint); try --encoder marker")
+        processor = SaconProcessor.from_pretrained(path)
+        encoder = SaconDualEncoderModel.from_pretrained(path).eval()
+
+    def make(dataset, label_table, label_fallback: bool, source: str) -> FewShotEvaluator:
+        return FewShotEvaluator(
+            encoder, processor, dataset, label_table, batch_size=args.batch_size, show_progress=not args.no_progress,
+            label_fallback=label_fallback, source=source,
+        )
+
+    return make
+
+
+def run(args: EvalArguments) -> dict[str, dict]:
+    # 1. Validate the settings before loading anything heavy.
+    main_settings = parse_settings(args.settings)
+    pubmed_settings = parse_settings(args.pubmed_settings) if args.pubmed_file else []
+    torch.set_grad_enabled(False)
+    # 2. Model (or baseline encoder), data, labels.
+    make = build_evaluator_factory(args)
+    label_table = load_label_table(resolve_data_path(args.label_file))
+    jobs = [(args.data_file, main_settings, "", False)]
+    if pubmed_settings:
+        jobs.append((args.pubmed_file, pubmed_settings, "pubmed/", True))  # PubMed relations: names, no descriptions
+    # 3. Encode each split once, then score every setting on the cache.
+    results: dict[str, dict] = {}
+    for data_file, settings, prefix, fallback in jobs:
+        path = resolve_data_path(data_file)
+        evaluator = make(load_fewrel_json(path), label_table, fallback, str(path))
+        start = time.perf_counter()
+        scored = evaluator.evaluate(settings, args.episodes, args.seed, args.method, args.similarity)
+        logger.info("%s: %d settings in %.1fs", path.name, len(settings), time.perf_counter() - start)
+        results.update({prefix + name: value for name, value in scored.items()})
+    return results
+
+
+def markdown_table(results: dict[str, dict]) -> str:
+    lines = ["| setting | accuracy (%) | 95% CI | episodes |", "|---|---:|---:|---:|"]
+    for name, r in results.items():
+        lines.append(f"| {name} | {100 * r['accuracy']:.2f} | ±{100 * r['ci95']:.2f} | {r['episodes']} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict[str, dict]:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    (args,) = HfArgumentParser(EvalArguments).parse_args_into_dataclasses(args=argv)
+    results = run(args)
+    print(markdown_table(results))
+    if args.output_json:
+        Path(args.output_json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output_json).write_text(json.dumps(results, indent=2) + "\n")
+    if args.update_card:
+        from modeling_sacon.model_card import update_model_card_results
+
+        update_model_card_results(args.update_card, results, args)
+    return results
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
