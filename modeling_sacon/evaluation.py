@@ -163,25 +163,29 @@ class FewShotEvaluator:
 
     # -- scoring --------------------------------------------------------------------------------------------------
 
-    def _logits(self, episode: Episode, embeddings, method: str, similarity: str, nota_logit) -> torch.Tensor:
-        query = embeddings(list(episode.query))
+    def _logits(self, episodes: Sequence[Episode], embed, method: str, similarity: str, nota_logit) -> torch.Tensor:
+        """[E, Q, N(+1)] logits of a chunk of same-shaped episodes; `embed` maps a LongTensor of rows to [..., D]."""
+        query = embed(torch.tensor([e.query for e in episodes]))  # [E, Q, D]
         support = None
         if method != "zero_shot":
-            n, k = len(episode.support), len(episode.support[0])
-            support = embeddings([r for rows in episode.support for r in rows]).view(n, k, -1)
+            support = embed(torch.tensor([list(e.support) for e in episodes]))  # [E, N, K, D]
         labels = None
         if method != "prototype":
             table = self.encode_labels()
-            labels = torch.stack([table[r] for r in episode.relations])
+            names = {name: i for i, name in enumerate(table)}
+            matrix = torch.stack(list(table.values()))  # [R, D]
+            labels = matrix[torch.tensor([[names[r] for r in e.relations] for e in episodes])]  # [E, N, D]
         return prototype_logits(query, support, labels, method, similarity, self.encoder.logit_scale, nota_logit)
 
-    def _run(self, sampler: EpisodeSampler, embeddings, method: str, similarity: str, nota_logit, desc: str):
-        """Per-episode accuracies (and, for NOTA calibration, the best-score/gold pairs)."""
+    def _run(self, sampler: EpisodeSampler, embed, method: str, similarity: str, nota_logit, desc: str, chunk: int):
+        """Per-episode accuracies, scoring `chunk` episodes at a time."""
         accuracies = []
-        for episode in tqdm(sampler, desc=desc, disable=not self.show_progress, total=len(sampler)):
-            logits = self._logits(episode, embeddings, method, similarity, nota_logit)
-            gold = torch.tensor(episode.query_labels)
-            accuracies.append((logits.argmax(-1) == gold).float().mean().item())
+        starts = range(0, len(sampler), chunk)
+        for start in tqdm(starts, desc=desc, disable=not self.show_progress):
+            episodes = [sampler[i] for i in range(start, min(start + chunk, len(sampler)))]
+            logits = self._logits(episodes, embed, method, similarity, nota_logit)
+            gold = torch.tensor([e.query_labels for e in episodes])
+            accuracies.extend((logits.argmax(-1) == gold).float().mean(-1).tolist())
         return accuracies
 
     def _method_for(self, setting: EvalSetting, method: str) -> str:
@@ -196,21 +200,17 @@ class FewShotEvaluator:
         it is chosen on calibration episodes (seed + 1,000,003) that never coincide with the scored ones.
         """
         sampler = EpisodeSampler.from_setting(self.relations, setting, seed=seed + 1_000_003, num_episodes=num_episodes)
-        best, is_nota, right = [], [], []
-        for episode in sampler:
-            logits = self._logits(episode, self._cached, method, similarity, None)
-            gold = torch.tensor(episode.query_labels)
-            best.append(logits.max(-1).values)
-            is_nota.append(gold == setting.n_way)
-            right.append(logits.argmax(-1) == gold)
-        scores, is_nota, right = torch.cat(best), torch.cat(is_nota), torch.cat(right)
+        episodes = list(sampler)
+        logits = self._logits(episodes, self._cached, method, similarity, None).flatten(0, 1)  # [E * Q, N]
+        gold = torch.tensor([e.query_labels for e in episodes]).flatten()
+        scores, is_nota, right = logits.max(-1).values, gold == setting.n_way, logits.argmax(-1) == gold
         candidates = torch.unique(scores)
         # accuracy(t): NOTA queries whose best score is below t + the others, argmaxed right, at or above t
         accuracy = [((scores < t) & is_nota).sum() + ((scores >= t) & right).sum() for t in candidates]
         return float(candidates[int(torch.stack(accuracy).argmax())])
 
-    def _cached(self, rows: list[int]) -> torch.Tensor:
-        return self.sentence_embeddings[torch.as_tensor(rows)]
+    def _cached(self, rows: torch.Tensor) -> torch.Tensor:
+        return self.sentence_embeddings[rows]
 
     def evaluate(
         self,
@@ -231,7 +231,7 @@ class FewShotEvaluator:
             threshold = None
             if setting.nota_fraction > 0:
                 threshold = self._calibrate_nota(setting, scoring, similarity, seed, min(num_episodes, 1000))
-            accuracies = self._run(sampler, self._cached, scoring, similarity, threshold, f"scoring {setting.name}")
+            accuracies = self._run(sampler, self._cached, scoring, similarity, threshold, f"scoring {setting.name}", 500)
             mean, ci = mean_and_ci95(accuracies)
             results[setting.name] = SettingResult(setting.name, mean, ci, len(accuracies), threshold).as_dict()
         return results
@@ -246,11 +246,12 @@ class FewShotEvaluator:
         sampler = EpisodeSampler.from_setting(self.relations, setting, seed=seed, num_episodes=num_episodes)
         rows = self.dataset
 
-        def fresh(indices: list[int]) -> torch.Tensor:
-            return self.encoder.encode_sentences([rows[i] for i in indices])
+        def fresh(indices: torch.Tensor) -> torch.Tensor:
+            vectors = self.encoder.encode_sentences([rows[i] for i in indices.flatten().tolist()])
+            return vectors.view(*indices.shape, -1)
 
         scoring = self._method_for(setting, method)
-        accuracies = self._run(sampler, fresh, scoring, similarity, None, f"re-encoding {setting.name}")
+        accuracies = self._run(sampler, fresh, scoring, similarity, None, f"re-encoding {setting.name}", chunk=1)
         mean, ci = mean_and_ci95(accuracies)
         return SettingResult(setting.name, mean, ci, len(accuracies)).as_dict()
 

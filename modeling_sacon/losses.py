@@ -85,9 +85,11 @@ def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
 
     `accelerator.gather` has no backward; the functional collective does (its backward is a reduce-scatter).
     """
-    from torch.distributed._functional_collectives import all_gather_tensor_autograd
+    from torch.distributed import _functional_collectives as fc
 
-    return _gather(tensor, lambda padded: all_gather_tensor_autograd(padded, gather_dim=0, group=dist.group.WORLD))
+    # newer torch names it all_gather_single_autograd and deprecates the old name with a warning on every call
+    gather = getattr(fc, "all_gather_single_autograd", None) or fc.all_gather_tensor_autograd
+    return _gather(tensor, lambda padded: gather(padded, gather_dim=0, group=dist.group.WORLD))
 
 
 def gather_no_grad(tensor: torch.Tensor) -> torch.Tensor:
@@ -147,6 +149,23 @@ def deduplicate_labels(
     return label_embeds[first], lookup
 
 
+def first_occurrence_across_processes(label_relation_ids: torch.Tensor) -> torch.Tensor:
+    """[U] bool: which local label rows are the first row of their relation in the gathered (rank-major) batch.
+
+    Exactly the rows `deduplicate_labels` keeps after a gather; a relation present on several processes is one label
+    of the global batch. All True on one process (nothing is gathered, nothing deduplicated).
+    """
+    if world_size() == 1:
+        return torch.ones_like(label_relation_ids, dtype=torch.bool)
+    sizes = gather_sizes(label_relation_ids.shape[0], label_relation_ids.device)
+    all_ids = gather_no_grad(label_relation_ids)
+    positions = torch.arange(all_ids.numel(), device=all_ids.device)
+    same = label_relation_ids.unsqueeze(1) == all_ids.unsqueeze(0)  # [U, U_all]
+    first = torch.where(same, positions, all_ids.numel()).amin(dim=1)  # [U] first gathered row of each local relation
+    offset = sum(sizes[: dist.get_rank()])
+    return first == offset + torch.arange(label_relation_ids.shape[0], device=first.device)
+
+
 class SaconContrastiveLoss(nn.Module):
     """The contrastive half of SaCon's objective, optionally over the global batch of all processes."""
 
@@ -188,6 +207,7 @@ class SaconContrastiveLoss(nn.Module):
 __all__ = [
     "SaconContrastiveLoss",
     "deduplicate_labels",
+    "first_occurrence_across_processes",
     "gather_no_grad",
     "gather_with_grad",
     "label_anchored_loss",

@@ -12,7 +12,7 @@ from transformers.activations import ACT2FN
 from transformers.utils import ModelOutput
 
 from .configuration_sacon import SaconConfig
-from .losses import SaconContrastiveLoss, all_reduce_sum, masked_lm_loss, world_size
+from .losses import SaconContrastiveLoss, all_reduce_sum, first_occurrence_across_processes, masked_lm_loss, world_size
 
 
 @dataclass
@@ -271,6 +271,11 @@ class SaconDualEncoderModel(SaconPreTrainedModel):
                 out.sentence_mlm_loss = self._mlm_loss(self.sentence_mlm_head, sentence_hidden, mlm_labels, gather_across_processes)
                 loss = loss + self.config.sentence_mlm_weight * out.sentence_mlm_loss
             if label_mlm_labels is not None and self.config.label_mlm_weight > 0:
+                if gather_across_processes and world_size() > 1:
+                    # a relation on several ranks is one label of the global batch: MLM only the row the contrastive
+                    # deduplication keeps, or its tokens would count once per rank in the global-batch mean
+                    keep = first_occurrence_across_processes(label_relation_ids)
+                    label_mlm_labels = label_mlm_labels.masked_fill(~keep.unsqueeze(1), -100)
                 out.label_mlm_loss = self._mlm_loss(self.label_head, label_hidden, label_mlm_labels, gather_across_processes)
                 loss = loss + self.config.label_mlm_weight * out.label_mlm_loss
             out.loss = loss
