@@ -91,7 +91,8 @@ class SettingResult:
         return out
 
 
-def _sentence_key(instance: Mapping) -> tuple:
+def sentence_key(instance: Mapping) -> tuple:
+    """Identity of a sentence for embedding caches: its tokens and the head / tail spans (what the encoder sees)."""
     return (tuple(instance["tokens"]), tuple(entity_indices(instance, "h")), tuple(entity_indices(instance, "t")))
 
 
@@ -133,7 +134,7 @@ class FewShotEvaluator:
             return
         rows = list(self.dataset)
         distinct: dict[tuple, int] = {}
-        row_to_distinct = np.array([distinct.setdefault(_sentence_key(r), len(distinct)) for r in rows])
+        row_to_distinct = np.array([distinct.setdefault(sentence_key(r), len(distinct)) for r in rows])
         firsts = {d: i for i, d in reversed(list(enumerate(row_to_distinct)))}
         order = sorted(firsts, key=lambda d: self.encoder.length(rows[firsts[d]]))
         vectors: list[torch.Tensor | None] = [None] * len(distinct)
