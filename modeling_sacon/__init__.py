@@ -6,10 +6,11 @@ them for `auto_map`, so `save_pretrained` writes checkpoints that also load with
 
 from importlib import import_module
 
-from transformers import AutoConfig, AutoModel
+from transformers import AutoConfig, AutoModel, AutoModelForMultipleChoice
 
 from .configuration_sacon import SaconConfig
 from .modeling_sacon import SaconDualEncoderModel, SaconOutput, SaconPreTrainedModel
+from .modeling_sacon_fewshot import SaconFewShotOutput, SaconForFewShotRelationClassification
 from .processing_sacon import SaconProcessor
 
 __version__ = "0.1.0"
@@ -18,11 +19,23 @@ AutoConfig.register(SaconConfig.model_type, SaconConfig, exist_ok=True)
 AutoModel.register(SaconConfig, SaconDualEncoderModel, exist_ok=True)
 SaconConfig.register_for_auto_class()
 SaconDualEncoderModel.register_for_auto_class("AutoModel")
+# Episodes are multiple choice: logits [batch, N choices], the label is the right choice's index, cross-entropy.
+AutoModelForMultipleChoice.register(SaconConfig, SaconForFewShotRelationClassification, exist_ok=True)
+SaconForFewShotRelationClassification.register_for_auto_class("AutoModelForMultipleChoice")
 
 # Heavier parts (datasets, Trainer) load on first use, so `import modeling_sacon` stays cheap.
 _LAZY = {
     "default_backbone_path": "defaults",
     "get_data_dir": "data",
+    "SaconRelationClassifier": "inference",
+    "SaconTrainer": "trainer",
+    "SaconTrainingArguments": "trainer",
+    "SaconPretrainingCollator": "collator",
+    "FewShotEvaluator": "evaluation",
+    "EpisodeSampler": "episodes",
+    "EpisodicDataset": "episodic_data",
+    "EpisodeCollator": "episodic_data",
+    "prototype_logits": "scoring",
 }
 
 
@@ -35,6 +48,8 @@ def __getattr__(name: str):
 __all__ = [
     "SaconConfig",
     "SaconDualEncoderModel",
+    "SaconFewShotOutput",
+    "SaconForFewShotRelationClassification",
     "SaconOutput",
     "SaconPreTrainedModel",
     "SaconProcessor",

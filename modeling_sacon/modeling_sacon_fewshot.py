@@ -1,0 +1,362 @@
+"""Episodic few-shot / zero-shot relation classification on top of any SaCon checkpoint.
+
+`SaconForFewShotRelationClassification` holds a complete `SaconDualEncoderModel` under the attribute `sacon` (the
+`base_model_prefix` of every SaCon model), exactly as `BertForSequenceClassification` holds a `BertModel` under
+`bert`:
+
+* loading a `SaconDualEncoderModel` checkpoint (keys `sentence_encoder.*`, `label_encoder.*`, `logit_scale`, ...)
+  adds the `sacon.` prefix, so every encoder weight loads and only the new `nota_threshold` is initialised;
+* its own checkpoints (keys `sacon.*` + `nota_threshold`) reload as themselves, and also as a plain
+  `SaconDualEncoderModel` (the prefix is stripped; `nota_threshold` is reported unexpected), so a fine-tuned model is
+  still a SaCon checkpoint for `SaconRelationClassifier` and the evaluator.
+
+The few-shot options are extra attributes of `SaconConfig`, saved in `config.json` (defaults below when absent):
+
+* `fewshot_method`: `"prototype"` (mean support [h ; t]), `"zero_shot"` (label embeddings only) or
+  `"label_augmented"` (mean support + label embedding, as SimpleFSRE uses SaCon);
+* `fewshot_similarity`: `"cosine"` (x exp(logit_scale)) or `"euclidean"` (x exp(logit_scale) x -squared distance);
+* `fewshot_nota`: append a none-of-the-above column (label N);
+* `fewshot_nota_init`: initial `nota_threshold`, in the similarity's units (a cosine, or a negative squared distance
+  of unit vectors); `None` -> 0.5 for cosine, -1.0 (the same point: |a - b|^2 = 2 - 2 cos) for euclidean.
+
+The NOTA column is `exp(logit_scale) * nota_threshold`: a virtual prototype at a fixed similarity. Keeping the
+parameter in similarity units (not logits) lets it move meaningfully at fine-tuning learning rates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import initialization as init
+from transformers.utils import ModelOutput, logging
+
+from .configuration_sacon import SaconConfig
+from .modeling_sacon import SaconDualEncoderModel, SaconPreTrainedModel
+from .scoring import FEWSHOT_METHODS, SIMILARITIES, prototype_logits
+
+logger = logging.get_logger(__name__)
+
+FEWSHOT_DEFAULTS = {
+    "fewshot_method": "prototype",
+    "fewshot_similarity": "cosine",
+    "fewshot_nota": False,
+    "fewshot_nota_init": None,
+}
+_NEEDS_LABELS = ("zero_shot", "label_augmented")
+
+
+def fewshot_options(config: SaconConfig) -> dict:
+    """The few-shot options of a config, defaults filled in, validated."""
+    options = {key: getattr(config, key, default) for key, default in FEWSHOT_DEFAULTS.items()}
+    if options["fewshot_method"] not in FEWSHOT_METHODS:
+        raise ValueError(f"fewshot_method={options['fewshot_method']!r} is unknown; choose one of {FEWSHOT_METHODS}")
+    if options["fewshot_similarity"] not in SIMILARITIES:
+        raise ValueError(
+            f"fewshot_similarity={options['fewshot_similarity']!r} is unknown; choose one of {SIMILARITIES}"
+        )
+    return options
+
+
+def default_nota_init(config: SaconConfig) -> float:
+    value = getattr(config, "fewshot_nota_init", None)
+    if value is not None:
+        return float(value)
+    return 0.5 if getattr(config, "fewshot_similarity", "cosine") == "cosine" else -1.0
+
+
+@dataclass
+class SaconFewShotOutput(ModelOutput):
+    r"""
+    loss: mean cross-entropy of the query logits against `labels` (label N = none-of-the-above).
+    logits: [E, Q, N] (or [E, Q, N + 1] with NOTA) scores of each episode's queries against its N relations.
+    query_embeds / support_embeds / label_embeds: with `return_embeddings=True`, the unnormalised features
+        [E, Q, D], [E, N, K, D], [E, N, D].
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    query_embeds: torch.FloatTensor | None = None
+    support_embeds: torch.FloatTensor | None = None
+    label_embeds: torch.FloatTensor | None = None
+
+
+def _as_int(value, name: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"{name} must be a single integer, got a tensor of shape {tuple(value.shape)}")
+        value = value.item()
+    if isinstance(value, bool) or int(value) != value:
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    return int(value)
+
+
+def _rows(x: torch.Tensor, name: str) -> tuple[int | None, int]:
+    """(episodes, rows per episode) of an episode-shaped [E, R, L] input, (None, rows) of a flat [E * R, L] one."""
+    if x.dim() == 3:
+        return x.shape[0], x.shape[1]
+    if x.dim() == 2:
+        return None, x.shape[0]
+    raise ValueError(f"{name} must be [E, rows, L] or [E * rows, L], got shape {tuple(x.shape)}")
+
+
+def _episode_shape(query, support, relation, n_way: int, k_shot: int | None) -> tuple[int, int, int]:
+    """Episodes E, shots K and queries Q of a batch, from whichever inputs are present; consistency checked."""
+    episodes = None
+    if support is not None:
+        e, rows = _rows(support, "support_input_ids")
+        if e is None:
+            if k_shot is None:
+                raise ValueError("k_shot is required with flat [E * N * K, L] support inputs")
+            e, rest = divmod(rows, n_way * k_shot)
+            if rest or e == 0:
+                raise ValueError(f"support_input_ids has {rows} rows: not a multiple of n_way x k_shot = {n_way} x {k_shot}")
+        else:
+            k, rest = divmod(rows, n_way)
+            if rest or (k_shot is not None and k != k_shot):
+                raise ValueError(f"support_input_ids has {rows} rows per episode, not n_way x k_shot = {n_way} x {k_shot}")
+            k_shot = k
+        episodes = e
+    if relation is not None:
+        e, rows = _rows(relation, "relation_input_ids")
+        if e is None:
+            e, rest = divmod(rows, n_way)
+            if rest:
+                raise ValueError(f"relation_input_ids has {rows} rows: not a multiple of n_way={n_way}")
+        elif rows != n_way:
+            raise ValueError(f"relation_input_ids has {rows} relations per episode, not n_way={n_way}")
+        if episodes is not None and e != episodes:
+            raise ValueError(f"the relation inputs describe {e} episodes but the support inputs {episodes}")
+        episodes = e
+    if not episodes:
+        raise ValueError("cannot tell the number of episodes: give support inputs or relation inputs")
+    e, rows = _rows(query, "query_input_ids")
+    if e is not None:
+        if e != episodes:
+            raise ValueError(f"the query inputs describe {e} episodes but the support / relation inputs {episodes}")
+        queries = rows
+    else:
+        queries, rest = divmod(rows, episodes)
+        if rest:
+            raise ValueError(f"{rows} query rows cannot be split evenly over {episodes} episodes")
+    return episodes, k_shot or 0, queries
+
+
+class SaconForFewShotRelationClassification(SaconPreTrainedModel):
+    """N-way K-shot relation classification of query sentences against support sets and/or relation descriptions.
+
+    Inputs of one batch of E episodes (each N relations, K support sentences per relation, Q queries), rows
+    relation-major (relation 0's K shots, then relation 1's, ...), in either layout:
+
+    * episode-shaped, what `EpisodeCollator` produces (the Trainer takes dimension 0 as the batch of episodes):
+      `support_input_ids` / `support_attention_mask` [E, N * K, L], `support_entity_positions` [E, N * K, 2];
+      `query_*` [E, Q, L] / [E, Q, 2]; `relation_input_ids` / `relation_attention_mask` [E, N, L']; `labels` [E, Q];
+    * flat: the same rows concatenated over episodes: [E * N * K, L], [E * Q, L], [E * N, L'], `labels` [E * Q]
+      (E is then read from the support rows, E * N * K, else from the relation rows, E * N).
+
+    `labels` hold each query's relation index in its episode, N for none-of-the-above, -100 ignored; `n_way` and
+    `k_shot` are ints (`k_shot=0` and no support inputs for zero-shot). Logits are always [E, Q, N (+1)].
+
+    The relation texts ("name [SEP] description") are `relation_*`, not `label_*` as in
+    `SaconDualEncoderModel.forward`: the stock `Trainer` treats every forward argument whose name contains "label"
+    as a label (`transformers.utils.find_labels`), so `labels` must be the only one for the default
+    `TrainingArguments` to compute the eval loss and metrics.
+    """
+
+    def __init__(
+        self,
+        config: SaconConfig,
+        dual_encoder: SaconDualEncoderModel | None = None,
+        fewshot_method: str | None = None,
+        fewshot_similarity: str | None = None,
+        fewshot_nota: bool | None = None,
+        fewshot_nota_init: float | None = None,
+    ):
+        super().__init__(config)
+        overrides = {
+            "fewshot_method": fewshot_method,
+            "fewshot_similarity": fewshot_similarity,
+            "fewshot_nota": fewshot_nota,
+            "fewshot_nota_init": fewshot_nota_init,
+        }
+        for key, default in FEWSHOT_DEFAULTS.items():  # written into the config, so saved checkpoints keep them
+            value = overrides[key]
+            setattr(config, key, value if value is not None else getattr(config, key, default))
+        fewshot_options(config)
+        if dual_encoder is not None and dual_encoder.config is not config:
+            raise ValueError("dual_encoder must share the config object: use from_dual_encoder(model)")
+        self.sacon = dual_encoder if dual_encoder is not None else SaconDualEncoderModel(config)
+        self.nota_threshold = nn.Parameter(torch.tensor(default_nota_init(config)))
+        # False when a checkpoint had no label-encoder weights (then they are random): zero-shot must refuse them
+        self.label_encoder_loaded = True
+        self.post_init()
+        # The MLM decoders are tied to the word embeddings and never saved; listing them here lets the Trainer's
+        # `load_best_model_at_end` (a non-strict `load_state_dict`) re-tie them instead of warning about missing keys.
+        self._keys_to_ignore_on_save.update(self.all_tied_weights_keys)
+
+    @classmethod
+    def from_dual_encoder(cls, model: SaconDualEncoderModel, **options) -> "SaconForFewShotRelationClassification":
+        """Wrap an in-memory `SaconDualEncoderModel` (e.g. from `from_encoders_pretrained`), keeping its weights;
+        `options` are `fewshot_method`, `fewshot_similarity`, `fewshot_nota`, `fewshot_nota_init`."""
+        return cls(model.config, dual_encoder=model, **options)
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, SaconForFewShotRelationClassification):
+            init.constant_(module.nota_threshold, default_nota_init(self.config))
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, plus: few-shot options as keyword arguments (e.g.
+        `fewshot_method="zero_shot"`) work for any SaCon checkpoint, and a checkpoint without label-encoder weights
+        marks the model `label_encoder_loaded = False` (zero-shot / label-augmented then raise)."""
+        want_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        missing = info.get("missing_keys", ())
+        if any(key.startswith(("sacon.label_encoder.", "label_encoder.")) for key in missing):
+            model.label_encoder_loaded = False
+            logger.warning(
+                "the checkpoint has no label-encoder weights: the label encoder is randomly initialised, so "
+                "fewshot_method 'zero_shot' / 'label_augmented' are refused until it is trained"
+            )
+        return (model, info) if want_info else model
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`; with auto classes registered, `auto_map` also names the dual encoder
+        (`AutoModel`), so `AutoModel.from_pretrained(dir, trust_remote_code=True)` reads this checkpoint as SaCon."""
+        dual_auto_class = SaconDualEncoderModel._auto_class
+        if self._auto_class is not None and dual_auto_class is not None:
+            auto_map = dict(getattr(self.config, "auto_map", None) or {})
+            module = SaconDualEncoderModel.__module__.split(".")[-1]
+            auto_map.setdefault(dual_auto_class, f"{module}.{SaconDualEncoderModel.__name__}")
+            self.config.auto_map = auto_map
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+    # -- helpers ----------------------------------------------------------------------------------------------------
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.sacon.get_input_embeddings()
+
+    def resize_token_embeddings(self, new_num_tokens: int, mean_resizing: bool = True) -> nn.Embedding:
+        return self.sacon.resize_token_embeddings(new_num_tokens, mean_resizing=mean_resizing)
+
+    @property
+    def fewshot_method(self) -> str:
+        return fewshot_options(self.config)["fewshot_method"]
+
+    def nota_logit(self) -> torch.Tensor:
+        """The NOTA column's value: exp(logit_scale) * nota_threshold."""
+        return self.sacon.logit_scale_value().exp() * self.nota_threshold
+
+    def check_method(self, method: str, has_label_inputs: bool) -> None:
+        """Clear errors for a scoring method the inputs or the model cannot serve."""
+        if method not in FEWSHOT_METHODS:
+            raise ValueError(f"fewshot_method={method!r} is unknown; choose one of {FEWSHOT_METHODS}")
+        if method in _NEEDS_LABELS:
+            if not self.label_encoder_loaded:
+                raise ValueError(
+                    f"fewshot_method={method!r} needs a trained label encoder, but this model's checkpoint had no "
+                    "label-encoder weights (they are random); use fewshot_method='prototype' or a full SaCon checkpoint"
+                )
+            if not has_label_inputs:
+                raise ValueError(
+                    f"fewshot_method={method!r} needs relation label texts: pass relation_input_ids / "
+                    "relation_attention_mask ([E * N, L']), e.g. EpisodeCollator(processor, label_table=...)"
+                )
+
+    # -- forward ----------------------------------------------------------------------------------------------------
+
+    def forward(
+        self,
+        query_input_ids: torch.Tensor | None = None,
+        query_attention_mask: torch.Tensor | None = None,
+        query_entity_positions: torch.Tensor | None = None,
+        support_input_ids: torch.Tensor | None = None,
+        support_attention_mask: torch.Tensor | None = None,
+        support_entity_positions: torch.Tensor | None = None,
+        relation_input_ids: torch.Tensor | None = None,
+        relation_attention_mask: torch.Tensor | None = None,
+        n_way: int | torch.Tensor | None = None,
+        k_shot: int | torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        query_token_type_ids: torch.Tensor | None = None,
+        support_token_type_ids: torch.Tensor | None = None,
+        relation_token_type_ids: torch.Tensor | None = None,
+        fewshot_method: str | None = None,
+        nota: bool | None = None,
+        return_embeddings: bool = False,
+        return_dict: bool | None = None,
+    ) -> SaconFewShotOutput | tuple:
+        r"""
+        fewshot_method: overrides `config.fewshot_method` for this call.
+        nota: overrides `config.fewshot_nota` (append the none-of-the-above column) for this call.
+        return_embeddings: also return the query / support / label features.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        options = fewshot_options(self.config)
+        method = fewshot_method or options["fewshot_method"]
+        use_nota = options["fewshot_nota"] if nota is None else bool(nota)
+        n_way, k_shot = _as_int(n_way, "n_way"), _as_int(k_shot, "k_shot")
+        if query_input_ids is None:
+            raise ValueError("query_input_ids are required")
+        if n_way is None or n_way < 1:
+            raise ValueError(f"n_way (the number of relations per episode) must be a positive int, got {n_way!r}")
+        self.check_method(method, relation_input_ids is not None)
+        needs_support = method != "zero_shot"
+        if needs_support and (support_input_ids is None or k_shot == 0):
+            raise ValueError(
+                f"fewshot_method={method!r} needs support sentences (support_input_ids [E * N * K, L], k_shot >= 1); "
+                "use fewshot_method='zero_shot' for episodes without support"
+            )
+
+        episodes, k_shot, queries = _episode_shape(
+            query_input_ids, support_input_ids if needs_support else None, relation_input_ids, n_way, k_shot
+        )
+
+        def flat(x):
+            return None if x is None else x.reshape(-1, *x.shape[-1:]) if x.dim() == 3 else x
+
+        query = self.sacon.get_sentence_features(
+            flat(query_input_ids), flat(query_attention_mask), flat(query_entity_positions), flat(query_token_type_ids)
+        ).reshape(episodes, queries, -1)
+        support = None
+        if needs_support:
+            support = self.sacon.get_sentence_features(
+                flat(support_input_ids), flat(support_attention_mask), flat(support_entity_positions),
+                flat(support_token_type_ids),
+            ).reshape(episodes, n_way, k_shot, -1)
+        label = None
+        if relation_input_ids is not None and method in _NEEDS_LABELS:
+            label = self.sacon.get_label_features(
+                flat(relation_input_ids), flat(relation_attention_mask), flat(relation_token_type_ids)
+            ).reshape(episodes, n_way, -1)
+
+        scale = self.sacon.logit_scale_value().exp()
+        logits = prototype_logits(
+            query, support, label, method, options["fewshot_similarity"], scale,
+            self.nota_logit() if use_nota else None,
+        )  # [E, Q, N (+1)]
+
+        loss = None
+        if labels is not None:
+            labels = labels.reshape(-1).to(logits.device)
+            if labels.numel() != episodes * queries:
+                raise ValueError(f"labels has {labels.numel()} entries for {episodes} x {queries} queries")
+            if not use_nota and (labels == n_way).any():
+                raise ValueError(
+                    f"labels contain {n_way} (none-of-the-above) but the NOTA column is off: set "
+                    "config.fewshot_nota=True (or pass nota=True)"
+                )
+            loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels)
+
+        out = SaconFewShotOutput(loss=loss, logits=logits)
+        if return_embeddings:
+            out.query_embeds, out.support_embeds, out.label_embeds = query, support, label
+        return out if return_dict else out.to_tuple()
+
+
+__all__ = ["FEWSHOT_DEFAULTS", "SaconFewShotOutput", "SaconForFewShotRelationClassification", "fewshot_options"]
