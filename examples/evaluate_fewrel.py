@@ -84,11 +84,11 @@ def build_evaluator_factory(args: EvalArguments):
     return make
 
 
+@torch.no_grad()  # inference only; a decorator, not a global switch, so callers keep autograd
 def run(args: EvalArguments) -> dict[str, dict]:
     # 1. Validate the settings before loading anything heavy.
     main_settings = parse_settings(args.settings)
     pubmed_settings = parse_settings(args.pubmed_settings) if args.pubmed_file else []
-    torch.set_grad_enabled(False)
     # 2. Model (or baseline encoder), data, labels.
     make = build_evaluator_factory(args)
     label_table = load_label_table(resolve_data_path(args.label_file))

@@ -392,6 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@torch.no_grad()  # inference only; a decorator, not a global switch, so callers keep autograd
 def main(argv: Sequence[str] | None = None) -> dict[str, str]:
     """Returns {"embeddings": png path, "curves": png path} for what was written."""
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
@@ -425,7 +426,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, str]:
                 raise
             logger.warning("relation names unavailable (%s); the legend shows relation ids", err)
 
-    torch.set_grad_enabled(False)
     model, processor, model_name = load_model(args.model_name_or_path)
     logger.info("encoding %d sentences of %d relations with %s", len(instances), len(distinct), model_name)
     sentences, labels = encode_for_plot(model, processor, instances, label_list, args.batch_size)

@@ -143,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@torch.no_grad()  # inference only; a decorator, not a global switch, so callers keep autograd
 def main(argv: Sequence[str] | None = None) -> dict[str, str]:
     """Returns {test file: predictions file written}."""
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
@@ -169,7 +170,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, str]:
                         source=str(test_file))
 
     # 2. Model; every distinct sentence of all files into one cache.
-    torch.set_grad_enabled(False)
     model, processor = load_model(args.model_name_or_path)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)

@@ -36,6 +36,7 @@ _LAZY = {
     "EpisodicDataset": "episodic_data",
     "EpisodeCollator": "episodic_data",
     "prototype_logits": "scoring",
+    "render_model_card": "model_card",
 }
 
 

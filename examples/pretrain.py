@@ -1,0 +1,390 @@
+#!/usr/bin/env python
+"""Pre-train SaCon (synergistic anchored contrastive pre-training) with the Hugging Face Trainer.
+
+With no argument it pre-trains two copies of the packaged, offline all-MiniLM-L6-v2 on the package's embedded corpus
+(Re-DocRED + a FewRel train sample; no FewRel evaluation relation in it), sized to finish in minutes on two CPU cores,
+scores FewRel val_wiki 5-way 1-shot prototypes at the end, and writes model (safetensors + code), tokenizer/processor
+and model card to outputs/sacon-minilm:
+
+    python examples/pretrain.py
+    accelerate launch examples/pretrain.py                                    # same, or on all configured GPUs
+    accelerate launch --config_file examples/accelerate_configs/multi_gpu.yaml examples/pretrain.py \\
+        --sentence_model_name_or_path bert-base-uncased --max_steps 20000 --bf16
+    python examples/pretrain.py --train_files my_corpus.json --label_files my_labels.json
+    python examples/pretrain.py --dataset_name few_rel --dataset_split train_wiki         # the Hub's few_rel
+    python examples/pretrain.py --push_to_hub --hub_model_id org/sacon-base             # every checkpoint -> Hub
+    python examples/pretrain.py --resume_from_checkpoint outputs/sacon-minilm/checkpoint-100
+    python examples/pretrain.py args.json                                      # all options in one JSON file
+
+Every input is validated before training starts: errors name the file, relation, instance and field, or the option.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import datasets
+import transformers
+from transformers import AutoTokenizer, HfArgumentParser, TrainerState, set_seed
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import get_last_checkpoint
+
+from modeling_sacon import SaconDualEncoderModel, SaconProcessor
+from modeling_sacon.collator import SaconPretrainingCollator
+from modeling_sacon.data import (
+    FEWREL_TEST_RELATIONS,
+    PRETRAIN_LABEL_FILES,
+    hf_few_rel_label_table,
+    label_texts,
+    load_fewrel_json,
+    load_hf_few_rel,
+    load_label_table,
+    load_pretraining_corpus,
+)
+from modeling_sacon.defaults import default_backbone_path
+from modeling_sacon.episodes import parse_settings
+from modeling_sacon.model_card import EMBEDDED_CORPUS_DESCRIPTION
+from modeling_sacon.trainer import SaconTrainer, SaconTrainingArguments
+
+logger = logging.getLogger("pretrain")
+
+DEFAULT_BACKBONE_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
+NONE_VALUES = ("", "none", "None")
+
+
+@dataclass
+class ModelArguments:
+    sentence_model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Sentence encoder checkpoint (default: the packaged all-MiniLM-L6-v2)."}
+    )
+    label_model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Label encoder checkpoint (default: a second copy of the sentence encoder)."}
+    )
+    share_encoders: bool = field(default=False, metadata={"help": "One encoder for sentences and labels (the paper: two)."})
+    projection_dim: int | None = field(default=None, metadata={"help": "Linear projections to this size (default: none)."})
+    label_pooling: str = field(default="cls_mean", metadata={"help": "cls_mean (the paper), cls or mean."})
+    label_anchored_reduction: str = field(
+        default="sum", metadata={"help": "sum (the authors' code) or mean (SupCon) over a label's positive sentences."}
+    )
+    sentence_anchored_weight: float = field(default=1.0, metadata={"help": "Weight of the sentence-anchored InfoNCE."})
+    label_anchored_weight: float = field(default=1.0, metadata={"help": "Weight of the label-anchored InfoNCE."})
+    sentence_mlm_weight: float = field(default=1.0, metadata={"help": "Weight of the sentence encoder's MLM (0: off)."})
+    label_mlm_weight: float = field(default=1.0, metadata={"help": "Weight of the label encoder's MLM (0: off)."})
+    mlm_probability: float = field(default=0.15, metadata={"help": "Share of maskable tokens chosen for MLM."})
+    temperature: float = field(default=0.07, metadata={"help": "Initial temperature (logit_scale = log(1 / temperature))."})
+    learn_temperature: bool = field(default=True, metadata={"help": "Learn logit_scale (--logit_scale_learning_rate)."})
+
+
+@dataclass
+class DataArguments:
+    train_files: list[str] | None = field(
+        default=None,
+        metadata={"help": "FewRel-format JSON files ({relation: [{tokens, h, t}]}); default: the embedded corpus."},
+    )
+    dataset_name: str | None = field(default=None, metadata={"help": "A Hub dataset in the few_rel schema, e.g. few_rel."})
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Its configuration (few_rel: default)."})
+    dataset_split: str = field(default="train_wiki", metadata={"help": "Its split used for pre-training."})
+    label_files: list[str] | None = field(
+        default=None,
+        metadata={"help": "Label tables {relation: [name, description]}, later files win (default for --train_files: "
+                  "fewrel/pid2name.json + pretrain/labels.json)."},
+    )
+    label_fallback: bool = field(
+        default=False, metadata={"help": "Name relations without label text after themselves ('_' read as a space)."}
+    )
+    max_seq_length: int = field(default=64, metadata={"help": "Sentence length in tokens (the paper: 64)."})
+    label_max_length: int = field(default=64, metadata={"help": "Label text length in tokens."})
+    blank_probability: float = field(default=0.7, metadata={"help": "Probability of blanking each entity mention."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Keep only the first N training rows (debugging)."})
+    eval_fewrel: str | None = field(
+        default="fewrel/val_wiki.json",
+        metadata={"help": "FewRel JSON scored at the end (and at --eval_strategy); 'none' skips evaluation."},
+    )
+    eval_label_files: list[str] = field(
+        default_factory=lambda: ["fewrel/pid2name.json"],
+        metadata={"help": "Label tables of the evaluation relations (zero-shot / label-augmented methods)."},
+    )
+    allow_eval_relations: bool = field(
+        default=False, metadata={"help": "Allow training relations that are FewRel evaluation relations (leakage)."}
+    )
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Start afresh even if --output_dir holds checkpoints (default: resume)."}
+    )
+
+
+def parse_args(args: list[str] | None = None) -> tuple[ModelArguments, DataArguments, SaconTrainingArguments]:
+    parser = HfArgumentParser((ModelArguments, DataArguments, SaconTrainingArguments))
+    argv = sys.argv[1:] if args is None else list(args)
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        return parser.parse_json_file(json_file=os.path.abspath(argv[0]))
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Data: everything is loaded and checked before a model is built.
+
+
+def load_training_data(data_args: DataArguments):
+    """(canonical Dataset, {relation: (name, description)} for its relations, model-card facts)."""
+    if data_args.train_files and data_args.dataset_name:
+        raise ValueError("give --train_files or --dataset_name, not both")
+    if data_args.dataset_name:
+        split = datasets.load_dataset(data_args.dataset_name, data_args.dataset_config_name, split=data_args.dataset_split)
+        source = f"{data_args.dataset_name}[{data_args.dataset_split}]"
+        dataset = load_hf_few_rel(split, source=source)
+        table = hf_few_rel_label_table(split)
+        if data_args.label_files:
+            table.update(load_label_table(data_args.label_files))
+        card = {"corpus_description": f"The `{data_args.dataset_name}` dataset, split `{data_args.dataset_split}`.",
+                "datasets": [data_args.dataset_name]}
+    elif data_args.train_files:
+        source = ", ".join(data_args.train_files)
+        dataset = load_fewrel_json(data_args.train_files)
+        table = load_label_table(data_args.label_files or list(PRETRAIN_LABEL_FILES))
+        card = {"corpus_description": f"FewRel-format files: {', '.join(f'`{Path(p).name}`' for p in data_args.train_files)}."}
+    else:
+        source = "the embedded pre-training corpus"
+        dataset, table = load_pretraining_corpus()
+        if data_args.label_files:
+            table = {**table, **load_label_table(data_args.label_files)}
+        card = {"corpus_description": EMBEDDED_CORPUS_DESCRIPTION, "datasets": ["thunlp/few_rel", "thunlp/docred"]}
+    if data_args.max_train_samples is not None:
+        dataset = dataset.select(range(min(data_args.max_train_samples, len(dataset))))
+    unlabelled = sum(1 for relation in dataset["relation"] if not relation)
+    if unlabelled:
+        raise ValueError(f"{source}: {unlabelled} rows have no relation (unlabelled data cannot be pre-trained on)")
+    relations = list(dict.fromkeys(dataset["relation"]))
+    labels = label_texts(relations, table, fallback=data_args.label_fallback, source=source)  # names every missing one
+    return dataset, labels, {**card, "source": source}
+
+
+def load_eval_data(data_args: DataArguments):
+    """(FewRel rows, label table) to score, or (None, None)."""
+    if data_args.eval_fewrel is None or data_args.eval_fewrel in NONE_VALUES:
+        return None, None
+    dataset = load_fewrel_json(data_args.eval_fewrel)
+    table = load_label_table(data_args.eval_label_files) if data_args.eval_label_files else None
+    return dataset, table
+
+
+def check_relation_leakage(train_relations: list[str], eval_dataset, data_args: DataArguments) -> bool:
+    """Raise if training relations include FewRel evaluation ones; returns True when none are (for the card)."""
+    evaluation = set(FEWREL_TEST_RELATIONS)
+    if eval_dataset is not None:
+        evaluation |= set(eval_dataset["relation"])
+    leaked = sorted(set(train_relations) & evaluation)
+    if leaked and not data_args.allow_eval_relations:
+        raise ValueError(
+            f"training relation(s) {leaked} are FewRel evaluation relations (of {data_args.eval_fewrel} or the hidden "
+            "test set): few-shot results would be inflated; remove them or pass --allow_eval_relations"
+        )
+    return not leaked
+
+
+def check_training_options(training_args: SaconTrainingArguments, num_relations: int) -> None:
+    """Batch shape and schedule options, checked against the data before any model is loaded."""
+    batch = training_args.per_device_train_batch_size
+    if training_args.balanced_batches:
+        n = training_args.instances_per_relation
+        if batch % n:
+            raise ValueError(f"per_device_train_batch_size ({batch}) must be divisible by instances_per_relation ({n})")
+        per_batch = batch // n
+        if per_batch < 2:
+            raise ValueError(
+                f"per_device_train_batch_size ({batch}) / instances_per_relation ({n}) = {per_batch}: a contrastive "
+                "batch needs at least two relations; raise --per_device_train_batch_size or lower --instances_per_relation"
+            )
+        if per_batch > num_relations:
+            raise ValueError(
+                f"per_device_train_batch_size ({batch}) / instances_per_relation ({n}) = {per_batch} relations per "
+                f"batch, but the training data has only {num_relations} relations"
+            )
+    elif batch < 2:
+        raise ValueError(f"per_device_train_batch_size ({batch}) must be >= 2: a contrastive batch needs two sentences")
+    if training_args.max_steps <= 0 and training_args.num_train_epochs <= 0:
+        raise ValueError("set --max_steps (or --num_train_epochs) to a positive value")
+    parse_settings(training_args.fewrel_eval_settings)  # raises naming the bad setting
+
+
+def checkpoint_is_finished(checkpoint: str, training_args: SaconTrainingArguments) -> bool:
+    state_file = os.path.join(checkpoint, TRAINER_STATE_NAME)
+    if training_args.max_steps <= 0 or not os.path.isfile(state_file):
+        return False
+    return TrainerState.load_from_json(state_file).global_step >= training_args.max_steps
+
+
+def final_step_evaluation(trainer: SaconTrainer) -> dict[str, float]:
+    """The evaluation metrics logged at the last step, if `--eval_strategy` already scored the final model."""
+    for entry in reversed(trainer.state.log_history):
+        if entry.get("step") != trainer.state.global_step:
+            break
+        if any(key.startswith("eval_") and key.endswith("_accuracy") for key in entry):
+            return {key: value for key, value in entry.items() if key.startswith("eval_")}
+    return {}
+
+
+def seen_relation_names(labels: dict[str, tuple[str, str]]) -> list[str]:
+    return [f"{relation} ({name})" if name and name != relation else relation for relation, (name, _) in labels.items()]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Model
+
+
+def build_model_and_processor(model_args: ModelArguments, data_args: DataArguments):
+    sentence_path = model_args.sentence_model_name_or_path or default_backbone_path()
+    label_path = model_args.label_model_name_or_path or sentence_path
+    tokenizer = AutoTokenizer.from_pretrained(sentence_path)
+    if label_path != sentence_path and not model_args.share_encoders:
+        if AutoTokenizer.from_pretrained(label_path).get_vocab() != tokenizer.get_vocab():
+            raise ValueError(
+                f"--label_model_name_or_path {label_path} has another vocabulary than {sentence_path}: both encoders "
+                "read one tokenizer (the entity markers are added to it)"
+            )
+    processor = SaconProcessor(tokenizer, max_length=data_args.max_seq_length, label_max_length=data_args.label_max_length)
+    model = SaconDualEncoderModel.from_encoders_pretrained(
+        sentence_path,
+        None if model_args.share_encoders else label_path,
+        vocab_size=len(processor.tokenizer),
+        share_encoders=model_args.share_encoders,
+        projection_dim=model_args.projection_dim,
+        label_pooling=model_args.label_pooling,
+        label_anchored_reduction=model_args.label_anchored_reduction,
+        sentence_anchored_weight=model_args.sentence_anchored_weight,
+        label_anchored_weight=model_args.label_anchored_weight,
+        sentence_mlm_weight=model_args.sentence_mlm_weight,
+        label_mlm_weight=model_args.label_mlm_weight,
+        mlm_probability=model_args.mlm_probability,
+        logit_scale_init_value=math.log(1.0 / model_args.temperature),
+        learn_logit_scale=model_args.learn_temperature,
+        head_markers=processor.head_markers,
+        tail_markers=processor.tail_markers,
+        blank_token=processor.blank_token,
+        max_length=data_args.max_seq_length,
+        label_max_length=data_args.label_max_length,
+    )
+    base_model = None
+    if model_args.sentence_model_name_or_path is None:
+        base_model = DEFAULT_BACKBONE_HUB_ID
+    elif not Path(sentence_path).exists():
+        base_model = sentence_path  # a Hub id
+    return model, processor, base_model
+
+
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def main(args: list[str] | None = None) -> dict[str, float]:
+    # 1. Arguments (command line, or one JSON file).
+    model_args, data_args, training_args = parse_args(args)
+    if not 0.0 < model_args.temperature <= 1.0:
+        raise ValueError(f"--temperature must be in (0, 1], got {model_args.temperature}")
+
+    # 2. Logging and seed.
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%m/%d/%Y %H:%M:%S",
+        handlers=[logging.StreamHandler(sys.stdout)],
+    )
+    log_level = training_args.get_process_log_level()
+    logger.setLevel(logging.INFO if training_args.should_log else log_level)
+    datasets.utils.logging.set_verbosity(log_level)
+    transformers.utils.logging.set_verbosity(log_level)
+    transformers.utils.logging.enable_default_handler()
+    transformers.utils.logging.enable_explicit_format()
+    logger.info(
+        f"process {training_args.process_index} of {training_args.world_size}, device {training_args.device}, "
+        f"bf16 {training_args.bf16}, fp16 {training_args.fp16}"
+    )
+    set_seed(training_args.seed)
+
+    # 3. Data: training corpus and its label texts, evaluation rows; all checked before a model is built.
+    train_dataset, labels, card_facts = load_training_data(data_args)
+    eval_dataset, eval_labels = load_eval_data(data_args)
+    relations = list(labels)
+    unseen = check_relation_leakage(relations, eval_dataset, data_args)
+    check_training_options(training_args, len(relations))
+    logger.info(f"training data: {len(train_dataset)} rows, {len(relations)} relations ({card_facts['source']})")
+    if eval_dataset is not None:
+        logger.info(f"evaluation: {len(eval_dataset)} rows of {data_args.eval_fewrel}, {training_args.fewrel_eval_settings}")
+
+    resume = training_args.resume_from_checkpoint
+    if resume in ("last", "latest", "true", "True"):
+        resume = get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
+        if resume is None:
+            raise ValueError(f"--resume_from_checkpoint last: no checkpoint in {training_args.output_dir}")
+    elif resume is None and os.path.isdir(training_args.output_dir) and not data_args.overwrite_output_dir:
+        resume = get_last_checkpoint(training_args.output_dir)
+        if resume is not None:
+            logger.warning(f"resuming from {resume} (found in --output_dir); pass --overwrite_output_dir to start afresh")
+    if resume is not None and not os.path.isdir(resume):
+        raise ValueError(f"--resume_from_checkpoint {resume} is not a directory")
+
+    # 4. Model and processor: two pretrained encoders composed into SaCon, markers added to the tokenizer.
+    model, processor, base_model = build_model_and_processor(model_args, data_args)
+    collator = SaconPretrainingCollator(
+        processor, labels, relation_to_id={relation: i for i, relation in enumerate(relations)},
+        blank_probability=data_args.blank_probability, mlm_probability=model_args.mlm_probability,
+        seed=training_args.data_seed if training_args.data_seed is not None else training_args.seed,
+    )
+
+    # 5. Trainer (re-checks batch shape and label coverage; with --push_to_hub it creates the Hub repo now).
+    trainer = SaconTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=collator,
+        processing_class=processor,
+        eval_label_table=eval_labels,
+        model_card_fields={
+            "base_model": base_model,
+            "datasets": card_facts.get("datasets"),
+            "corpus_description": card_facts["corpus_description"],
+            "num_relations": len(relations),
+            "num_instances": len(train_dataset),
+            "seen_relations": seen_relation_names(labels),
+            "excludes_fewrel_eval": unseen,
+            "share_encoders": model_args.share_encoders,
+            "blank_probability": data_args.blank_probability,
+            "mlm_probability": model_args.mlm_probability,
+            "eval_split": Path(data_args.eval_fewrel).stem if eval_dataset is not None else None,
+            "training": {"max sentence length": data_args.max_seq_length, "entity blanking": data_args.blank_probability},
+        },
+    )
+
+    # 6. Train, then score the FewRel episodes.
+    metrics: dict[str, float] = {}
+    if resume is not None and checkpoint_is_finished(resume, training_args):
+        # Trainer.train would still run one more optimizer step past max_steps on such a checkpoint
+        logger.warning(f"{resume} already reached --max_steps {training_args.max_steps}: evaluating it as it is")
+        trainer.state = TrainerState.load_from_json(os.path.join(resume, TRAINER_STATE_NAME))
+        trainer._load_from_checkpoint(resume)
+    else:
+        train_result = trainer.train(resume_from_checkpoint=resume)
+        metrics.update(train_result.metrics)
+        trainer.log_metrics("train", train_result.metrics)
+        trainer.save_metrics("train", train_result.metrics)
+    if eval_dataset is not None:
+        eval_metrics = final_step_evaluation(trainer) or trainer.evaluate()  # not twice when --eval_steps hit it
+        trainer.log_metrics("eval", eval_metrics)
+        trainer.save_metrics("eval", eval_metrics)
+        metrics.update(eval_metrics)
+    trainer.save_state()
+
+    # 7. Save model (safetensors + code), processor and model card; push them with --push_to_hub.
+    if training_args.push_to_hub:
+        trainer.push_to_hub(commit_message="End of training")  # save_model + create_model_card + upload of output_dir
+    else:
+        trainer.save_model()
+        trainer.create_model_card()
+    logger.info(f"model, processor and model card written to {training_args.output_dir}")
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,253 @@
+"""Model cards for SaCon checkpoints, rendered from the Jinja template `hub_cards/sacon_model_card.md`.
+
+`render_model_card(**fields)` returns a `huggingface_hub.ModelCard` whose YAML front matter holds `library_name`,
+`tags`, `base_model`, `datasets`, `license` and, when evaluation results are given, a `model-index` with the FewRel
+accuracies. `ModelCard.validate()` posts the card to the Hub's `/api/validate-yaml` (network); the card is therefore
+validated *locally* here (:func:`validate_card_metadata`: the front matter must parse as YAML and load into
+`huggingface_hub.ModelCardData`, which checks the model-index), and `validate="hub"` additionally asks the Hub.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+__all__ = [
+    "DEFAULT_EVAL_DESCRIPTION",
+    "DEFAULT_TEMPLATE",
+    "EMBEDDED_CORPUS_DESCRIPTION",
+    "default_template_path",
+    "fewrel_eval_result",
+    "render_model_card",
+    "validate_card_metadata",
+]
+
+DEFAULT_TEMPLATE = "sacon_model_card.md"
+TEMPLATE_ENV = "SACON_CARD_TEMPLATE"
+BASE_TAGS = ["sacon", "relation-extraction", "few-shot", "contrastive-learning"]
+EMBEDDED_CORPUS_DESCRIPTION = (
+    "The package's embedded pre-training corpus: sentences from the human-annotated Re-DocRED documents (English "
+    "Wikipedia introductions labelled with Wikidata properties; 53 relations) and a sample of FewRel 1.0's 64 "
+    "training relations (Wiki80 sentences, about 120 per relation), merged where they share a relation. It stands "
+    "in for the large distantly supervised Wikipedia corpus of the paper. Relation texts come from FewRel's "
+    "`pid2name.json` (plus Wikidata names and descriptions for 7 date-valued properties)."
+)
+DEFAULT_EVAL_DESCRIPTION = (
+    "Seeded N-way K-shot episodes (one query per relation) on FewRel relations unseen in pre-training, scored without "
+    "fine-tuning: each relation's prototype is the mean `[h ; t]` of its support sentences, and a query takes the "
+    "relation of the most cosine-similar prototype. Accuracy is the mean over episodes, with a 95% confidence interval."
+)
+_FEWREL_SPLITS = {"val_wiki": "FewRel 1.0 validation (val_wiki)", "val_pubmed": "FewRel 2.0 validation (val_pubmed)"}
+
+
+def default_template_path() -> Path:
+    """`$SACON_CARD_TEMPLATE`, else `hub_cards/sacon_model_card.md` beside the package (a source checkout)."""
+    env = os.environ.get(TEMPLATE_ENV)
+    candidates = [Path(env)] if env else []
+    package = Path(__file__).resolve().parent
+    candidates += [package.parent / "hub_cards" / DEFAULT_TEMPLATE, package / "hub_cards" / DEFAULT_TEMPLATE]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(
+        f"model card template not found (tried {', '.join(map(str, candidates))}); pass template_path or set {TEMPLATE_ENV}"
+    )
+
+
+def fewrel_eval_result(
+    setting: str,
+    accuracy: float,
+    *,
+    split: str = "val_wiki",
+    method: str = "prototype",
+    ci95: float | None = None,
+    episodes: int | None = None,
+    pool: int | None = None,
+) -> EvalResult:
+    """One FewRel accuracy as a model-index entry; `accuracy` is a fraction in [0, 1], written as a percentage.
+
+    `pool`: episodes were drawn from the first `pool` sentences of each relation (recorded in the metric's args).
+    """
+    if not 0.0 <= float(accuracy) <= 1.0:
+        raise ValueError(f"accuracy must be a fraction in [0, 1], got {accuracy!r}")
+    name = f"{setting} accuracy (%)" + ("" if method == "prototype" else f", {method}")
+    args = {"method": method}
+    if episodes is not None:
+        args["episodes"] = int(episodes)
+    if pool:
+        args["sentences_per_relation"] = int(pool)
+    return EvalResult(
+        task_type="text-classification",
+        task_name="Few-shot relation classification",
+        dataset_type="few_rel",
+        dataset_name=_FEWREL_SPLITS.get(split, f"FewRel ({split})"),
+        dataset_split=split,
+        metric_type="accuracy",
+        metric_value=round(100.0 * float(accuracy), 2),
+        metric_name=name,
+        metric_args=args,
+    )
+
+
+def _as_eval_result(item: EvalResult | Mapping[str, Any]) -> EvalResult:
+    if isinstance(item, EvalResult):
+        return item
+    if not isinstance(item, Mapping):
+        raise TypeError(f"eval_results entries must be EvalResult or dicts, got {type(item).__name__}")
+    if "task_type" in item:  # EvalResult's own fields
+        return EvalResult(**item)
+    missing = [key for key in ("setting", "accuracy") if key not in item]
+    if missing:
+        raise ValueError(f"eval result {dict(item)!r} lacks {missing} (give setting, accuracy[, split, method, ci95, episodes])")
+    options = {k: item[k] for k in ("split", "method", "ci95", "episodes", "pool") if item.get(k) is not None}
+    return fewrel_eval_result(item["setting"], item["accuracy"], **options)
+
+
+def _eval_rows(items: Sequence[EvalResult | Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Rows of the card's results table (accuracy and CI in percent)."""
+    rows = []
+    for item in items:
+        if isinstance(item, Mapping) and "setting" in item:
+            ci = item.get("ci95")
+            rows.append({
+                "setting": item["setting"],
+                "split": item.get("split", "val_wiki"),
+                "method": item.get("method", "prototype"),
+                "accuracy": f"{100.0 * float(item['accuracy']):.2f}",
+                "ci95": "n/a" if ci is None else f"{100.0 * float(ci):.2f}",
+                "episodes": item.get("episodes", "n/a"),
+            })
+        else:
+            result = _as_eval_result(item)
+            rows.append({
+                "setting": result.metric_name or result.metric_type,
+                "split": result.dataset_split or result.dataset_name,
+                "method": (result.metric_args or {}).get("method", "n/a"),
+                "accuracy": result.metric_value,
+                "ci95": "n/a",
+                "episodes": (result.metric_args or {}).get("episodes", "n/a"),
+            })
+    return rows
+
+
+def validate_card_metadata(card: ModelCard | str) -> dict[str, Any]:
+    """Offline check of a card's front matter; returns it as a dict, raises `ValueError` naming the problem.
+
+    The YAML must parse, be a mapping, and load into `ModelCardData` (which validates `model-index`); SaCon cards
+    must also declare `library_name: transformers` and the `sacon` tag.
+    """
+    text = str(card)
+    if not text.startswith("---\n"):
+        raise ValueError("the model card has no YAML front matter (it must start with '---')")
+    try:
+        header = text.split("---\n", 2)[1]
+        data = yaml.safe_load(header)
+    except (IndexError, yaml.YAMLError) as err:
+        raise ValueError(f"the model card's YAML front matter does not parse: {err}") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"the model card's YAML front matter must be a mapping, got {type(data).__name__}")
+    ModelCardData(**dict(data))  # raises ValueError on a malformed model-index
+    if data.get("library_name") != "transformers":
+        raise ValueError(f"library_name must be 'transformers', got {data.get('library_name')!r}")
+    if "sacon" not in (data.get("tags") or []):
+        raise ValueError("the 'sacon' tag is missing")
+    return data
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "n/a"
+        return f"{value:.6g}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(map(str, value))
+    return str(value)
+
+
+def render_model_card(
+    template_path: str | os.PathLike | None = None,
+    *,
+    model_name: str = "sacon",
+    model_id: str | None = None,
+    base_model: str | list[str] | None = None,
+    datasets: list[str] | None = None,
+    license: str = "apache-2.0",
+    language: str | list[str] = "en",
+    tags: Sequence[str] = (),
+    eval_results: Sequence[EvalResult | Mapping[str, Any]] | None = None,
+    eval_description: str | None = None,
+    training: Mapping[str, Any] | None = None,
+    corpus_description: str = EMBEDDED_CORPUS_DESCRIPTION,
+    num_relations: int | None = None,
+    num_instances: int | None = None,
+    seen_relations: Sequence[str] | None = None,
+    excludes_fewrel_eval: bool = True,
+    share_encoders: bool = False,
+    blank_probability: float = 0.7,
+    mlm_probability: float = 0.15,
+    validate: str | None = "local",
+    **extra_fields: Any,
+) -> ModelCard:
+    """Render the SaCon model card.
+
+    Args:
+        template_path: a Jinja markdown template (default :func:`default_template_path`).
+        model_name: title and model-index name; model_id: the repo id in the loading snippets (default model_name).
+        base_model / datasets / license / language / tags: YAML metadata (`sacon`, `relation-extraction`,
+            `few-shot` tags are always there; `library_name` is `transformers`).
+        eval_results: `huggingface_hub.EvalResult`s, or dicts `{"setting": "5-1", "accuracy": 0.85 (fraction),
+            "ci95": 0.01, "episodes": 1000, "split": "val_wiki", "method": "prototype", "pool": None}`; they fill `model-index`
+            and the card's results table.
+        training: option -> value rows of the protocol table (steps, batch, learning rates, ...).
+        corpus_description / num_relations / num_instances / seen_relations / excludes_fewrel_eval: the data section.
+        validate: "local" (default) checks the YAML offline with :func:`validate_card_metadata`; "hub" also calls
+            `ModelCard.validate()` (needs the Hub endpoint); None skips.
+        extra_fields: passed to the template as variables.
+    """
+    template = Path(template_path) if template_path is not None else default_template_path()
+    results = [_as_eval_result(item) for item in (eval_results or [])]
+    card_data = ModelCardData(
+        base_model=base_model,
+        datasets=list(datasets) if datasets else None,
+        language=language,
+        library_name="transformers",
+        license=license,
+        tags=list(dict.fromkeys([*BASE_TAGS, *tags])),
+        metrics=["accuracy"] if results else None,
+        eval_results=results or None,
+        model_name=model_name if results else None,
+    )
+    if eval_description is None:
+        eval_description = DEFAULT_EVAL_DESCRIPTION
+    card = ModelCard.from_template(
+        card_data,
+        template_path=str(template),
+        model_name=model_name,
+        model_id=model_id or model_name,
+        base_model=base_model if isinstance(base_model, str) else None,
+        training={key: _format(value) for key, value in (training or {}).items()},
+        eval_rows=_eval_rows(eval_results or []),
+        eval_description=eval_description,
+        corpus_description=corpus_description,
+        num_relations=num_relations,
+        num_instances=num_instances,
+        seen_relations=list(seen_relations) if seen_relations else None,
+        excludes_fewrel_eval=excludes_fewrel_eval,
+        share_encoders=share_encoders,
+        blank_probability=blank_probability,
+        mlm_probability=mlm_probability,
+        **extra_fields,
+    )
+    if validate not in (None, "local", "hub"):
+        raise ValueError(f"validate must be 'local', 'hub' or None, got {validate!r}")
+    if validate is not None:
+        validate_card_metadata(card)
+    if validate == "hub":
+        card.validate()
+    return card

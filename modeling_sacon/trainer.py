@@ -1,0 +1,520 @@
+"""`SaconTrainer`: `transformers.Trainer` for SaCon pre-training.
+
+What it adds to the stock Trainer (transformers 5.x):
+
+* **Loss scaling.** `SaconDualEncoderModel.forward` has no `**kwargs`, so `Trainer.model_accepts_loss_kwargs` is
+  False, `num_items_in_batch` is never computed, and the loss the model returns is a *per-batch mean*. The class
+  attribute `loss_is_scaled_for_ga = False` makes `Trainer.training_step` divide it by
+  `current_gradient_accumulation_steps` -- once: the Trainer builds its `Accelerator` with
+  `GradientAccumulationPlugin(num_steps=1)`, so `accelerator.backward` divides by 1. `compute_loss` here never
+  multiplies by the number of processes (the stock one does so only for losses normalised by a global
+  `num_items_in_batch`, under `average_tokens_across_devices`): DDP *averages* gradients, and the model's loss is
+  built for that (the contrastive term on the gathered global batch is identical on every rank and its gradient
+  reaches each rank's own rows through the autograd all-gather; the MLM terms divide local sums by
+  global count / world size).
+* **Cross-process negatives.** With more than one process, the model is called with `gather_across_processes=True`.
+* **Logging.** Every loss term (`contrastive_loss`, `sentence_anchored_loss`, `label_anchored_loss`,
+  `sentence_mlm_loss`, `label_mlm_loss`), averaged over the micro-batches of the logging window (and over
+  processes), and `temperature` = 1 / exp(logit_scale) at the logging step, are added to the Trainer's `loss` logs.
+* **Optimizer.** Three parameter groups: weights with decay, biases/LayerNorm without (`get_decay_parameter_names`),
+  and `logit_scale` alone, without decay, at `logit_scale_learning_rate` (at the encoders' 5e-5 the temperature
+  barely moves in a short run). The scheduler scales every group's learning rate alike.
+* **Batches.** Relation-balanced (`RelationBalancedBatchSampler`: M relations x `instances_per_relation`) or plain
+  shuffled, seeded by `data_seed` (else `seed`). The sampler yields the *global* batch stream; under several
+  processes accelerate's `BatchSamplerShard` deals its batches round-robin (process r takes batches r, r + W, ...),
+  so processes see disjoint batches. Rows carry a serve key (epoch, global batch index): the collator's blanking
+  and MLM draws are a pure function of it, so a resumed run (the Trainer skips the consumed batches without
+  collating them) continues exactly as the uninterrupted one (see `modeling_sacon.collator`).
+* **Evaluation.** `evaluate()` scores seeded FewRel N-way K-shot episodes (`fewrel_eval_settings`, default 5-1) on
+  `eval_dataset` (canonical FewRel rows, e.g. val_wiki) with `FewShotEvaluator`, prototypes of `[h ; t]`, and
+  returns `eval_fewrel_5_1_accuracy` (and `eval_fewrel_5_1_ci95`); episodes are drawn from the first
+  `fewrel_eval_pool_per_relation` sentences of each relation (default 50: 800 sentences of val_wiki to encode),
+  a fixed pool, so that evaluating during a CPU run costs seconds, not minutes.
+  `metric_for_best_model="fewrel_5_1_accuracy"` with `load_best_model_at_end` works. Every process computes the same (seeded) episodes; no collective is needed.
+* **Model card.** `create_model_card` renders `hub_cards/sacon_model_card.md` (see `modeling_sacon.model_card`)
+  instead of the Trainer's generic card; every checkpoint push also carries the model code files and the card.
+"""
+
+from __future__ import annotations
+
+import glob
+import math
+import os
+import shutil
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from transformers import Trainer, TrainingArguments
+from transformers.trainer_utils import seed_worker
+from transformers.utils import logging
+
+from .collator import ServedDataset, ServeKeyedBatchSampler
+from .data import RelationBalancedBatchSampler, balanced_batch_shape
+
+logger = logging.get_logger(__name__)
+
+LOSS_TERMS = ("contrastive_loss", "sentence_anchored_loss", "label_anchored_loss", "sentence_mlm_loss", "label_mlm_loss")
+LOGIT_SCALE_NAME = "logit_scale"
+
+__all__ = ["LOSS_TERMS", "SaconTrainer", "SaconTrainingArguments", "ShuffledBatchSampler", "fewrel_metric_name"]
+
+
+def fewrel_metric_name(setting: str, prefix: str = "eval") -> str:
+    """`eval_fewrel_5_1` for setting "5-1" (`_accuracy` / `_ci95` are appended to it)."""
+    slug = str(setting).replace("-", "_").replace(".", "_")
+    return f"{prefix}_fewrel_{slug}" if prefix else f"fewrel_{slug}"
+
+
+@dataclass
+class SaconTrainingArguments(TrainingArguments):
+    """`TrainingArguments` plus SaCon's options; the defaults are the ones `examples/pretrain.py` runs with when
+    given no argument (sized for a few minutes on two CPU cores; see the README of the examples)."""
+
+    output_dir: str | None = field(default="outputs/sacon-minilm", metadata={"help": "Where checkpoints and the final model go."})
+    per_device_train_batch_size: int = field(
+        default=32, metadata={"help": "Sentences per batch and process (= relations per batch x instances_per_relation)."}
+    )
+    per_device_eval_batch_size: int = field(default=64, metadata={"help": "Sentences per encoding batch in evaluation."})
+    learning_rate: float = field(default=5e-5, metadata={"help": "Peak learning rate of the encoders and heads."})
+    warmup_steps: float = field(default=0.1, metadata={"help": "Warm-up steps (a value below 1 is a share of max_steps)."})
+    max_steps: int = field(default=100, metadata={"help": "Optimizer steps (100: about 6 minutes on 2 CPU cores)."})
+    logging_steps: float = field(default=10, metadata={"help": "Log the loss terms every this many steps."})
+    save_steps: float = field(default=50, metadata={"help": "Save (and push, with --push_to_hub) every this many steps."})
+    save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints kept in output_dir."})
+    hub_always_push: bool = field(
+        default=True, metadata={"help": "Push every saved checkpoint, even while the previous push is still uploading."}
+    )
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Kept False: the collator needs the raw rows (tokens, head, tail, relation)."}
+    )
+
+    logit_scale_learning_rate: float = field(
+        default=1e-2,
+        metadata={"help": "Learning rate of logit_scale (log of the inverse temperature); no weight decay."},
+    )
+    balanced_batches: bool = field(
+        default=True, metadata={"help": "Relation-balanced batches (M relations x instances_per_relation); else shuffle."}
+    )
+    instances_per_relation: int = field(
+        default=2, metadata={"help": "Sentences per relation in a balanced batch (n); per_device_train_batch_size = M x n."}
+    )
+    batches_per_epoch: int | None = field(
+        default=None, metadata={"help": "Balanced batches per epoch (default: rows // global batch size)."}
+    )
+    fewrel_eval_settings: str = field(default="5-1", metadata={"help": "Comma-separated FewRel settings scored by evaluate()."})
+    fewrel_eval_episodes: int = field(default=500, metadata={"help": "Seeded episodes per setting in evaluate()."})
+    fewrel_eval_seed: int = field(default=0, metadata={"help": "Seed of the evaluation episodes (fixed across evaluations)."})
+    fewrel_eval_method: str = field(default="prototype", metadata={"help": "prototype, zero_shot or label_augmented."})
+    fewrel_eval_pool_per_relation: int | None = field(
+        default=50,
+        metadata={"help": "Draw evaluation episodes from the first N sentences of each relation (each is encoded once; "
+                  "all of val_wiki, 11,200 sentences, takes minutes on a CPU); 0 or None: every sentence."},
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.logit_scale_learning_rate < 0:
+            raise ValueError(f"logit_scale_learning_rate must be >= 0, got {self.logit_scale_learning_rate}")
+        if self.instances_per_relation < 1:
+            raise ValueError(f"instances_per_relation must be >= 1, got {self.instances_per_relation}")
+        if self.fewrel_eval_episodes < 1:
+            raise ValueError(f"fewrel_eval_episodes must be >= 1, got {self.fewrel_eval_episodes}")
+
+
+_DEFAULTS = SaconTrainingArguments.__dataclass_fields__
+
+
+def _option(args: TrainingArguments, name: str):
+    """A SaCon option from `args`, or its default when plain `TrainingArguments` were given."""
+    return getattr(args, name, _DEFAULTS[name].default)
+
+
+def first_per_relation(dataset, count: int):
+    """The first `count` rows of every relation, in dataset order (a fixed evaluation pool)."""
+    seen: dict[str, int] = {}
+    keep = []
+    for index, relation in enumerate(dataset["relation"]):
+        seen[relation] = seen.get(relation, 0) + 1
+        if seen[relation] <= count:
+            keep.append(index)
+    return dataset if len(keep) == len(dataset) else dataset.select(keep)
+
+
+class ShuffledBatchSampler(torch.utils.data.Sampler[list[int]]):
+    """Plain shuffling into fixed-size batches (the last incomplete batch dropped), seeded by `(seed, epoch)`."""
+
+    def __init__(self, num_rows: int, batch_size: int, seed: int = 0, num_batches: int | None = None):
+        if batch_size < 2:
+            raise ValueError(f"per_device_train_batch_size must be >= 2 for a contrastive batch, got {batch_size}")
+        if num_rows < batch_size:
+            raise ValueError(f"the training data has {num_rows} rows, fewer than one batch of {batch_size}")
+        self.num_rows, self.batch_size, self.seed, self.epoch = num_rows, batch_size, seed, 0
+        self.num_batches = num_batches if num_batches is not None else num_rows // batch_size
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, self.epoch]))
+        order = np.concatenate([rng.permutation(self.num_rows) for _ in range(math.ceil(self.num_batches * self.batch_size / self.num_rows))])
+        for i in range(self.num_batches):
+            yield order[i * self.batch_size : (i + 1) * self.batch_size].tolist()
+
+
+class SaconTrainer(Trainer):
+    """`Trainer` for SaCon pre-training (see the module docstring).
+
+    Args (beyond `Trainer`'s):
+        eval_dataset: FewRel rows in `modeling_sacon.data.INSTANCE_FEATURES` form (e.g. `load_fewrel_json(val_wiki)`)
+            scored by `evaluate()`; a dict of them gives one metric set per name.
+        eval_label_table: relation -> (name, description) of the evaluation relations; needed for the
+            `zero_shot` / `label_augmented` methods only.
+        model_card_fields: keyword arguments of `modeling_sacon.model_card.render_model_card` (corpus, base model,
+            ...); the trainer adds the training protocol and the latest FewRel results.
+    """
+
+    # The model returns a per-batch mean: let `training_step` divide it by the gradient accumulation steps.
+    loss_is_scaled_for_ga = False
+
+    def __init__(
+        self,
+        *args,
+        eval_label_table: Mapping[str, Sequence[str]] | None = None,
+        model_card_fields: Mapping[str, Any] | None = None,
+        **kwargs,
+    ):
+        super().__init__(*args, **kwargs)
+        self.eval_label_table = eval_label_table
+        self.model_card_fields = dict(model_card_fields or {})
+        self._train_batch_sampler: ServeKeyedBatchSampler | None = None
+        self._term_sums: dict[str, torch.Tensor] = {}
+        self._term_count = 0
+        self.check_training_setup()
+
+    # -- validation -----------------------------------------------------------------------------------------------
+
+    def check_training_setup(self) -> None:
+        """Fail before training, naming the option, instead of inside the first batches."""
+        if self.args.n_gpu > 1:
+            raise ValueError(
+                f"{self.args.n_gpu} GPUs in one process (torch DataParallel) would split each contrastive batch and its "
+                "label rows independently: launch one process per GPU (accelerate launch / torchrun) instead"
+            )
+        if self.train_dataset is None:
+            return
+        relations = self._train_relations()
+        if _option(self.args, "balanced_batches"):
+            per_batch = balanced_batch_shape(self.args.per_device_train_batch_size, _option(self.args, "instances_per_relation"))
+            available = len(set(relations))
+            if per_batch > available:
+                raise ValueError(
+                    f"per_device_train_batch_size ({self.args.per_device_train_batch_size}) / instances_per_relation "
+                    f"({_option(self.args, 'instances_per_relation')}) = {per_batch} relations per batch, but the "
+                    f"training data has only {available} relations"
+                )
+        elif self.args.per_device_train_batch_size < 2:
+            raise ValueError(
+                f"per_device_train_batch_size ({self.args.per_device_train_batch_size}) must be >= 2: a contrastive "
+                "batch needs at least two sentences"
+            )
+        check = getattr(self.data_collator, "check_relations", None)
+        if check is not None:
+            check(relations, source="the training data")
+
+    def _train_relations(self) -> list[str]:
+        dataset = self.train_dataset
+        if hasattr(dataset, "column_names"):
+            return list(dataset["relation"])
+        return [row["relation"] for row in dataset]
+
+    # -- data -----------------------------------------------------------------------------------------------------
+
+    def _data_seed(self) -> int:
+        return self.args.data_seed if self.args.data_seed is not None else self.args.seed
+
+    def build_batch_sampler(self) -> torch.utils.data.Sampler:
+        """The global stream of row-index batches (before accelerate deals them to the processes)."""
+        batch_size = self._train_batch_size
+        world = max(1, self.accelerator.num_processes)
+        num_batches = _option(self.args, "batches_per_epoch")
+        rows = len(self.train_dataset)
+        if num_batches is None:
+            num_batches = max(1, rows // (batch_size * world)) * world  # a multiple of the world size: no wrap-around
+        if _option(self.args, "balanced_batches"):
+            n = _option(self.args, "instances_per_relation")
+            return RelationBalancedBatchSampler(
+                self._train_relations(), balanced_batch_shape(batch_size, n), n, seed=self._data_seed(),
+                num_batches=num_batches,
+            )
+        return ShuffledBatchSampler(rows, batch_size, seed=self._data_seed(), num_batches=num_batches)
+
+    def get_train_dataloader(self) -> DataLoader:
+        if self.train_dataset is None:
+            raise ValueError("SaconTrainer: training requires a train_dataset")
+        self._train_batch_sampler = ServeKeyedBatchSampler(self.build_batch_sampler())
+        params: dict[str, Any] = {
+            "batch_sampler": self._train_batch_sampler,
+            "collate_fn": self.data_collator,
+            "num_workers": self.args.dataloader_num_workers,
+            "pin_memory": self.args.dataloader_pin_memory and self.args.device.type != "cpu",
+        }
+        if self.args.dataloader_num_workers > 0:
+            params.update(
+                persistent_workers=self.args.dataloader_persistent_workers,
+                prefetch_factor=self.args.dataloader_prefetch_factor,
+                multiprocessing_context=self.args.dataloader_multiprocessing_context,
+                worker_init_fn=partial(
+                    seed_worker, num_workers=self.args.dataloader_num_workers, rank=self.args.process_index
+                ),
+            )
+        # accelerate wraps the batch sampler in BatchSamplerShard when there are several processes: disjoint batches
+        return self.accelerator.prepare(DataLoader(ServedDataset(self.train_dataset), **params))
+
+    def _run_epoch(self, *args, **kwargs):
+        # The Trainer reaches a sampler wrapped twice (SkipBatchSampler over BatchSamplerShard, when resuming under
+        # several processes) only one level deep: set the epoch of ours directly.
+        epoch = kwargs["epoch"] if "epoch" in kwargs else args[1]
+        if self._train_batch_sampler is not None:
+            self._train_batch_sampler.set_epoch(epoch)
+        return super()._run_epoch(*args, **kwargs)
+
+    # -- loss -----------------------------------------------------------------------------------------------------
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The model's own loss, a per-batch mean. `num_items_in_batch` is ignored (always None here, as the model
+        takes no loss kwargs): `training_step` divides by the gradient accumulation steps, and nothing multiplies by
+        the number of processes."""
+        if self.accelerator.num_processes > 1:
+            inputs = {**inputs, "gather_across_processes": True}
+        outputs = model(**inputs, return_dict=True)
+        loss = outputs.loss
+        if loss is None:
+            raise ValueError(f"the model returned no loss; the batch has keys {sorted(inputs)} (labels are needed)")
+        if model.training:
+            self._accumulate_terms(outputs)
+        return (loss, outputs) if return_outputs else loss
+
+    def _accumulate_terms(self, outputs) -> None:
+        for name in LOSS_TERMS:
+            value = getattr(outputs, name, None)
+            if value is None:
+                continue
+            value = value.detach().float()
+            self._term_sums[name] = self._term_sums[name] + value if name in self._term_sums else value
+        self._term_count += 1
+
+    def _pop_term_logs(self) -> dict[str, float]:
+        """Mean of each loss term over the micro-batches since the last log (and over processes)."""
+        names = [name for name in LOSS_TERMS if name in self._term_sums]
+        if not names:
+            return {}
+        means = torch.stack([self._term_sums[name] for name in names]) / self._term_count
+        if self.accelerator.num_processes > 1:
+            means = self.accelerator.reduce(means, reduction="mean")
+        self._term_sums, self._term_count = {}, 0
+        return dict(zip(names, means.tolist()))
+
+    def temperature(self) -> float:
+        model = self.accelerator.unwrap_model(self.model)
+        return float(1.0 / model.logit_scale_value().detach().float().exp())
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self._term_count > 0:  # a training logging step (all processes log it together)
+            logs.update(self._pop_term_logs())
+            logs["temperature"] = self.temperature()
+        super().log(logs, start_time)
+
+    # -- optimizer ------------------------------------------------------------------------------------------------
+
+    def parameter_groups(self, model: torch.nn.Module) -> list[dict[str, Any]]:
+        """[decayed weights, biases/LayerNorm (no decay), logit_scale (no decay, its own learning rate)]."""
+        decay = set(self.get_decay_parameter_names(model))
+        groups = {"decay": [], "no_decay": [], "logit_scale": []}
+        for name, param in model.named_parameters():
+            if not param.requires_grad:
+                continue
+            if name == LOGIT_SCALE_NAME or name.endswith("." + LOGIT_SCALE_NAME):
+                groups["logit_scale"].append(param)
+            elif name in decay:
+                groups["decay"].append(param)
+            else:
+                groups["no_decay"].append(param)
+        out = [
+            {"params": groups["decay"], "weight_decay": self.args.weight_decay},
+            {"params": groups["no_decay"], "weight_decay": 0.0},
+        ]
+        if groups["logit_scale"]:
+            out.append({"params": groups["logit_scale"], "weight_decay": 0.0, "lr": _option(self.args, "logit_scale_learning_rate")})
+        return [group for group in out if group["params"]]
+
+    def create_optimizer(self, model=None) -> torch.optim.Optimizer:
+        if self.optimizer is not None:
+            return self.optimizer
+        opt_model = self.model if model is None else model
+        if self.optimizer_cls_and_kwargs is not None:
+            optimizer_cls, optimizer_kwargs = self.optimizer_cls_and_kwargs
+        else:
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+        special = {"params", "model", "optimizer_dict"} & set(optimizer_kwargs)
+        if special or not isinstance(optimizer_cls, type) or not issubclass(optimizer_cls, torch.optim.Optimizer):
+            logger.warning(
+                f"optimizer {self.args.optim} builds its own parameter groups: logit_scale gets the encoders' learning "
+                "rate and weight decay settings"
+            )
+            return super().create_optimizer(model)
+        self.optimizer = optimizer_cls(self.parameter_groups(opt_model), **optimizer_kwargs)
+        return self.optimizer
+
+    # -- evaluation -----------------------------------------------------------------------------------------------
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        """FewRel accuracy of prototypes on seeded episodes: `{prefix}_fewrel_{N}_{K}_accuracy` and `_ci95`."""
+        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        if dataset is None:
+            raise ValueError("SaconTrainer.evaluate needs an eval_dataset of FewRel rows (e.g. val_wiki)")
+        if isinstance(dataset, dict):
+            metrics = {}
+            for name, split in dataset.items():
+                metrics.update(self.evaluate(split, ignore_keys, f"{metric_key_prefix}_{name}"))
+            return metrics
+        from .evaluation import FewShotEvaluator
+
+        pool = _option(self.args, "fewrel_eval_pool_per_relation")
+        if pool:
+            dataset = first_per_relation(dataset, pool)
+        processor = self.processing_class if hasattr(self.processing_class, "encode_instances") else None
+        processor = processor or getattr(self.data_collator, "processor", None)
+        if processor is None:
+            raise ValueError("SaconTrainer.evaluate needs the SaconProcessor (pass processing_class=processor)")
+        model = self.accelerator.unwrap_model(self.model)
+        was_training = model.training
+        model.eval()
+        start = time.time()
+        try:
+            evaluator = FewShotEvaluator(
+                model, processor, dataset, label_table=self.eval_label_table,
+                batch_size=self.args.per_device_eval_batch_size,
+                show_progress=not self.args.disable_tqdm and self.is_local_process_zero(),
+            )
+            settings = [s.strip() for s in _option(self.args, "fewrel_eval_settings").split(",") if s.strip()]
+            results = evaluator.evaluate(
+                settings, num_episodes=_option(self.args, "fewrel_eval_episodes"),
+                seed=_option(self.args, "fewrel_eval_seed"), method=_option(self.args, "fewrel_eval_method"),
+            )
+        finally:
+            model.train(was_training)
+        metrics: dict[str, float] = {}
+        for setting, result in results.items():
+            key = fewrel_metric_name(setting, metric_key_prefix)
+            metrics[f"{key}_accuracy"] = result["accuracy"]
+            metrics[f"{key}_ci95"] = result["ci95"]
+        metrics[f"{metric_key_prefix}_runtime"] = round(time.time() - start, 4)
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+    # -- model card and Hub ---------------------------------------------------------------------------------------
+
+    def latest_fewrel_results(self) -> list[dict[str, Any]]:
+        """The last logged value of every `eval*_fewrel_*_accuracy`, as `render_model_card` eval results."""
+        latest: dict[str, dict[str, Any]] = {}
+        for entry in self.state.log_history:
+            for key, value in entry.items():
+                if "_fewrel_" in key and key.endswith("_accuracy"):
+                    stem = key[: -len("_accuracy")]
+                    setting = stem.split("_fewrel_", 1)[1].replace("_", "-")
+                    prefix = stem.split("_fewrel_", 1)[0]
+                    split = prefix.split("_", 1)[1] if "_" in prefix else self.model_card_fields.get("eval_split", "val_wiki")
+                    latest[stem] = {
+                        "setting": setting, "accuracy": value, "ci95": entry.get(f"{stem}_ci95"), "split": split,
+                        "method": _option(self.args, "fewrel_eval_method"),
+                        "episodes": _option(self.args, "fewrel_eval_episodes"),
+                        "pool": _option(self.args, "fewrel_eval_pool_per_relation") or None,
+                    }
+        return list(latest.values())
+
+    def training_summary(self) -> dict[str, Any]:
+        """The protocol table of the model card."""
+        args = self.args
+        world = max(1, self.accelerator.num_processes)
+        summary: dict[str, Any] = {
+            "optimizer steps": self.state.global_step or args.max_steps,
+            "batch size per process": args.per_device_train_batch_size,
+            "processes": world,
+            "gradient accumulation steps": args.gradient_accumulation_steps,
+            "global batch (sentences)": args.per_device_train_batch_size * args.gradient_accumulation_steps * world,
+        }
+        if _option(args, "balanced_batches"):
+            n = _option(args, "instances_per_relation")
+            summary["batches"] = f"relation-balanced: {args.per_device_train_batch_size // n} relations x {n} sentences"
+        else:
+            summary["batches"] = "shuffled"
+        summary.update({
+            "learning rate (encoders)": args.learning_rate,
+            "learning rate (logit_scale)": _option(args, "logit_scale_learning_rate"),
+            "schedule": f"{getattr(args.lr_scheduler_type, 'value', args.lr_scheduler_type)}, warm-up {args.warmup_steps}",
+            "weight decay": args.weight_decay,
+            "seed": args.seed,
+        })
+        try:
+            summary["final temperature"] = round(self.temperature(), 5)
+        except Exception:  # noqa: BLE001 - the card must not fail on an unusual model
+            pass
+        losses = [entry["loss"] for entry in self.state.log_history if "loss" in entry]
+        if losses:
+            summary["last logged loss"] = round(losses[-1], 4)
+        return summary
+
+    def create_model_card(self, language=None, license=None, tags=None, model_name=None, finetuned_from=None,
+                          tasks=None, dataset_tags=None, dataset=None, dataset_args=None, **kwargs) -> None:
+        """Write `output_dir/README.md` from the SaCon template (replaces the Trainer's generic card)."""
+        if not self.is_world_process_zero():
+            return
+        from .model_card import render_model_card
+
+        fields = dict(self.model_card_fields)
+        fields.pop("eval_split", None)
+        hub_id = self.args.hub_model_id or getattr(self, "hub_model_id", None)
+        fields.setdefault("model_name", model_name or (hub_id or os.path.basename(os.path.abspath(self.args.output_dir))).split("/")[-1])
+        fields.setdefault("model_id", hub_id or fields["model_name"])
+        if license is not None:
+            fields["license"] = license
+        if language is not None:
+            fields["language"] = language
+        if tags:
+            fields["tags"] = [*fields.get("tags", []), *([tags] if isinstance(tags, str) else tags)]
+        if finetuned_from is not None:
+            fields.setdefault("base_model", finetuned_from)
+        if dataset is not None:
+            fields.setdefault("datasets", [dataset] if isinstance(dataset, str) else list(dataset))
+        fields["training"] = {**self.training_summary(), **fields.get("training", {})}
+        fields.setdefault("eval_results", self.latest_fewrel_results())
+        pool = _option(self.args, "fewrel_eval_pool_per_relation")
+        if fields["eval_results"] and pool and "eval_description" not in fields:
+            from .model_card import DEFAULT_EVAL_DESCRIPTION
+
+            fields["eval_description"] = (
+                f"{DEFAULT_EVAL_DESCRIPTION} Measured at the end of pre-training on episodes drawn from the first {pool} "
+                "sentences of each relation (a fixed pool); see the evaluation script for full-split results."
+            )
+        os.makedirs(self.args.output_dir, exist_ok=True)
+        render_model_card(**fields).save(os.path.join(self.args.output_dir, "README.md"))
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        # The stock push copies only config + weights from the checkpoint into output_dir before uploading it; the
+        # model code (auto_map) and the card have to be there too for the pushed repo to load.
+        if self.is_world_process_zero() and str(getattr(self.args.hub_strategy, "value", self.args.hub_strategy)) != "end":
+            os.makedirs(self.args.output_dir, exist_ok=True)
+            for path in glob.glob(os.path.join(checkpoint_folder, "*.py")):
+                shutil.copy(path, os.path.join(self.args.output_dir, os.path.basename(path)))
+            self.create_model_card()
+        super()._push_from_checkpoint(checkpoint_folder)

@@ -1,0 +1,323 @@
+"""SaconTrainer: exact resume, logged loss terms and temperature, the logit_scale parameter group, gradient
+accumulation scaling, disjoint batches per process, and the pre-training script's input validation."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate.data_loader import prepare_data_loader, skip_first_batches
+from torch.utils.data import DataLoader
+from transformers import TrainerCallback
+
+from modeling_sacon import SaconConfig, SaconDualEncoderModel
+from modeling_sacon.collator import SaconPretrainingCollator, ServedDataset, ServeKeyedBatchSampler
+from modeling_sacon.data import DataFormatError, RelationBalancedBatchSampler, UnknownRelationError
+from modeling_sacon.trainer import LOSS_TERMS, SaconTrainer, SaconTrainingArguments
+
+from conftest import tiny_bert_config
+from test_collator import synthetic_dataset
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def grad_enabled():
+    """Scripts that other tests run in-process turn gradients off globally (torch.set_grad_enabled(False))."""
+    with torch.enable_grad():
+        yield
+
+
+@pytest.fixture(scope="module")
+def data():
+    return synthetic_dataset(num_relations=8, per_relation=12)  # 96 rows: 12 batches of 4 relations x 2
+
+
+def tiny(processor, seed: int, dropout: float = 0.1) -> SaconDualEncoderModel:
+    torch.manual_seed(seed)
+    config = tiny_bert_config(len(processor.tokenizer))
+    config.hidden_dropout_prob = config.attention_probs_dropout_prob = dropout
+    return SaconDualEncoderModel(SaconConfig(sentence_config=config.to_dict()))
+
+
+def arguments(output_dir, **overrides) -> SaconTrainingArguments:
+    options = dict(
+        output_dir=str(output_dir), max_steps=6, per_device_train_batch_size=8, instances_per_relation=2,
+        learning_rate=1e-3, warmup_steps=0.2, logging_steps=1, save_steps=3, save_total_limit=None, seed=0,
+        disable_tqdm=True, report_to="none", use_cpu=True, dataloader_pin_memory=False,
+    )
+    options.update(overrides)
+    return SaconTrainingArguments(**options)
+
+
+def trainer_for(processor, data, model, args, **kwargs) -> SaconTrainer:
+    dataset, table = data
+    collator = kwargs.pop("data_collator", None) or SaconPretrainingCollator(processor, table, seed=args.seed)
+    return SaconTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator, processing_class=processor, **kwargs)
+
+
+class StopAt(TrainerCallback):
+    """Interrupts training after `step` (once its checkpoint is written), like a killed job."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= self.step:
+            control.should_training_stop = True
+
+
+def train_logs(trainer) -> dict[int, dict]:
+    return {entry["step"]: entry for entry in trainer.state.log_history if "loss" in entry}
+
+
+def test_resume_reproduces_the_uninterrupted_run(processor, data, tmp_path):
+    """6 steps straight == 3 steps, interrupted, then resumed in a fresh trainer (dropout on: RNG states restored)."""
+    straight = trainer_for(processor, data, tiny(processor, 0), arguments(tmp_path / "a", save_strategy="no"))
+    straight.train()
+
+    interrupted = trainer_for(processor, data, tiny(processor, 0), arguments(tmp_path / "b"), callbacks=[StopAt(3)])
+    interrupted.train()
+    assert interrupted.state.global_step == 3 and (tmp_path / "b" / "checkpoint-3").is_dir()
+
+    resumed = trainer_for(processor, data, tiny(processor, 123), arguments(tmp_path / "b", save_strategy="no"))  # other init
+    resumed.train(resume_from_checkpoint=str(tmp_path / "b" / "checkpoint-3"))
+    assert resumed.state.global_step == 6
+
+    expected, got = straight.model.state_dict(), resumed.model.state_dict()
+    moved = [n for n in expected if not torch.equal(expected[n], tiny(processor, 0).state_dict()[n])]
+    assert len(moved) > 10  # training did change the weights
+    for name in expected:
+        assert torch.allclose(expected[name], got[name], atol=1e-6), name
+    reference = train_logs(straight)
+    for step, entry in {**train_logs(interrupted), **train_logs(resumed)}.items():
+        for key in ("loss", "grad_norm", "learning_rate", "temperature", *LOSS_TERMS):
+            assert entry[key] == pytest.approx(reference[step][key], rel=1e-6, abs=1e-7), (step, key)
+    assert sorted({**train_logs(interrupted), **train_logs(resumed)}) == [1, 2, 3, 4, 5, 6]
+
+
+class Recorder(TrainerCallback):
+    def __init__(self):
+        self.logit_scales = []
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        self.logit_scales.append(model.logit_scale.item())
+
+
+def test_logs_loss_terms_and_temperature_and_logit_scale_group(processor, data, tmp_path):
+    model = tiny(processor, 0)
+    start = model.logit_scale.item()
+    args = arguments(tmp_path, max_steps=2, warmup_steps=0, weight_decay=0.01, logit_scale_learning_rate=0.02, save_strategy="no")
+    recorder = Recorder()
+    trainer = trainer_for(processor, data, model, args, callbacks=[recorder])
+
+    groups = trainer.create_optimizer().param_groups
+    scale_groups = [g for g in groups if any(p is model.logit_scale for p in g["params"])]
+    assert len(scale_groups) == 1 and len(scale_groups[0]["params"]) == 1
+    assert scale_groups[0]["lr"] == 0.02 and scale_groups[0]["weight_decay"] == 0.0
+    names = {id(p): n for n, p in model.named_parameters()}
+    for group in groups:
+        for param in group["params"]:
+            name = names[id(param)]
+            no_decay = name.endswith("bias") or "LayerNorm" in name or name == "logit_scale"
+            assert group["weight_decay"] == (0.0 if no_decay else 0.01), name
+            if name != "logit_scale":
+                assert group.get("lr", args.learning_rate) == args.learning_rate, name
+    assert sum(len(g["params"]) for g in groups) == len([p for p in model.parameters() if p.requires_grad])
+
+    trainer.train()
+    # AdamW's first step moves every parameter by about its learning rate: the temperature does move
+    assert abs(recorder.logit_scales[0] - start) == pytest.approx(0.02, rel=1e-3)
+    logs = train_logs(trainer)
+    assert sorted(logs) == [1, 2]
+    for entry in logs.values():
+        for key in (*LOSS_TERMS, "temperature"):
+            assert key in entry and math.isfinite(entry[key]), key
+        assert entry["contrastive_loss"] == pytest.approx(
+            (entry["sentence_anchored_loss"] + entry["label_anchored_loss"]) / 2, rel=1e-5
+        )
+        assert entry["loss"] == pytest.approx(
+            entry["contrastive_loss"] + entry["sentence_mlm_loss"] + entry["label_mlm_loss"], rel=1e-5
+        )
+    assert logs[2]["temperature"] == pytest.approx(math.exp(-recorder.logit_scales[1]), rel=1e-6)
+
+
+class RecordingCollator:
+    """Keeps a copy of every batch it builds."""
+
+    def __init__(self, inner):
+        self.inner, self.batches = inner, []
+
+    def __call__(self, features):
+        batch = self.inner(features)
+        self.batches.append({k: v.clone() for k, v in batch.items()})
+        return batch
+
+    def check_relations(self, relations, source=""):
+        self.inner.check_relations(relations, source)
+
+
+def test_gradient_accumulation_averages_the_micro_batch_gradients(processor, data, tmp_path):
+    """GA=2, SGD: the update is -lr * mean of the two micro-batch gradients (loss divided by 2 exactly once)."""
+    lr = 0.5
+    model = tiny(processor, 0, dropout=0.0)
+    initial = copy.deepcopy(model)
+    collator = RecordingCollator(SaconPretrainingCollator(processor, data[1], seed=0))
+    args = arguments(
+        tmp_path, max_steps=1, gradient_accumulation_steps=2, optim="sgd", learning_rate=lr, logit_scale_learning_rate=lr,
+        lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=0.0, save_strategy="no",
+    )
+    trainer = trainer_for(processor, data, model, args, data_collator=collator)
+    trainer.train()
+
+    gradients, losses = [], []
+    for batch in collator.batches[:2]:  # the two micro-batches of the step (a third may be prefetched)
+        initial.zero_grad()
+        out = initial.train()(**batch)
+        out.loss.backward()
+        losses.append({k: float(getattr(out, k).detach()) for k in ("loss", "contrastive_loss")})
+        gradients.append({n: p.grad.clone() for n, p in initial.named_parameters() if p.grad is not None})
+    assert not torch.equal(collator.batches[0]["input_ids"][:, :5], collator.batches[1]["input_ids"][:, :5])
+
+    trained = dict(model.named_parameters())
+    checked = 0
+    for name, param in initial.named_parameters():
+        if name not in gradients[0]:
+            continue
+        mean = (gradients[0][name] + gradients[1][name]) / 2
+        expected = param.detach() - lr * mean
+        assert torch.allclose(trained[name].detach(), expected, atol=1e-5, rtol=1e-4), name
+        checked += 1
+    assert checked > 20
+    # not the sum (no GA division) nor a quarter (divided twice)
+    scale = initial.logit_scale.detach()
+    g = (gradients[0]["logit_scale"] + gradients[1]["logit_scale"]) / 2
+    assert abs(float(g)) > 1e-4
+    for wrong in (scale - 2 * lr * g, scale - 0.5 * lr * g):
+        assert not torch.allclose(trained["logit_scale"].detach(), wrong, atol=1e-6)
+
+    entry = train_logs(trainer)[1]
+    for key in ("loss", "contrastive_loss"):
+        assert entry[key] == pytest.approx((losses[0][key] + losses[1][key]) / 2, rel=1e-5), key
+
+
+def test_accelerate_deals_disjoint_batches_to_processes(data):
+    """The global keyed stream, sharded by accelerate's BatchSamplerShard: process r takes batches r, r+2, ..."""
+    dataset, _ = data
+
+    def loader():
+        sampler = RelationBalancedBatchSampler(dataset["relation"], 4, 2, seed=0, num_batches=8)
+        return DataLoader(ServedDataset(dataset), batch_sampler=ServeKeyedBatchSampler(sampler), collate_fn=list)
+
+    everything = [[(row["_sacon_serve_key"], row["tokens"]) for row in batch] for batch in loader()]
+    shards = []
+    for rank in range(2):
+        prepared = prepare_data_loader(loader(), num_processes=2, process_index=rank, put_on_device=False)
+        assert len(prepared) == 4
+        shards.append([[(row["_sacon_serve_key"], row["tokens"]) for row in batch] for batch in prepared])
+        # resuming skips this process's own consumed batches, keys intact
+        resumed = [[row["_sacon_serve_key"] for row in batch] for batch in skip_first_batches(prepared, 1)]
+        assert resumed == [[key for key, _ in batch] for batch in shards[rank][1:]]
+    assert shards[0] == everything[0::2] and shards[1] == everything[1::2]
+
+
+def test_every_epoch_reaches_the_keyed_sampler(processor, data, tmp_path, monkeypatch):
+    """Resuming under several processes wraps the sampler twice (SkipBatchSampler > BatchSamplerShard), deeper than
+    the Trainer's own `set_epoch` forwarding reaches: SaconTrainer sets the epoch itself (checked with 2 processes:
+    without it a resumed run replays epoch 0's batches)."""
+    trainer = trainer_for(processor, data, tiny(processor, 0), arguments(tmp_path))
+    loader = trainer.get_train_dataloader()
+    wrapped = skip_first_batches(prepare_data_loader(loader, num_processes=2, process_index=0, put_on_device=False), 1)
+    seen = []
+    monkeypatch.setattr(
+        "transformers.Trainer._run_epoch", lambda self, **kwargs: seen.append(self._train_batch_sampler.epoch)
+    )
+    trainer._run_epoch(model=trainer.model, epoch=3, train_dataloader=wrapped)
+    assert seen == [3]
+    epochs = {epoch for batch in wrapped.batch_sampler for _, epoch, _ in batch}  # (row, epoch, batch) keys
+    assert epochs == {3}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# examples/pretrain.py: bad inputs fail before any model is loaded, naming the file / relation / option.
+
+
+@pytest.fixture(scope="module")
+def pretrain():
+    spec = importlib.util.spec_from_file_location("pretrain_script", REPO / "examples" / "pretrain.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve string annotations through sys.modules
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop(spec.name, None)
+
+
+def fewrel_file(path: Path, content) -> str:
+    path.write_text(content if isinstance(content, str) else json.dumps(content))
+    return str(path)
+
+
+INSTANCE = {"tokens": "paris is the capital of france".split(), "h": ["paris", "Q90", [[0]]], "t": ["france", "Q142", [[5]]]}
+LABELS = {"P1376": ["capital of", "country, state, department ..."], "P17": ["country", "sovereign state"]}
+
+
+@pytest.fixture
+def no_model_loading(pretrain, monkeypatch):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a model was loaded before the inputs were validated")
+
+    monkeypatch.setattr(pretrain, "build_model_and_processor", forbidden)
+
+
+def run_script(pretrain, tmp_path, *options):
+    return pretrain.main(["--output_dir", str(tmp_path / "out"), "--eval_fewrel", "none", *options])
+
+
+def test_script_rejects_malformed_json(pretrain, tmp_path, no_model_loading):
+    bad = fewrel_file(tmp_path / "corpus.json", '{"P17": [{"tokens": ["a"],}')
+    with pytest.raises(DataFormatError, match=r"corpus\.json: malformed JSON at line 1"):
+        run_script(pretrain, tmp_path, "--train_files", bad, "--label_files", fewrel_file(tmp_path / "l.json", LABELS))
+
+
+def test_script_rejects_instance_without_head(pretrain, tmp_path, no_model_loading):
+    headless = {k: v for k, v in INSTANCE.items() if k != "h"}
+    corpus = fewrel_file(tmp_path / "corpus.json", {"P17": [INSTANCE, INSTANCE], "P1376": [INSTANCE, headless]})
+    with pytest.raises(DataFormatError, match=r"corpus\.json: relation 'P1376', instance 1, field 'h': missing"):
+        run_script(pretrain, tmp_path, "--train_files", corpus, "--label_files", fewrel_file(tmp_path / "l.json", LABELS))
+
+
+def test_script_rejects_relation_without_label_text(pretrain, tmp_path, no_model_loading):
+    corpus = fewrel_file(tmp_path / "corpus.json", {"P17": [INSTANCE] * 2, "P9999": [INSTANCE] * 2})
+    labels = fewrel_file(tmp_path / "labels.json", LABELS)
+    with pytest.raises(UnknownRelationError, match=r"no label text for relation\(s\) 'P9999' \(from .*corpus\.json\)"):
+        run_script(pretrain, tmp_path, "--train_files", corpus, "--label_files", labels)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--per_device_train_batch_size", "2", "--instances_per_relation", "2"],
+         r"per_device_train_batch_size \(2\) / instances_per_relation \(2\) = 1: a contrastive batch needs at least two relations"),
+        (["--per_device_train_batch_size", "6", "--instances_per_relation", "2"],
+         r"= 3 relations per batch, but the training data has only 2 relations"),
+        (["--per_device_train_batch_size", "5", "--instances_per_relation", "2"],
+         r"per_device_train_batch_size \(5\) must be divisible by instances_per_relation \(2\)"),
+        (["--balanced_batches", "false", "--per_device_train_batch_size", "1"], r"per_device_train_batch_size \(1\) must be >= 2"),
+    ],
+)
+def test_script_rejects_batches_without_two_relations(pretrain, tmp_path, no_model_loading, options, message):
+    corpus = fewrel_file(tmp_path / "corpus.json", {"P17": [INSTANCE] * 3, "P1376": [INSTANCE] * 3})
+    labels = fewrel_file(tmp_path / "labels.json", LABELS)
+    with pytest.raises(ValueError, match=message):
+        run_script(pretrain, tmp_path, "--train_files", corpus, "--label_files", labels, *options)
+
+
+def test_trainer_rejects_a_batch_of_one_relation(processor, data, tmp_path):
+    with pytest.raises(ValueError, match=r"instances_per_relation \(4\) = 1: a contrastive batch needs at least two"):
+        trainer_for(processor, data, tiny(processor, 0), arguments(tmp_path, per_device_train_batch_size=4, instances_per_relation=4))
