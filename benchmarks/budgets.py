@@ -1,0 +1,294 @@
+"""Benchmark budgets: how big every unit of `run_all.py` is, per machine class, and the CPU time arithmetic.
+
+Three budgets:
+
+* ``smoke``: a tiny random BERT (2 layers, hidden 32) on the packaged tokenizer, a few optimizer steps, 20 episodes
+  on 10 sentences per relation, one thread. It checks that every code path of the harness runs and that the result
+  files have their shape (`tests/test_benchmarks.py`, ~1 min); its numbers mean nothing.
+* ``cpu``: the packaged all-MiniLM-L6-v2 on 2 CPU cores; every number of the README's Results section.
+* ``gpu``: bert-base-uncased, bf16, batch 64, 20x longer pre-training, on one GPU.
+
+CPU budget arithmetic
+---------------------
+Planning constants for 2 *idle* cores (`CPU_PLANNING` below). They were measured while the 2 cores were shared with
+other jobs (load average 2.5-5), which inflates 2-thread timings erratically (OpenMP threads wait for descheduled
+siblings: a MiniLM pre-training step took 10-15 s with 2 threads, 3.2-3.7 s with 1 thread, 1.6-1.9 s with 2 threads
+in a quieter minute), so the constants are the *1-thread* measurements divided by 1.8 for two threads:
+
+    measured, 1 thread, shared machine                                   -> planning constant, 2 idle cores
+    pre-training step, MiniLM x 2 towers, batch 32 (32 x 64 sentence       3.2-3.7 s  -> 2.0 s/step
+      tokens + 16 distinct label texts x ~49), fwd + bwd + AdamW
+    episodic fine-tuning step, 2 episodes 5-way 1-shot                     1.7 s      -> 1.0 s/step
+    encoding (no grad, length-sorted batches of 128) incl. tokenisation    65 sent/s  -> 115 sentences/s
+      (val_pubmed sentences are longer: x1.3 per sentence)
+    scoring one setting, 10,000 cached episodes (numpy episode sampling)   ~6 s (2 threads, shared) -> 4 s
+    re-encoding one 5-way 1-shot episode (10 sentences)                    0.15 s     -> 0.085 s
+    naive padded encoding / length-sorted encoding                         x1.22
+    subprocess start (imports) + corpus load + model build + save          ~20 s (measured 17-22 s)
+
+    unit                                           count  each                                       total
+    (a), (b) untrained baselines                     2    11,200 + 1,000 x 1.3 sentences (109 s)
+                                                            + 9 settings x 4 s + 3 s load            ~300 s
+    (c) pre-training, seeds 1, 2, 3                  3    300 steps x 2.0 s + 20 s                   ~1,860 s (10 min each)
+    (d) episodic fine-tuning                         3    100 steps x 1.0 s + 20 s                   ~360 s
+    (c), (d) evaluations, incl. (e) on the          6    109 s + (9 + 7) settings x 4 s + 3 s       ~1,050 s
+      same embeddings (label-augmented: 7 settings, zero-shot ones are label-only and not re-scored)
+    ablation pre-training, 9 variants                9    40 steps x 2.0 s x batch/32 + 20 s         ~940 s
+      (batch 16 and 64 cost 0.5x and 2x a batch-32 step: 9.5 batch-32 equivalents)
+    ablation evaluations                             9    1,600 sentences (14 s) + 2 x 0.8 s + 3 s   ~170 s
+    speed: 12 steps x 3 variants (~70 s), val_wiki length-sorted (97 s) and naive (119 s), 1,000
+      re-encoded episodes (85 s), model loads                                                   ~400 s
+    -----------------------------------------------------------------------------------------------------------
+    total                                                                                        ~5,070 s = 84 min
+
+(`estimate(CPU)` recomputes this table; `run_all.py` prints it at start.) 6 minutes of slack against the 90-minute
+target. The main-table evaluation (8 encodings of val_wiki + val_pubmed, ~23 min) is the fixed cost: 10,000 episodes
+on the full splits. The pre-training runs are `examples/pretrain.py`'s default run (300 steps of batch 32), seeded.
+If the cores turn out slower or faster than planned, resize with `--set pretrain_steps=N` (each step: 6 s over the
+three seeds) or `--set ablation_steps=N` (each step: 19 s over the nine variants); units the change does not affect
+are kept. Quality at that length is not known in advance: a 60-step probe (seed 1, batch 32, shared machine) scored
+70.5% val_wiki 5-1 / 73.7% zero-shot 5-way / 55.7% val_pubmed 5-1 on 2,000 episodes over the first 100 sentences per
+relation, against 62.2% / 73.8% / 51.0% for row (a) on the same episodes (40 steps: 70.0% / 72.7% / 55.1%).
+
+Ablations are shorter than the main runs (40 vs 300 steps, one seed; the learning-rate schedule decays over the 40
+steps) and are scored on 2,000 episodes drawn from the first 100 sentences of each val_wiki relation (1,600
+sentences), not on all 700 per relation: they rank the variants against each other; the main table is the quality
+claim. On the speed side the two val_wiki encoding arms run once each (minutes each, where timer noise is
+negligible); pre-training steps and cached scoring are medians of repeats.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+MAIN_SETTINGS = "5-1,5-5,10-1,10-5,zs-5,zs-10,nota-5-1-0.5"
+PUBMED_SETTINGS = "5-1,5-5"
+ABLATION_SETTINGS = "5-1,zs-5"
+
+
+@dataclass(frozen=True)
+class Budget:
+    name: str
+    # "tiny": a random 2-layer BERT saved with the packaged tokenizer; "minilm": the packaged all-MiniLM-L6-v2;
+    # anything else: a model name or path for `--sentence_model_name_or_path`.
+    backbone: str
+    backbone_label: str
+    seeds: tuple[int, ...]
+    device: str = "cpu"  # where the harness's own evaluations and speed measurements run ("cuda" on a GPU)
+    # torch/OpenMP threads of the harness and its subprocesses; None: torch's default (all cores). The smoke budget
+    # uses 1: a tiny model gains nothing from a second thread, and on a loaded machine OpenMP threads waiting for a
+    # descheduled sibling make each of its small ops ~50x slower (measured: 2.2 s vs 0.045 s per tiny step)
+    threads: int | None = None
+
+    # pre-training (examples/pretrain.py)
+    pretrain_steps: int = 300
+    pretrain_batch_size: int = 32
+    pretrain_save_steps: int = 100  # checkpoints, so an interrupted run resumes (deleted once the run is done)
+    pretrain_extra_args: tuple[str, ...] = ()
+
+    # episodic fine-tuning (examples/finetune_fewrel.py)
+    finetune_steps: int = 100
+    finetune_batch_size: int = 2  # episodes per step
+    finetune_extra_args: tuple[str, ...] = ()
+
+    # evaluation of the main table (examples/evaluate_fewrel.py's code path)
+    eval_settings: str = MAIN_SETTINGS
+    pubmed_settings: str = PUBMED_SETTINGS
+    eval_episodes: int = 10_000
+    eval_seed: int = 0
+    eval_pool_per_relation: int | None = None  # None: every sentence of the split (smoke: a few per relation)
+    eval_batch_size: int = 128
+
+    # ablations (one seed)
+    ablation_seed: int = 1
+    ablation_steps: int = 40
+    ablation_batch_sizes: tuple[int, ...] = (16, 32, 64)
+    ablation_settings: str = ABLATION_SETTINGS
+    ablation_episodes: int = 2_000
+    ablation_pool_per_relation: int | None = 100
+
+    # speed and memory
+    speed_step_warmup: int = 2
+    speed_step_repeats: int = 10
+    speed_reencode_episodes: int = 1_000
+    speed_pool_per_relation: int | None = None  # sentences of val_wiki encoded by the encoding benchmarks
+    speed_encode_repeats: int = 1  # each arm over all of val_wiki is minutes on a CPU: timer noise is negligible
+    speed_scoring_repeats: int = 3
+
+    # training runs per subprocess: "one" (isolated runs, per-run peak RSS) or "section" (one process per section:
+    # smoke only, where process start-up would dominate)
+    processes: str = "one"
+
+    def with_overrides(self, overrides: dict[str, str]) -> "Budget":
+        """`--set key=value` overrides, converted to the field's type."""
+        fields = {f.name: f for f in dataclasses.fields(self)}
+        values = {}
+        for key, raw in overrides.items():
+            if key not in fields or key == "name":
+                raise ValueError(f"unknown budget field {key!r}; fields: {', '.join(sorted(set(fields) - {'name'}))}")
+            current = getattr(self, key)
+            values[key] = _convert(raw, current, key)
+        return dataclasses.replace(self, **values)
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _convert(raw: str, current, key: str):
+    if isinstance(current, bool):
+        return raw.lower() in ("1", "true", "yes")
+    if isinstance(current, tuple):
+        items = [item for item in raw.split(",") if item]
+        kind = type(current[0]) if current else str
+        return tuple(kind(item) for item in items)
+    if current is None or isinstance(current, int):
+        if raw.lower() in ("none", ""):
+            return None
+        return int(raw)
+    if isinstance(current, float):
+        return float(raw)
+    return raw
+
+
+SMOKE = Budget(
+    name="smoke",
+    backbone="tiny",
+    backbone_label="tiny random BERT",
+    seeds=(1,),
+    pretrain_steps=3,
+    pretrain_batch_size=8,
+    pretrain_save_steps=1000,
+    finetune_steps=2,
+    finetune_batch_size=1,
+    eval_episodes=20,
+    eval_pool_per_relation=10,
+    eval_batch_size=64,
+    ablation_steps=2,
+    ablation_batch_sizes=(4, 8, 16),
+    ablation_episodes=20,
+    ablation_pool_per_relation=10,
+    speed_step_warmup=1,
+    speed_step_repeats=2,
+    speed_reencode_episodes=10,
+    speed_pool_per_relation=10,
+    speed_encode_repeats=1,
+    speed_scoring_repeats=1,
+    threads=1,
+    processes="section",
+)
+
+CPU = Budget(
+    name="cpu",
+    backbone="minilm",
+    backbone_label="MiniLM",
+    seeds=(1, 2, 3),
+    pretrain_steps=300,
+    pretrain_batch_size=32,
+    pretrain_save_steps=100,
+    finetune_steps=100,
+    finetune_batch_size=2,
+    eval_episodes=10_000,
+    ablation_steps=40,
+    ablation_batch_sizes=(16, 32, 64),
+    ablation_episodes=2_000,
+    ablation_pool_per_relation=100,
+    speed_step_warmup=2,
+    speed_step_repeats=10,
+)
+
+GPU = Budget(
+    name="gpu",
+    backbone="bert-base-uncased",
+    backbone_label="BERT-base",
+    seeds=(1, 2, 3),
+    device="cuda",
+    pretrain_steps=6_000,
+    pretrain_batch_size=64,
+    pretrain_save_steps=1_000,
+    pretrain_extra_args=("--bf16", "True", "--dataloader_num_workers", "4", "--learning_rate", "3e-5"),
+    finetune_steps=2_000,
+    finetune_batch_size=4,
+    finetune_extra_args=("--bf16", "True", "--dataloader_num_workers", "4"),
+    eval_episodes=10_000,
+    eval_batch_size=256,
+    ablation_steps=2_000,
+    ablation_batch_sizes=(32, 64, 128),
+    ablation_episodes=10_000,
+    ablation_pool_per_relation=None,
+    speed_step_warmup=5,
+    speed_step_repeats=20,
+    speed_encode_repeats=3,
+    speed_scoring_repeats=3,
+)
+
+BUDGETS = {budget.name: budget for budget in (SMOKE, CPU, GPU)}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Time estimate (see the module docstring)
+
+
+@dataclass(frozen=True)
+class Planning:
+    """Per-unit costs on the budget's machine (CPU_PLANNING: MiniLM on 2 idle cores)."""
+
+    pretrain_step_s: float = 2.0  # at batch 32; scales linearly with the batch
+    finetune_step_s: float = 1.0  # at 2 episodes per step
+    encode_sentences_per_s: float = 115.0
+    pubmed_sentence_cost: float = 1.3
+    scoring_s_per_setting: float = 4.0  # at 10,000 episodes; linear in episodes
+    reencode_s_per_episode: float = 0.085  # 5-way 1-shot
+    naive_encode_factor: float = 1.22
+    model_load_s: float = 3.0
+    process_s: float = 20.0
+    val_wiki_sentences: int = 11_200
+    val_wiki_relations: int = 16
+    pubmed_sentences: int = 1_000
+    pubmed_relations: int = 10
+
+
+CPU_PLANNING = Planning()
+
+
+def estimate(budget: Budget, plan: Planning = CPU_PLANNING) -> dict[str, float]:
+    """Seconds per part of `run_all.py` under `plan` (meaningful for the budget the constants were measured for)."""
+
+    def sentences(pool: int | None, total: int, relations: int) -> int:
+        return total if not pool else min(total, pool * relations)
+
+    def encode(pool: int | None, pubmed: bool) -> float:
+        n = sentences(pool, plan.val_wiki_sentences, plan.val_wiki_relations)
+        if pubmed:
+            n += plan.pubmed_sentence_cost * sentences(pool, plan.pubmed_sentences, plan.pubmed_relations)
+        return n / plan.encode_sentences_per_s
+
+    def score(settings: int, episodes: int) -> float:
+        return settings * plan.scoring_s_per_setting * episodes / 10_000
+
+    main_settings = len(budget.eval_settings.split(",")) + len(budget.pubmed_settings.split(","))
+    few_shot = main_settings - sum(s.strip().startswith("zs-") for s in budget.eval_settings.split(","))
+    per_baseline = encode(budget.eval_pool_per_relation, True) + score(main_settings, budget.eval_episodes) + plan.model_load_s
+    per_trained = per_baseline + score(few_shot, budget.eval_episodes)
+    step = plan.pretrain_step_s * budget.pretrain_batch_size / 32
+    seeds = len(budget.seeds)
+    ablation_batches = [budget.pretrain_batch_size] * 6 + [b for b in budget.ablation_batch_sizes if b != budget.pretrain_batch_size]
+    ablation_batches.append(budget.pretrain_batch_size)  # shuffled batches
+    ablation_eval = (encode(budget.ablation_pool_per_relation, False)
+                     + score(len(budget.ablation_settings.split(",")), budget.ablation_episodes) + plan.model_load_s)
+    sorted_encode = encode(budget.speed_pool_per_relation, False)
+    parts = {
+        "baselines (a), (b)": 2 * per_baseline,
+        "pre-training (c)": seeds * (budget.pretrain_steps * step + plan.process_s),
+        "fine-tuning (d)": seeds * (budget.finetune_steps * plan.finetune_step_s * budget.finetune_batch_size / 2 + plan.process_s),
+        "evaluations (c), (d), (e)": 2 * seeds * per_trained,
+        "ablation pre-training": sum(budget.ablation_steps * plan.pretrain_step_s * b / 32 + plan.process_s for b in ablation_batches),
+        "ablation evaluations": len(ablation_batches) * ablation_eval,
+        "speed": (
+            (budget.speed_step_warmup + budget.speed_step_repeats) * step * (1 + 0.75 + 1.45)  # full, comparator, no dedup
+            + budget.speed_encode_repeats * sorted_encode * (1 + plan.naive_encode_factor)
+            + budget.speed_reencode_episodes * plan.reencode_s_per_episode + 4 * plan.model_load_s
+        ),
+    }
+    parts["total"] = sum(parts.values())
+    return parts

@@ -1,0 +1,140 @@
+#!/usr/bin/env python
+"""Regenerates every number of the README's Results section.
+
+    python benchmarks/run_all.py --budget cpu                  # MiniLM on 2 CPU cores (~90 min on idle cores)
+    python benchmarks/run_all.py --budget gpu                  # bert-base-uncased, bf16, longer runs, one GPU
+    python benchmarks/run_all.py --budget smoke --output_dir /tmp/bench   # tiny model: checks the harness (~1 min)
+    python benchmarks/run_all.py --budget cpu --only speed     # one section (others are reused if stored)
+    python benchmarks/run_all.py --budget cpu --set pretrain_steps=150 --set seeds=1,2,3   # resize a budget
+
+Writes `results.json` and `results.md` (the Results section) to `--output_dir` (default
+`benchmarks/results/<budget>`). Every unit (a pre-training run, a fine-tuning run, an evaluation, a speed
+measurement) stores its result under `<output_dir>/units/` and is skipped when stored with the same
+specification, so an interrupted run continues where it stopped (a pre-training run also resumes from its last
+checkpoint); `--force` recomputes everything. Budgets and their time arithmetic: `benchmarks/budgets.py`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from budgets import BUDGETS, CPU_PLANNING, estimate  # noqa: E402
+from common import REPO_ROOT, UnitStore, git_commit, log, machine_info, now_iso, write_json  # noqa: E402
+
+SECTIONS = ("quality", "ablations", "speed")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--budget", choices=sorted(BUDGETS), default="cpu")
+    parser.add_argument("--output_dir", type=Path, default=None, help="default: benchmarks/results/<budget>")
+    parser.add_argument("--only", default=",".join(SECTIONS),
+                        help="comma-separated sections to compute (quality, ablations, speed); stored units of the "
+                             "others are still reported")
+    parser.add_argument("--force", action="store_true", help="recompute every unit of the selected sections")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override a budget field (see benchmarks/budgets.py), e.g. pretrain_steps=150")
+    args = parser.parse_args(argv)
+    args.sections = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = sorted(set(args.sections) - set(SECTIONS))
+    if unknown:
+        parser.error(f"--only: unknown section(s) {unknown}; choose from {list(SECTIONS)}")
+    overrides = {}
+    for item in args.overrides:
+        if "=" not in item:
+            parser.error(f"--set expects FIELD=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        overrides[key.strip()] = value.strip()
+    try:
+        args.budget_obj = BUDGETS[args.budget].with_overrides(overrides)
+    except ValueError as err:
+        parser.error(str(err))
+    if args.output_dir is None:
+        args.output_dir = REPO_ROOT / "benchmarks" / "results" / args.budget
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    raw_argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(raw_argv)
+    budget = args.budget_obj
+    if budget.threads:  # before torch is imported, here and in every subprocess (they inherit the environment)
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[name] = str(budget.threads)
+    output_dir = args.output_dir.resolve()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    import transformers  # noqa: E402  (after the thread settings)
+
+    transformers.utils.logging.set_verbosity_error()  # the harness logs its units; runs log to <output_dir>/logs/
+    transformers.utils.logging.disable_progress_bar()
+    start = time.perf_counter()
+    started = now_iso()
+    machine = machine_info()
+    log(f"budget {budget.name}, output {output_dir}, sections {args.sections}, load average {machine['load_average']}")
+    if budget.device.startswith("cuda") and not machine["cuda"]:
+        raise SystemExit(f"budget {budget.name} needs a GPU (device {budget.device}); none is visible")
+
+    plan = estimate(budget)
+    if budget.name == "cpu":  # the planning constants are the CPU budget's (benchmarks/budgets.py)
+        log("estimated on 2 idle cores: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in plan.items()))
+    store = UnitStore(output_dir, force=args.force)
+    from quality import run_ablations, run_quality  # noqa: E402  (imports torch lazily)
+    from speed import run_speed  # noqa: E402
+
+    results: dict = {
+        "command": "python benchmarks/run_all.py " + " ".join(shlex.quote(a) for a in raw_argv),
+        "date": started,
+        "commit": git_commit(),
+        "budget": budget.as_dict(),
+        "machine": machine,
+        "sections_computed": args.sections,
+        "estimate_s": {k: round(v) for k, v in plan.items()} if budget.name == "cpu" else None,
+        "planning_constants": CPU_PLANNING.__dict__ if budget.name == "cpu" else None,
+    }
+    if budget.processes == "section":
+        # smoke: every training run of the computed sections in one process (start-up would dominate), up front
+        from quality import ablation_training_units, backbone_path, quality_training_units, run_training_units
+
+        backbone = backbone_path(budget, output_dir, store)
+        units = quality_training_units(budget, backbone, output_dir) if "quality" in args.sections else []
+        units += ablation_training_units(budget, backbone, output_dir) if "ablations" in args.sections else []
+        if units:
+            run_training_units(units, store, budget, output_dir, "training")
+    results["quality"] = run_quality(budget, output_dir, store, "quality" in args.sections)
+    results["ablations"] = run_ablations(budget, output_dir, store, "ablations" in args.sections)
+    results["speed"] = run_speed(budget, output_dir, store, "speed" in args.sections, results["quality"])
+    results["units"] = {"computed": store.computed, "cached": store.cached, "missing": store.missing, "failed": store.failed}
+    stored = [store.load(name) for name in store.computed + store.cached]
+    results["timing"] = {
+        "total_wall_s": round(time.perf_counter() - start, 2),  # this invocation
+        "units_wall_s": round(sum(entry["wall_s"] for entry in stored if entry), 2),  # every unit, whenever computed
+        "finished": now_iso(),
+        "load_average_at_end": machine_info()["load_average"],
+    }
+
+    from report import render  # noqa: E402
+
+    write_json(output_dir / "results.json", results)
+    (output_dir / "results.md").write_text(render(results))
+    default_dir = (REPO_ROOT / "benchmarks" / "results" / budget.name).resolve()
+    if output_dir == default_dir and budget.name != "smoke":
+        # benchmarks/results/<budget>/ is git-ignored (models, logs); the summary beside it is what gets committed
+        write_json(default_dir.parent / f"{budget.name}.json", results)
+        (default_dir.parent / f"{budget.name}.md").write_text(render(results))
+    log(f"wrote {output_dir / 'results.json'} and {output_dir / 'results.md'} "
+        f"({len(store.computed)} units computed, {len(store.cached)} reused, {results['timing']['total_wall_s']:.0f}s)")
+    if store.failed:
+        log(f"{len(store.failed)} unit(s) failed: {', '.join(store.failed)} (logs under {output_dir / 'logs'}); "
+            "rerun the same command to retry them (finished units are kept)")
+    return results
+
+
+if __name__ == "__main__":
+    sys.exit(1 if main()["units"]["failed"] else 0)

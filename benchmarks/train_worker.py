@@ -1,0 +1,76 @@
+"""Runs training units in this process: `python benchmarks/train_worker.py spec.json`.
+
+`spec.json` is `{"units": [{"name", "script", "argv", "result_path"}, ...]}`; each unit calls `main(argv)` of
+`examples/<script>.py` (pretrain / finetune_fewrel) and writes `result_path`: the script's returned metrics, wall and
+CPU time, and the peak resident memory of this process during the unit (VmHWM, reset between units where the kernel
+allows it). `run_all.py` starts one worker per run (budgets cpu/gpu: crash isolation, exact per-run peak memory from
+`os.wait4`) or one per section (smoke: process start-up would dominate).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_script(name: str):
+    path = REPO_ROOT / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"_benchmark_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
+    spec.loader.exec_module(module)
+    return module
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's high-water mark of this process's RSS (Linux >= 4.0); False where not allowed."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_mb() -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def main(spec_path: str) -> None:
+    spec = json.loads(Path(spec_path).read_text())
+    modules = {}
+    for unit in spec["units"]:
+        print(f"=== unit {unit['name']}: {unit['script']} {' '.join(unit['argv'])}", flush=True)
+        reset = _reset_peak_rss()
+        if unit["script"] not in modules:
+            modules[unit["script"]] = _load_script(unit["script"])
+        start, cpu = time.perf_counter(), time.process_time()
+        metrics = modules[unit["script"]].main(list(unit["argv"]))
+        result = {
+            "metrics": metrics,
+            "wall_s": round(time.perf_counter() - start, 3),
+            "cpu_s": round(time.process_time() - cpu, 2),
+            "peak_rss_mb": _peak_rss_mb(),
+            "peak_rss_scope": "this unit" if reset else "the worker process so far",
+        }
+        path = Path(unit["result_path"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, indent=2, default=str) + "\n")
+        tmp.replace(path)
+        print(f"=== unit {unit['name']} done in {result['wall_s']:.1f}s", flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,138 @@
+"""The benchmark harness (`benchmarks/run_all.py`) on its smoke budget, so that it cannot rot.
+
+A tiny random BERT, a few optimizer steps, 20 episodes: the numbers mean nothing, the shapes of `results.json` and
+`results.md` do. No timing is asserted.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _load(name: str):
+    """A module of benchmarks/ under a private name (its plain names, e.g. `common`, stay out of sys.modules)."""
+    spec = importlib.util.spec_from_file_location(f"_sacon_benchmarks_{name}", REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+budgets = _load("budgets")
+common = _load("common")
+
+MAIN_ROWS = {"a", "b", "c", "d", "e_c", "e_d"}
+MAIN_COLUMNS = {
+    "val_wiki 5-1", "val_wiki 5-5", "val_wiki 10-1", "val_wiki 10-5", "val_wiki zero-shot 5-way",
+    "val_wiki zero-shot 10-way", "val_wiki NOTA 5-1 (50%)", "val_pubmed 5-1", "val_pubmed 5-5",
+}
+ABLATIONS = {
+    "full", "sentence_anchored_only", "label_anchored_only", "no_mlm", "mean_reduction", "fixed_temperature",
+    "batch_4", "batch_16", "shuffled_batches",  # smoke batch sizes 4 / 8 / 16 (cpu: 16 / 32 / 64)
+}
+
+
+def _run(output_dir: Path, data_dir: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "SACON_DATA_DIR": str(data_dir)}
+    command = [sys.executable, "benchmarks/run_all.py", "--budget", "smoke", "--output_dir", str(output_dir)]
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, f"run_all failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    return result
+
+
+def _accuracy(cell: dict) -> float:
+    assert 0.0 <= cell["mean"] <= 1.0, cell
+    return cell["mean"]
+
+
+def test_smoke_budget_end_to_end_and_resume(tmp_path, data_dir):
+    output_dir = tmp_path / "bench"
+    _run(output_dir, data_dir)
+    results = json.loads((output_dir / "results.json").read_text())
+    for key in ("command", "date", "budget", "machine", "quality", "ablations", "speed", "units", "timing"):
+        assert key in results, key
+    assert results["budget"]["name"] == "smoke"
+    assert results["machine"]["nproc"] >= 1 and results["machine"]["torch"]
+    assert not results["units"]["missing"] and not results["units"]["failed"]
+
+    quality = results["quality"]
+    assert set(quality["columns"]) == MAIN_COLUMNS
+    assert set(quality["rows"]) == MAIN_ROWS
+    for name, row in quality["rows"].items():
+        assert row["complete"], name
+        assert set(row["columns"]) == MAIN_COLUMNS, name
+        for cell in row["columns"].values():
+            _accuracy(cell)
+            assert cell["episodes"] == 20
+    assert quality["rows"]["e_c"]["method"] == "label_augmented"
+    assert set(quality["rows"]["c"]["columns"]["val_wiki 5-1"]["per_seed"]) == {"1"}
+    assert set(quality["targets"]) == {"val_wiki 5-1", "val_wiki zero-shot 5-way", "val_pubmed 5-1", "val_pubmed 5-5"}
+    assert all(isinstance(t["met"], bool) for t in quality["targets"].values())
+    for name in ("quality/pretrain-seed1", "quality/finetune-seed1"):
+        run = quality["training_runs"][name]
+        assert run["peak_rss_mb"] > 0 and run["wall_s"] > 0
+
+    ablations = results["ablations"]
+    assert set(ablations["variants"]) == ABLATIONS
+    for name, variant in ablations["variants"].items():
+        assert set(variant["columns"]) == {"val_wiki 5-1", "val_wiki zero-shot 5-way"}, name
+        for cell in variant["columns"].values():
+            _accuracy(cell)
+    assert ablations["variants"]["full"]["delta_vs_full_points"]["val_wiki 5-1"] == 0.0
+
+    speed = results["speed"]
+    step = speed["pretrain_step"]
+    assert set(step["timings"]) == {"sacon_full", "sentence_only_cp_mlm", "sacon_without_label_dedup"}
+    assert step["ratio_full_over_sentence_only"] > 0 and isinstance(step["met"], bool)
+    evaluation = speed["evaluation"]
+    assert evaluation["accuracy_equal"], evaluation  # cached and re-encoded episodes score the same
+    assert evaluation["ratio_scoring_only"] > 0 and evaluation["ratio_including_encoding"] > 0
+    encoding = speed["encoding"]
+    assert encoding["ratio"] > 0 and encoding["min_cosine_between_arms"] > 0.999  # same embeddings either way
+    assert speed["pretrain_memory"]["peak_rss_mb_max"] > 0
+
+    markdown = (output_dir / "results.md").read_text()
+    assert markdown.startswith("## Results")
+    assert "python benchmarks/run_all.py --budget smoke" in markdown
+    for heading in ("### Few-shot relation classification", "### Ablations", "### Speed and memory"):
+        assert heading in markdown
+    assert "| model | val_wiki 5-1 |" in markdown and "(e) label-augmented scoring on (d)" in markdown
+    assert "92.38" in markdown  # the paper's number, with how it differs
+
+    # a second invocation reuses every unit: nothing is recomputed, no unit file is rewritten
+    units = {path: path.stat().st_mtime_ns for path in (output_dir / "units").rglob("*.json")}
+    assert len(units) == len(results["units"]["computed"]) + len(results["units"]["cached"])
+    _run(output_dir, data_dir)
+    again = json.loads((output_dir / "results.json").read_text())
+    assert again["units"]["computed"] == []
+    assert sorted(again["units"]["cached"]) == sorted(results["units"]["computed"] + results["units"]["cached"])
+    assert {path: path.stat().st_mtime_ns for path in (output_dir / "units").rglob("*.json")} == units
+    assert again["quality"]["rows"] == quality["rows"]
+
+
+def test_budgets():
+    cpu = budgets.CPU
+    assert set(budgets.BUDGETS) == {"smoke", "cpu", "gpu"}
+    assert cpu.eval_episodes == 10_000 and len(cpu.seeds) == 3
+    assert cpu.ablation_steps < cpu.pretrain_steps and cpu.ablation_episodes < cpu.eval_episodes
+    # the CPU budget's own arithmetic (planning constants in budgets.py) stays within 90 minutes
+    assert budgets.estimate(cpu)["total"] <= 90 * 60
+    resized = cpu.with_overrides({"pretrain_steps": "200", "seeds": "1,2", "ablation_pool_per_relation": "none"})
+    assert (resized.pretrain_steps, resized.seeds, resized.ablation_pool_per_relation) == (200, (1, 2), None)
+    with pytest.raises(ValueError, match="unknown budget field"):
+        cpu.with_overrides({"pretrain_step": "1"})
+
+
+def test_mean_ci95():
+    mean, ci = common.mean_ci95([0.5, 0.6, 0.7])
+    assert mean == pytest.approx(0.6) and ci == pytest.approx(4.303 * 0.1 / 3**0.5)
+    assert common.mean_ci95([0.4]) == (0.4, None)
