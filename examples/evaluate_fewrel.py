@@ -125,7 +125,11 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     if args.update_card:
         from modeling_sacon.model_card import update_model_card_results
 
-        update_model_card_results(args.update_card, results, args)
+        update_model_card_results(
+            args.update_card, results, method=args.method, seed=args.seed,
+            command="python examples/evaluate_fewrel.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        )
+        logger.info("results written into the model card %s/README.md", args.update_card)
     return results
 
 

@@ -251,3 +251,66 @@ def render_model_card(
     if validate == "hub":
         card.validate()
     return card
+
+
+EVAL_SECTION_START = "<!-- fewrel-evaluation:start -->"
+EVAL_SECTION_END = "<!-- fewrel-evaluation:end -->"
+
+
+def update_model_card_results(
+    checkpoint_dir: str | os.PathLike,
+    results: Mapping[str, Mapping[str, Any]],
+    *,
+    splits: Mapping[str, str] | None = None,
+    method: str = "prototype",
+    seed: int = 0,
+    command: str | None = None,
+) -> ModelCard:
+    """Write FewRel results (as `examples/evaluate_fewrel.py` returns them) into `checkpoint_dir/README.md`.
+
+    `results` maps setting names (`5-1`, `zs-5`, `pubmed/5-1`, ...) to {"accuracy", "ci95", "episodes"};
+    `splits` maps a name prefix (`""`, `"pubmed/"`) to its split name (default val_wiki / val_pubmed). The card's
+    `model-index` is replaced by these results and a marked results section is replaced (or appended), so running
+    the evaluation again updates the card instead of piling up tables. A missing card is rendered fresh.
+    """
+    path = Path(checkpoint_dir) / "README.md"
+    card = ModelCard.load(path) if path.is_file() else render_model_card(model_name=Path(checkpoint_dir).name)
+    splits = dict(splits or {"": "val_wiki", "pubmed/": "val_pubmed"})
+    items = []
+    for name, result in results.items():
+        prefix = next((p for p in sorted(splits, key=len, reverse=True) if name.startswith(p)), "")
+        setting = name[len(prefix):]
+        items.append({
+            "setting": setting, "split": splits[prefix], "accuracy": float(result["accuracy"]),
+            "ci95": result.get("ci95"), "episodes": result.get("episodes"),
+            "method": "zero_shot" if setting.startswith("zs-") else method,
+        })
+    card.data.eval_results = [_as_eval_result(item) for item in items]
+    card.data.metrics = ["accuracy"]
+    card.data.model_name = card.data.model_name or Path(checkpoint_dir).resolve().name
+    lines = [
+        EVAL_SECTION_START,
+        "## FewRel evaluation",
+        "",
+        f"Seeded episodes (seed {seed}) scored on cached embeddings by `examples/evaluate_fewrel.py`"
+        + (f": `{command}`" if command else "") + ".",
+        "",
+        "| setting | split | method | accuracy (%) | 95% CI | episodes |",
+        "|---|---|---|---:|---:|---:|",
+        *(
+            f"| {row['setting']} | {row['split']} | {row['method']} | {row['accuracy']} | ± {row['ci95']} | {row['episodes']} |"
+            for row in _eval_rows(items)
+        ),
+        EVAL_SECTION_END,
+    ]
+    section = "\n".join(lines)
+    text = card.text
+    if EVAL_SECTION_START in text and EVAL_SECTION_END in text:
+        before, rest = text.split(EVAL_SECTION_START, 1)
+        text = before + section + rest.split(EVAL_SECTION_END, 1)[1]
+    else:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    card = ModelCard(f"---\n{card.data.to_yaml()}\n---\n{text}")
+    validate_card_metadata(card)
+    card.save(path)
+    return card
