@@ -43,7 +43,8 @@ in a quieter minute), so the constants are the *1-thread* measurements divided b
 
 (`estimate(CPU)` recomputes this table; `run_all.py` prints it at start.) 6 minutes of slack against the 90-minute
 target. The main-table evaluation (8 encodings of val_wiki + val_pubmed, ~23 min) is the fixed cost: 10,000 episodes
-on the full splits. The pre-training runs are `examples/pretrain.py`'s default run (300 steps of batch 32), seeded.
+on the full splits. The pre-training runs are `examples/pretrain.py` at its default sizes (batch 32, 16 relations x 2)
+but 300 steps instead of its 100, seeded.
 If the cores turn out slower or faster than planned, resize with `--set pretrain_steps=N` (each step: 6 s over the
 three seeds) or `--set ablation_steps=N` (each step: 19 s over the nine variants); units the change does not affect
 are kept. Quality at that length is not known in advance: a 60-step probe (seed 1, batch 32, shared machine) scored

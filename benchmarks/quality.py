@@ -128,19 +128,6 @@ def load_split(path) -> object:
     return _SPLITS[key]
 
 
-def first_per_relation(dataset, count: int | None):
-    """The first `count` rows of every relation, in file order (the whole split when count is None)."""
-    if not count:
-        return dataset
-    seen: dict[str, int] = {}
-    keep = []
-    for index, relation in enumerate(dataset["relation"]):
-        seen[relation] = seen.get(relation, 0) + 1
-        if seen[relation] <= count:
-            keep.append(index)
-    return dataset.select(keep)
-
-
 def evaluate_model(
     encoder: str,
     model_path: str,
@@ -163,7 +150,7 @@ def evaluate_model(
     """
     import torch
 
-    from modeling_sacon.data import load_label_table, resolve_data_path
+    from modeling_sacon.data import first_per_relation, load_label_table, resolve_data_path
     from modeling_sacon.episodes import parse_settings
 
     ev = _evaluate_fewrel_module()

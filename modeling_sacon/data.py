@@ -35,6 +35,7 @@ __all__ = [
     "load_label_table",
     "label_texts",
     "load_pretraining_corpus",
+    "first_per_relation",
     "RelationBalancedBatchSampler",
     "balanced_batch_shape",
 ]
@@ -412,6 +413,22 @@ def label_texts(
 
 def _unique_relations(dataset: datasets.Dataset) -> list[str]:
     return list(dict.fromkeys(dataset["relation"]))
+
+
+def first_per_relation(dataset: datasets.Dataset, count: int | None) -> datasets.Dataset:
+    """The first ``count`` rows of every relation, in dataset order: a fixed, cheap evaluation pool.
+
+    ``count`` None or 0 keeps the whole dataset.
+    """
+    if not count:
+        return dataset
+    seen: dict[str, int] = {}
+    keep = []
+    for index, relation in enumerate(dataset["relation"]):
+        seen[relation] = seen.get(relation, 0) + 1
+        if seen[relation] <= count:
+            keep.append(index)
+    return dataset if len(keep) == len(dataset) else dataset.select(keep)
 
 
 def load_pretraining_corpus(data_dir: PathLike | None = None) -> tuple[datasets.Dataset, dict[str, tuple[str, str]]]:

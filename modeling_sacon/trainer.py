@@ -55,7 +55,7 @@ from transformers.trainer_utils import seed_worker
 from transformers.utils import logging
 
 from .collator import ServedDataset, ServeKeyedBatchSampler
-from .data import RelationBalancedBatchSampler, balanced_batch_shape
+from .data import RelationBalancedBatchSampler, balanced_batch_shape, first_per_relation
 
 logger = logging.get_logger(__name__)
 
@@ -133,17 +133,6 @@ _DEFAULTS = SaconTrainingArguments.__dataclass_fields__
 def _option(args: TrainingArguments, name: str):
     """A SaCon option from `args`, or its default when plain `TrainingArguments` were given."""
     return getattr(args, name, _DEFAULTS[name].default)
-
-
-def first_per_relation(dataset, count: int):
-    """The first `count` rows of every relation, in dataset order (a fixed evaluation pool)."""
-    seen: dict[str, int] = {}
-    keep = []
-    for index, relation in enumerate(dataset["relation"]):
-        seen[relation] = seen.get(relation, 0) + 1
-        if seen[relation] <= count:
-            keep.append(index)
-    return dataset if len(keep) == len(dataset) else dataset.select(keep)
 
 
 class ShuffledBatchSampler(torch.utils.data.Sampler[list[int]]):

@@ -38,6 +38,15 @@ def tiny_model(processor) -> SaconDualEncoderModel:
     return SaconDualEncoderModel(config).eval()
 
 
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: on 2 shared cores OpenMP barrier stalls made tiny-model steps up to 30x slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """The shared FewRel data; its absence skips data tests locally but fails them in CI (CI=true has the data)."""

@@ -14,12 +14,7 @@ from modeling_sacon.modeling_sacon_fewshot import SaconForFewShotRelationClassif
 from conftest import tiny_bert_config
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
