@@ -25,7 +25,7 @@ from pathlib import Path
 
 from budgets import Budget
 from common import UnitStore, median, quantile
-from quality import backbone_path, first_per_relation, load_split
+from quality import backbone_path, load_split
 
 STEP_TARGET_OVERHEAD = 0.25
 EVAL_TARGET_RATIO = 50.0
@@ -203,7 +203,7 @@ def measure_evaluation(budget: Budget, backbone: str) -> dict:
     import torch.nn.functional as F
 
     from modeling_sacon import SaconDualEncoderModel, SaconProcessor
-    from modeling_sacon.data import load_label_table, resolve_data_path
+    from modeling_sacon.data import first_per_relation, load_label_table, resolve_data_path
     from modeling_sacon.evaluation import FewShotEvaluator
 
     device = budget.device
