@@ -39,7 +39,7 @@ import torch.nn.functional as F  # noqa: E402
 from modeling_sacon import SaconDualEncoderModel, SaconProcessor  # noqa: E402
 from modeling_sacon.data import label_texts, load_fewrel_json, load_label_table, resolve_data_path  # noqa: E402
 from modeling_sacon.defaults import default_backbone_path  # noqa: E402
-from modeling_sacon.evaluation import SaconEncoder  # noqa: E402
+from modeling_sacon.evaluation import SaconEncoder, encode_length_sorted  # noqa: E402
 
 logger = logging.getLogger("plot_embeddings")
 
@@ -132,15 +132,9 @@ def encode_for_plot(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """L2-normalised sentence embeddings [n, D] (length-sorted batches) and label embeddings [U, D] (or None)."""
     encoder = SaconEncoder(model, processor)
-    order = sorted(range(len(instances)), key=lambda i: len(instances[i]["tokens"]))
     sentences = torch.empty(0)
-    if order:
-        chunks = [encoder.encode_sentences([instances[i] for i in order[s : s + batch_size]])
-                  for s in range(0, len(order), batch_size)]
-        encoded = torch.cat(chunks)
-        sentences = torch.empty_like(encoded)
-        sentences[torch.as_tensor(order)] = encoded
-        sentences = F.normalize(sentences, dim=-1)
+    if instances:
+        sentences = F.normalize(encode_length_sorted(encoder.encode_sentences, instances, batch_size), dim=-1)
     label_embeds = None
     if labels:
         if not encoder.has_labels:

@@ -30,7 +30,7 @@ from modeling_sacon import SaconDualEncoderModel, SaconProcessor
 from modeling_sacon.data import label_texts, load_label_table, resolve_data_path
 from modeling_sacon.defaults import default_backbone_path
 from modeling_sacon.episodes import load_test_episodes, prediction_filename, write_predictions
-from modeling_sacon.evaluation import SaconEncoder, sentence_key
+from modeling_sacon.evaluation import SaconEncoder, encode_length_sorted, sentence_key
 from modeling_sacon.scoring import FEWSHOT_METHODS, SIMILARITIES, prototype_logits
 
 logger = logging.getLogger("predict_fewrel_leaderboard")
@@ -60,17 +60,9 @@ class SentenceCache:
     def encode(self, encode_fn: Callable[[list[Mapping]], torch.Tensor], batch_size: int = 64, progress: bool = False):
         """Encode the sentences added since the last call, shortest first (least padding)."""
         done = 0 if self.embeddings is None else len(self.embeddings)
-        pending = sorted(range(done, len(self.instances)), key=lambda i: len(self.instances[i]["tokens"]))
-        if not pending:
+        if done == len(self.instances):
             return self.embeddings
-        chunks = []
-        for n, start in enumerate(range(0, len(pending), batch_size)):
-            chunks.append(encode_fn([self.instances[i] for i in pending[start : start + batch_size]]).float().cpu())
-            if progress and n % 20 == 0:
-                logger.info("encoded %d / %d sentences", min(start + batch_size, len(pending)), len(pending))
-        encoded = torch.cat(chunks)
-        new = torch.empty_like(encoded)
-        new[torch.as_tensor(pending) - done] = encoded
+        new = encode_length_sorted(encode_fn, self.instances[done:], batch_size, show_progress=progress)
         self.embeddings = new if self.embeddings is None else torch.cat([self.embeddings, new])
         return self.embeddings
 

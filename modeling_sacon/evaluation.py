@@ -8,7 +8,7 @@ way for comparison: same episodes, same scoring, same accuracy.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import datasets
@@ -44,9 +44,6 @@ class SaconEncoder:
         inputs = self.processor.encode_labels(labels).to(self.model.device)
         return self.model.get_label_features(**inputs).float().cpu()
 
-    def length(self, instance: Mapping) -> int:
-        return len(instance["tokens"])
-
 
 class MeanPoolingEncoder:
     """An off-the-shelf encoder as sentence-transformers uses it: mean of the token states of the plain sentence.
@@ -72,9 +69,6 @@ class MeanPoolingEncoder:
     def encode_labels(self, labels: Sequence[tuple[str, str]]) -> torch.Tensor:
         return self._mean([f"{name}: {description}" if description else name for name, description in labels])
 
-    def length(self, instance: Mapping) -> int:
-        return len(instance["tokens"])
-
 
 @dataclass
 class SettingResult:
@@ -91,6 +85,25 @@ class SettingResult:
         return out
 
 
+def encode_length_sorted(
+    encode: Callable[[list[Mapping]], torch.Tensor],
+    instances: Sequence[Mapping],
+    batch_size: int = 64,
+    show_progress: bool = False,
+) -> torch.Tensor:
+    """[n, D] embeddings of `instances`, in their order, computed in batches of similar length (least padding)."""
+    order = sorted(range(len(instances)), key=lambda i: len(instances[i]["tokens"]))
+    starts = range(0, len(order), batch_size)
+    chunks = [
+        encode([instances[i] for i in order[start : start + batch_size]]).float().cpu()
+        for start in tqdm(starts, desc="encoding sentences", disable=not show_progress)
+    ]
+    encoded = torch.cat(chunks)
+    out = torch.empty_like(encoded)
+    out[torch.as_tensor(order)] = encoded
+    return out
+
+
 def sentence_key(instance: Mapping) -> tuple:
     """Identity of a sentence for embedding caches: its tokens and the head / tail spans (what the encoder sees)."""
     return (tuple(instance["tokens"]), tuple(entity_indices(instance, "h")), tuple(entity_indices(instance, "t")))
@@ -100,7 +113,7 @@ class FewShotEvaluator:
     """Scores FewRel settings (`5-1`, `10-5`, `zs-5`, `nota-5-1-0.5`, ...) on one split with cached embeddings.
 
     `model` is a SaCon model (with `processor`) or any object with `encode_sentences` / `encode_labels` /
-    `length` (e.g. `MeanPoolingEncoder`). `label_table` maps relation -> (name, description); it is needed for
+    `has_labels` / `logit_scale` (e.g. `MeanPoolingEncoder`). `label_table` maps relation -> (name, description); it is needed for
     zero-shot and label-augmented scoring only.
     """
 
@@ -134,17 +147,17 @@ class FewShotEvaluator:
             return
         rows = list(self.dataset)
         distinct: dict[tuple, int] = {}
-        row_to_distinct = np.array([distinct.setdefault(sentence_key(r), len(distinct)) for r in rows])
-        firsts = {d: i for i, d in reversed(list(enumerate(row_to_distinct)))}
-        order = sorted(firsts, key=lambda d: self.encoder.length(rows[firsts[d]]))
-        vectors: list[torch.Tensor | None] = [None] * len(distinct)
-        batches = range(0, len(order), self.batch_size)
-        for start in tqdm(batches, desc="encoding sentences", disable=not self.show_progress):
-            chunk = order[start : start + self.batch_size]
-            encoded = self.encoder.encode_sentences([rows[firsts[d]] for d in chunk])
-            for d, vector in zip(chunk, encoded):
-                vectors[d] = vector
-        self.sentence_embeddings = torch.stack(vectors)[torch.as_tensor(row_to_distinct)]
+        first_rows: list[int] = []  # the first row of each distinct sentence, in order of appearance
+        row_to_distinct = []
+        for i, row in enumerate(rows):
+            d = distinct.setdefault(sentence_key(row), len(distinct))
+            if d == len(first_rows):
+                first_rows.append(i)
+            row_to_distinct.append(d)
+        vectors = encode_length_sorted(
+            self.encoder.encode_sentences, [rows[i] for i in first_rows], self.batch_size, self.show_progress
+        )
+        self.sentence_embeddings = vectors[torch.as_tensor(row_to_distinct)]
 
     def encode_labels(self) -> dict[str, torch.Tensor]:
         """One embedding per relation of the split; raises naming any relation without label text."""
@@ -257,4 +270,4 @@ class FewShotEvaluator:
         return SettingResult(setting.name, mean, ci, len(accuracies)).as_dict()
 
 
-__all__ = ["FewShotEvaluator", "MeanPoolingEncoder", "SaconEncoder", "SettingResult"]
+__all__ = ["FewShotEvaluator", "MeanPoolingEncoder", "SaconEncoder", "SettingResult", "encode_length_sorted", "sentence_key"]

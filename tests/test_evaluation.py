@@ -61,9 +61,6 @@ class OracleEncoder:
     def encode_sentences(self, rows):
         return torch.nn.functional.one_hot(torch.tensor([self.axis[r["relation"]] for r in rows]), len(self.axis)).float()
 
-    def length(self, row):
-        return len(row["tokens"])
-
 
 def test_nota_threshold_separates_an_oracle_perfectly(small_split):
     dataset, table = small_split
@@ -98,9 +95,6 @@ def test_zero_shot_needs_a_label_encoder(tiny_model, processor, small_split):
 
         def encode_sentences(self, rows):
             return torch.randn(len(rows), 8)
-
-        def length(self, row):
-            return len(row["tokens"])
 
     evaluator = FewShotEvaluator(SentenceOnly(), None, dataset, table, show_progress=False)
     assert 0 <= evaluator.evaluate(["5-1"], 5)["5-1"]["accuracy"] <= 1
