@@ -189,9 +189,11 @@ class SaconContrastiveLoss(nn.Module):
         labels: torch.Tensor,  # [B] in [0, U)
         logit_scale: torch.Tensor,  # scalar
         label_relation_ids: torch.Tensor | None = None,  # [U] corpus-wide relation ids, needed to gather
+        gather_across_processes: bool | None = None,  # None: the module's setting
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Returns (contrastive, sentence_anchored, label_anchored, logits_per_sentence, labels used)."""
-        if self.gather_across_processes and world_size() > 1:
+        gather = self.gather_across_processes if gather_across_processes is None else gather_across_processes
+        if gather and world_size() > 1:
             if label_relation_ids is None:
                 raise ValueError("label_relation_ids are required to deduplicate labels across processes")
             sentence_relation_ids = gather_no_grad(label_relation_ids[labels])

@@ -260,9 +260,8 @@ class SaconDualEncoderModel(SaconPreTrainedModel):
         if return_loss:
             if label_embeds is None or labels is None:
                 raise ValueError("return_loss=True needs label_input_ids and labels (each sentence's label row)")
-            self.contrastive_loss.gather_across_processes = gather_across_processes
             contrastive, s_loss, l_loss, logits, _ = self.contrastive_loss(
-                sentence_embeds, label_embeds, labels, logit_scale, label_relation_ids
+                sentence_embeds, label_embeds, labels, logit_scale, label_relation_ids, gather_across_processes
             )
             out.contrastive_loss, out.sentence_anchored_loss, out.label_anchored_loss = contrastive, s_loss, l_loss
             out.logits_per_sentence, out.logits_per_label = logits, logits.t()
