@@ -150,6 +150,12 @@ def _speed(speed: dict, budget: dict) -> list[str]:
             f"| {_seconds(t['sacon_without_label_dedup']['median_s'])}: "
             f"+{100 * (step['ratio_without_dedup_over_sentence_only'] - 1):.0f}% | | |"
         )
+        if "sacon_padded_label_texts" in t:
+            lines.append(
+                f"| same, label texts padded to the longest ({step['batch']['labels'][1]} tokens) instead of packed "
+                f"(`pack_label_texts=False`; reference) | {_seconds(t['sacon_padded_label_texts']['median_s'])}: "
+                f"+{100 * (step['ratio_padded_label_texts_over_sentence_only'] - 1):.0f}% | | |"
+            )
     ev = speed.get("evaluation")
     if ev:
         eps = ev["episodes_per_s"]

@@ -134,7 +134,7 @@ def encode_for_plot(
     encoder = SaconEncoder(model, processor)
     sentences = torch.empty(0)
     if instances:
-        sentences = F.normalize(encode_length_sorted(encoder.encode_sentences, instances, batch_size), dim=-1)
+        sentences = F.normalize(encode_length_sorted(encoder, instances, batch_size), dim=-1)
     label_embeds = None
     if labels:
         if not encoder.has_labels:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -57,12 +57,12 @@ class SentenceCache:
             self.instances.append(instance)
         return row
 
-    def encode(self, encode_fn: Callable[[list[Mapping]], torch.Tensor], batch_size: int = 64, progress: bool = False):
-        """Encode the sentences added since the last call, shortest first (least padding)."""
+    def encode(self, encoder, batch_size: int = 64, progress: bool = False):
+        """Encode the sentences added since the last call with `encoder` (a `SaconEncoder`), shortest first."""
         done = 0 if self.embeddings is None else len(self.embeddings)
         if done == len(self.instances):
             return self.embeddings
-        new = encode_length_sorted(encode_fn, self.instances[done:], batch_size, show_progress=progress)
+        new = encode_length_sorted(encoder, self.instances[done:], batch_size, show_progress=progress)
         self.embeddings = new if self.embeddings is None else torch.cat([self.embeddings, new])
         return self.embeddings
 
@@ -170,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, str]:
     rows = {test_file: episode_rows(episodes, cache) for test_file, (episodes, _, _) in files.items()}
     total = sum(len(episodes) * (n * k + 1) for episodes, n, k in files.values())
     logger.info("%d distinct sentences among the %d instances of %d file(s)", len(cache.instances), total, len(files))
-    embeddings = cache.encode(encoder.encode_sentences, args.batch_size, progress=True)
+    embeddings = cache.encode(encoder, args.batch_size, progress=True)
 
     # 3. Score and write.
     written = {}

@@ -37,6 +37,10 @@ class SaconConfig(PretrainedConfig):
         head_markers / tail_markers (`list[str]`): entity marker strings written around head and tail.
         blank_token (`str`): the token that replaces a blanked entity mention.
         max_length / label_max_length (`int`): tokenisation lengths of sentences and label texts.
+        pack_label_texts (`bool`): run the label tower on the batch's label texts packed end to end (block-diagonal
+            attention, original position ids) instead of padded to the longest: same outputs, and about 45% fewer
+            tokens at the paper's batches, where label texts vary from 10 to 60 tokens. Used with a BERT tower
+            under SDPA attention; other towers run padded.
     """
 
     model_type = "sacon"
@@ -65,6 +69,7 @@ class SaconConfig(PretrainedConfig):
     blank_token: str = "[BLANK]"
     max_length: int = 64
     label_max_length: int = 64
+    pack_label_texts: bool = True
     initializer_range: float = 0.02
     tie_word_embeddings: bool = True
 

@@ -36,8 +36,20 @@ class SaconEncoder:
 
     @torch.no_grad()
     def encode_sentences(self, instances: Sequence[Mapping]) -> torch.Tensor:
-        inputs = self.processor.encode_instances(instances).to(self.model.device)
-        return self.model.get_sentence_features(**inputs).float().cpu()
+        return self.encode_tokenized(self.tokenize_sentences(instances))
+
+    def tokenize_sentences(self, instances: Sequence[Mapping]) -> list[dict]:
+        """Unpadded features (`input_ids`, `entity_positions`) of each instance: lengths known before batching."""
+        encoded = self.processor.encode_instances(instances, padding=False, return_tensors=None)
+        return [{"input_ids": ids, "entity_positions": positions}
+                for ids, positions in zip(encoded["input_ids"], encoded["entity_positions"])]
+
+    @torch.no_grad()
+    def encode_tokenized(self, features: Sequence[Mapping]) -> torch.Tensor:
+        """[B, D] sentence features of `tokenize_sentences` output, padded to the longest of the batch."""
+        inputs = self.processor.tokenizer.pad({"input_ids": [f["input_ids"] for f in features]}, return_tensors="pt")
+        inputs["entity_positions"] = torch.tensor([f["entity_positions"] for f in features])
+        return self.model.get_sentence_features(**inputs.to(self.model.device)).float().cpu()
 
     @torch.no_grad()
     def encode_labels(self, labels: Sequence[tuple[str, str]]) -> torch.Tensor:
@@ -86,16 +98,27 @@ class SettingResult:
 
 
 def encode_length_sorted(
-    encode: Callable[[list[Mapping]], torch.Tensor],
+    encoder,
     instances: Sequence[Mapping],
     batch_size: int = 64,
     show_progress: bool = False,
 ) -> torch.Tensor:
-    """[n, D] embeddings of `instances`, in their order, computed in batches of similar length (least padding)."""
-    order = sorted(range(len(instances)), key=lambda i: len(instances[i]["tokens"]))
+    """[n, D] sentence embeddings of `instances`, in their order, computed in batches of similar length.
+
+    An encoder that can tokenise ahead (`tokenize_sentences` / `encode_tokenized`, as `SaconEncoder`) is sorted by
+    its real token counts and tokenises each sentence once; any other (`encode_sentences` only) by word counts,
+    which sub-word splitting makes a loose proxy (batches then pad to their longest sub-word sequence).
+    """
+    if hasattr(encoder, "tokenize_sentences"):
+        items = encoder.tokenize_sentences(instances)
+        lengths, encode = [len(item["input_ids"]) for item in items], encoder.encode_tokenized
+    else:
+        items, encode = list(instances), encoder.encode_sentences
+        lengths = [len(instance["tokens"]) for instance in items]
+    order = sorted(range(len(items)), key=lengths.__getitem__)
     starts = range(0, len(order), batch_size)
     chunks = [
-        encode([instances[i] for i in order[start : start + batch_size]]).float().cpu()
+        encode([items[i] for i in order[start : start + batch_size]]).float().cpu()
         for start in tqdm(starts, desc="encoding sentences", disable=not show_progress)
     ]
     encoded = torch.cat(chunks)
@@ -154,9 +177,7 @@ class FewShotEvaluator:
             if d == len(first_rows):
                 first_rows.append(i)
             row_to_distinct.append(d)
-        vectors = encode_length_sorted(
-            self.encoder.encode_sentences, [rows[i] for i in first_rows], self.batch_size, self.show_progress
-        )
+        vectors = encode_length_sorted(self.encoder, [rows[i] for i in first_rows], self.batch_size, self.show_progress)
         self.sentence_embeddings = vectors[torch.as_tensor(row_to_distinct)]
 
     def encode_labels(self) -> dict[str, torch.Tensor]:

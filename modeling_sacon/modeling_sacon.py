@@ -37,6 +37,56 @@ class SaconOutput(ModelOutput):
     label_embeds: torch.FloatTensor | None = None
 
 
+def packs_sequences(encoder: PreTrainedModel) -> bool:
+    """Whether `encoder` runs packed rows exactly: BERT's absolute positions can be passed, SDPA takes a 4D mask."""
+    config = encoder.config
+    return config.model_type == "bert" and getattr(config, "_attn_implementation", None) == "sdpa"
+
+
+def packed_last_hidden_state(
+    encoder: PreTrainedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    token_type_ids: torch.Tensor | None = None,
+    row_tokens: int | None = None,
+) -> torch.Tensor:
+    """[U, L, H] hidden states of a padded batch, computed on its real tokens packed into fewer rows (zeros at padding).
+
+    Sequences go first-fit decreasing into rows of `row_tokens` (default L, the padded length: rows are no longer
+    than the padded batch's, so attention and its dropout cost no more per row, and there are fewer rows). A
+    block-diagonal mask keeps each sequence attending to itself only and every token keeps its original position
+    id, so the states equal those of the padded forward up to float rounding.
+    """
+    keep = attention_mask.bool()
+    lengths = keep.sum(1).tolist()
+    capacity = max(row_tokens or input_ids.shape[1], max(lengths))
+    row_of, offset_of, fill = [0] * len(lengths), [0] * len(lengths), []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        row = next((r for r, used in enumerate(fill) if used + lengths[i] <= capacity), len(fill))
+        if row == len(fill):
+            fill.append(0)
+        row_of[i], offset_of[i] = row, fill[row]
+        fill[row] += lengths[i]
+    device = input_ids.device
+    seq, col = keep.nonzero(as_tuple=True)  # row-major: each sequence's tokens in order
+    rank = (keep.cumsum(1) - 1)[seq, col]
+    row = torch.tensor(row_of, device=device)[seq]
+    pos = torch.tensor(offset_of, device=device)[seq] + rank
+    shape = (len(fill), max(fill))
+    packed_ids = input_ids.new_zeros(shape).index_put_((row, pos), input_ids[seq, col])
+    position_ids = input_ids.new_zeros(shape).index_put_((row, pos), col)
+    segment = input_ids.new_full(shape, -1).index_put_((row, pos), seq)
+    mask = segment.unsqueeze(2) == segment.unsqueeze(1)  # [R, P, P]; padding attends to padding only (no empty row)
+    packed_types = None
+    if token_type_ids is not None:
+        packed_types = token_type_ids.new_zeros(shape).index_put_((row, pos), token_type_ids[seq, col])
+    hidden = encoder(
+        input_ids=packed_ids, attention_mask=mask.unsqueeze(1), position_ids=position_ids, token_type_ids=packed_types
+    ).last_hidden_state  # [R, P, H]
+    out = hidden.new_zeros(*input_ids.shape, hidden.shape[-1])
+    return out.index_put((seq, col), hidden[row, pos])
+
+
 class SaconMLMHead(nn.Module):
     """BERT-style prediction head (transform + decoder); the decoder weight is tied to the word embeddings."""
 
@@ -174,9 +224,11 @@ class SaconDualEncoderModel(SaconPreTrainedModel):
     def _encode_labels(self, input_ids, attention_mask, token_type_ids=None):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        hidden = self.label_tower(
-            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
-        ).last_hidden_state  # [U, L, H]
+        tower = self.label_tower
+        if getattr(self.config, "pack_label_texts", False) and packs_sequences(tower) and not bool(attention_mask.all()):
+            hidden = packed_last_hidden_state(tower, input_ids, attention_mask, token_type_ids)  # [U, L, H]
+        else:
+            hidden = tower(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).last_hidden_state
         cls = hidden[:, 0]
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # padding excluded (the authors' mean includes it)
@@ -314,4 +366,4 @@ class SaconDualEncoderModel(SaconPreTrainedModel):
         return model
 
 
-__all__ = ["SaconDualEncoderModel", "SaconMLMHead", "SaconOutput", "SaconPreTrainedModel"]
+__all__ = ["SaconDualEncoderModel", "SaconMLMHead", "SaconOutput", "SaconPreTrainedModel", "packed_last_hidden_state"]

@@ -34,8 +34,8 @@ def test_each_distinct_sentence_encoded_once(tiny_model, processor, small_split)
     doubled = dataset.select(list(range(len(dataset))) * 2)  # every sentence twice
     evaluator = FewShotEvaluator(tiny_model, processor, doubled, table, batch_size=16, show_progress=False)
     calls = []
-    original = evaluator.encoder.encode_sentences
-    evaluator.encoder.encode_sentences = lambda rows: calls.append(len(rows)) or original(rows)
+    original = evaluator.encoder.encode_tokenized  # the length-sorted path: tokenised once, then batched
+    evaluator.encoder.encode_tokenized = lambda rows: calls.append(len(rows)) or original(rows)
     evaluator.encode()
     assert sum(calls) == len(dataset)
     assert torch.equal(evaluator.sentence_embeddings[: len(dataset)], evaluator.sentence_embeddings[len(dataset) :])

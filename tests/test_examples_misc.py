@@ -141,10 +141,12 @@ def test_each_distinct_sentence_is_encoded_once(leaderboard, val_wiki):
                                         for i in leaderboard.episode_instances(e)}) == 50
     seen = []
 
-    def fake_encode(instances):
-        seen.extend(leaderboard.sentence_key(i) for i in instances)
-        return torch.stack([torch.tensor([float(len(i["tokens"])), float(i["h"][2][0][0])]) for i in instances])
+    class FakeEncoder:  # encode_sentences only: sorted by word counts
+        def encode_sentences(self, instances):
+            seen.extend(leaderboard.sentence_key(i) for i in instances)
+            return torch.stack([torch.tensor([float(len(i["tokens"])), float(i["h"][2][0][0])]) for i in instances])
 
+    fake_encode = FakeEncoder()
     embeddings = cache.encode(fake_encode, batch_size=7)
     assert len(seen) == len(set(seen)) == 50
     for instance, row in cache.index.items():  # row r holds the embedding of instance r (despite length sorting)

@@ -9,6 +9,7 @@ from transformers import AutoModel
 
 from modeling_sacon import SaconConfig, SaconDualEncoderModel
 from modeling_sacon.defaults import default_backbone_path
+from modeling_sacon.modeling_sacon import packed_last_hidden_state, packs_sequences
 
 from conftest import tiny_bert_config
 
@@ -85,6 +86,58 @@ def test_label_mean_ignores_padding(processor, tiny_model):
         alone = tiny_model.get_label_features(**processor.encode_labels(texts[:1]))
         padded = tiny_model.get_label_features(**processor.encode_labels(texts))[:1]
     assert torch.allclose(alone, padded, atol=1e-5)
+
+
+PACKING_LABELS = {
+    "P1": ("located in", ""),
+    "P2": ("founded by", "the person or organisation who founded this organisation, company or institution"),
+    "P3": ("country", "sovereign state of this item"),
+    "P4": ("part of", "object of which the subject is a part"),
+    "P5": ("sibling", ""),
+}
+
+
+def test_packed_label_texts_match_padded_forward_and_gradients(processor, tiny_model):
+    """Packing the label texts into fewer rows changes the cost, not the embeddings, losses or gradients."""
+    assert packs_sequences(tiny_model.label_encoder)
+    relations = ["P1", "P2", "P3", "P4", "P5", "P1"]
+    batch = make_batch(processor, TOY * 2, relations, PACKING_LABELS, mlm_probability=0.3)
+    rows_seen = []
+    tiny_model.label_encoder.register_forward_hook(lambda module, args, kwargs, out: rows_seen.append(kwargs["input_ids"].shape), with_kwargs=True)
+    results = {}
+    for pack in (False, True):
+        tiny_model.config.pack_label_texts = pack
+        tiny_model.zero_grad()
+        out = tiny_model(**batch)  # eval mode: no dropout, so both passes are deterministic
+        out.loss.backward()
+        grads = {n: p.grad.clone() for n, p in tiny_model.named_parameters() if n.startswith("label_") and p.grad is not None}
+        results[pack] = (out, grads)
+    padded_shape, packed_shape = rows_seen
+    assert padded_shape[0] == 5 and packed_shape[0] < 5  # the packed pass really ran on fewer rows
+    (padded, padded_grads), (packed, packed_grads) = results[False], results[True]
+    for field in ("loss", "label_mlm_loss", "label_anchored_loss", "label_embeds"):
+        assert torch.allclose(getattr(packed, field), getattr(padded, field), atol=1e-5), field
+    assert padded_grads.keys() == packed_grads.keys() and len(padded_grads) > 10
+    for name, grad in padded_grads.items():
+        assert torch.allclose(packed_grads[name], grad, atol=1e-5), name
+
+
+def test_packed_hidden_states_with_short_rows_and_left_padding(processor, tiny_model):
+    encoded = processor.encode_labels(list(PACKING_LABELS.values()))
+    ids, mask = encoded["input_ids"], encoded["attention_mask"]
+    with torch.no_grad():
+        reference = tiny_model.label_encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        keep = mask.bool()
+        for row_tokens in (None, 1, 40):  # 1: one sequence per row (capacity grows to the longest)
+            packed = packed_last_hidden_state(tiny_model.label_encoder, ids, mask, row_tokens=row_tokens)
+            assert torch.allclose(packed[keep], reference[keep], atol=1e-5) and not packed[~keep].any()
+        # left padding: positions stay those of the padded batch (BERT does not shift them)
+        shift = (~keep).sum(1)
+        left_ids = torch.stack([row.roll(int(s)) for row, s in zip(ids, shift)])
+        left_mask = torch.stack([row.roll(int(s)) for row, s in zip(mask, shift)])
+        left_reference = tiny_model.label_encoder(input_ids=left_ids, attention_mask=left_mask).last_hidden_state
+        left_packed = packed_last_hidden_state(tiny_model.label_encoder, left_ids, left_mask)
+        assert torch.allclose(left_packed[left_mask.bool()], left_reference[left_mask.bool()], atol=1e-5)
 
 
 @pytest.mark.parametrize("options", [{"share_encoders": True}, {"projection_dim": 16}, {"label_pooling": "mean"}])
