@@ -23,7 +23,8 @@ in a quieter minute), so the constants are the *1-thread* measurements divided b
       (val_pubmed sentences are longer: x1.3 per sentence)
     scoring one setting, 10,000 cached episodes (numpy episode sampling)   ~6 s (2 threads, shared) -> 4 s
     re-encoding one 5-way 1-shot episode (10 sentences)                    0.15 s     -> 0.085 s
-    naive padded encoding / length-sorted encoding                         x1.22
+    naive padded encoding / length-sorted encoding                         x1.22 (x1.72 once batches were sorted by
+                                                                             token counts, commit acf2094)
     subprocess start (imports) + corpus load + model build + save          ~20 s (measured 17-22 s)
 
     unit                                           count  each                                       total
@@ -42,7 +43,9 @@ in a quieter minute), so the constants are the *1-thread* measurements divided b
     total                                                                                        ~5,070 s = 84 min
 
 (`estimate(CPU)` recomputes this table; `run_all.py` prints it at start.) 6 minutes of slack against the 90-minute
-target. The main-table evaluation (8 encodings of val_wiki + val_pubmed, ~23 min) is the fixed cost: 10,000 episodes
+target. Measured on 2026-11-24 (commit acf2094, idle machine): 83.3 min end to end; pre-training runs 11.5-15.6 min
+(2.3-3.1 s/step in the Trainer), fine-tuning 1.4-2.6 min, each full-split evaluation 1.8-2.9 min, ablation runs
+0.6-2.2 min, speed 7.6 min. The main-table evaluation (8 encodings of val_wiki + val_pubmed, ~23 min) is the fixed cost: 10,000 episodes
 on the full splits. The pre-training runs are `examples/pretrain.py` at its default sizes (batch 32, 16 relations x 2)
 but 300 steps instead of its 100, seeded.
 If the cores turn out slower or faster than planned, resize with `--set pretrain_steps=N` (each step: 6 s over the
@@ -240,7 +243,7 @@ class Planning:
     pubmed_sentence_cost: float = 1.3
     scoring_s_per_setting: float = 4.0  # at 10,000 episodes; linear in episodes
     reencode_s_per_episode: float = 0.085  # 5-way 1-shot
-    naive_encode_factor: float = 1.22
+    naive_encode_factor: float = 1.72
     model_load_s: float = 3.0
     process_s: float = 20.0
     val_wiki_sentences: int = 11_200
