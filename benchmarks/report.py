@@ -43,7 +43,7 @@ def render(results: dict) -> str:
         f"{machine.get('load_average')}. Compute time of all units: {results['timing']['units_wall_s'] / 60:.1f} min "
         f"(this invocation: {results['timing']['total_wall_s'] / 60:.1f} min, {len(results['units']['computed'])} units "
         f"computed, {len(results['units']['cached'])} reused from earlier invocations). "
-        f"Raw numbers: `results.json` beside this file.",
+        f"Raw numbers: `benchmarks/results/{budget['name']}.json` (and `results.json` in the run's output directory).",
         "",
     ]
     if results.get("quality"):
