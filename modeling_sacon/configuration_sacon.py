@@ -39,7 +39,7 @@ class SaconConfig(PretrainedConfig):
         max_length / label_max_length (`int`): tokenisation lengths of sentences and label texts.
         pack_label_texts (`bool`): run the label tower on the batch's label texts packed end to end (block-diagonal
             attention, original position ids) instead of padded to the longest: same outputs, and about 45% fewer
-            tokens at the paper's batches, where label texts vary from 10 to 60 tokens. Used with a BERT tower
+            tokens at the default batch (16 label texts of 10 to 60 tokens: 427 real of 784 padded). Used with a BERT tower
             under SDPA attention; other towers run padded.
     """
 

@@ -225,7 +225,7 @@ class SaconDualEncoderModel(SaconPreTrainedModel):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         tower = self.label_tower
-        if getattr(self.config, "pack_label_texts", False) and packs_sequences(tower) and not bool(attention_mask.all()):
+        if self.config.pack_label_texts and packs_sequences(tower) and not bool(attention_mask.all()):
             hidden = packed_last_hidden_state(tower, input_ids, attention_mask, token_type_ids)  # [U, L, H]
         else:
             hidden = tower(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).last_hidden_state
