@@ -88,7 +88,7 @@ class SaconTrainingArguments(TrainingArguments):
     save_steps: float = field(default=50, metadata={"help": "Save (and push, with --push_to_hub) every this many steps."})
     save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints kept in output_dir."})
     hub_always_push: bool = field(
-        default=True, metadata={"help": "Push every saved checkpoint, even while the previous push is still uploading."}
+        default=True, metadata={"help": "Push every saved checkpoint (waiting for the previous upload to finish first)."}
     )
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Kept False: the collator needs the raw rows (tokens, head, tail, relation)."}
@@ -502,6 +502,11 @@ class SaconTrainer(Trainer):
         # The stock push copies only config + weights from the checkpoint into output_dir before uploading it; the
         # model code (auto_map) and the card have to be there too for the pushed repo to load.
         if self.is_world_process_zero() and str(getattr(self.args.hub_strategy, "value", self.args.hub_strategy)) != "end":
+            # upload_folder(run_as_future=True) scans output_dir when its job runs, not when it is queued: copying the
+            # next checkpoint in while the previous upload is pending would commit it under the previous step's
+            # message (and leave the next commit empty), or upload a half-copied file. Wait for it first.
+            if self.args.hub_always_push and self.push_in_progress is not None:
+                self.push_in_progress.wait_until_done()
             os.makedirs(self.args.output_dir, exist_ok=True)
             for path in glob.glob(os.path.join(checkpoint_folder, "*.py")):
                 shutil.copy(path, os.path.join(self.args.output_dir, os.path.basename(path)))

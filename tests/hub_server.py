@@ -41,6 +41,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -129,6 +130,9 @@ class FakeHub:
         self.unknown_requests: list[tuple[str, str]] = []
         #: Tracebacks of requests that crashed the fake (answered 500).
         self.errors: list[str] = []
+        #: Seconds each preupload call waits: a slow upload, so a client's background commit is still pending
+        #: while its caller moves on (the client hashes files before this call and reads them again after it).
+        self.preupload_delay = 0.0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -415,6 +419,7 @@ class _Handler(BaseHTTPRequestHandler):
                 files = self._get_commit(repo, arg).files
                 return _json([e for p in form.get("paths", []) if (e := _path_entry(files, p.strip("/")))])
             if method == "POST" and action == "preupload" and arg:
+                time.sleep(self.hub.preupload_delay)
                 files = self._get_commit(repo, arg).files if "create_pr" not in query else {}
                 return _json(
                     {

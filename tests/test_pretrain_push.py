@@ -77,6 +77,7 @@ print("LOADED")
 
 def test_pretrain_pushes_every_checkpoint_and_a_loadable_final_model(fake_hub, inputs, tmp_path):
     env = hub_env(fake_hub.endpoint, tmp_path)
+    fake_hub.preupload_delay = 2.0  # uploads slower than a training step: each push is still pending at the next save
     command = [
         sys.executable, str(REPO / "examples" / "pretrain.py"),
         "--sentence_model_name_or_path", inputs["backbone"],
@@ -96,6 +97,10 @@ def test_pretrain_pushes_every_checkpoint_and_a_loadable_final_model(fake_hub, i
     assert titles[1:] == ["Training in progress, step 1", "Training in progress, step 2", "End of training"], titles
     first_push = fake_hub.files(REPO_ID, fake_hub.commits(REPO_ID)[1].oid)
     assert {"config.json", "model.safetensors", "README.md", *CODE_FILES} <= set(first_push)
+    for step, commit in ((1, fake_hub.commits(REPO_ID)[1]), (2, fake_hub.commits(REPO_ID)[2])):
+        # each step's commit holds that step's weights, byte for byte
+        saved = (tmp_path / "out" / f"checkpoint-{step}" / "model.safetensors").read_bytes()
+        assert fake_hub.files(REPO_ID, commit.oid)["model.safetensors"] == saved, step
 
     files = fake_hub.files(REPO_ID)
     expected = {"config.json", "model.safetensors", *CODE_FILES, "tokenizer.json", "tokenizer_config.json",
