@@ -291,14 +291,18 @@ class SaconRelationClassifier:
         instances = self.to_instances(sentences, names)
         if not instances:
             raise ValueError("no sentences given")
+        # Batches of similar word counts pad less (each batch pads to its longest); outputs return in input order.
+        order = sorted(range(len(instances)), key=lambda i: len(instances[i]["tokens"]))
         features = []
-        for start in range(0, len(instances), self.batch_size):
-            batch = self.processor.encode_instances(
-                instances[start : start + self.batch_size], names=names[start : start + self.batch_size]
-            )
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start : start + self.batch_size]
+            batch = self.processor.encode_instances([instances[i] for i in chunk], names=[names[i] for i in chunk])
             batch = {k: v.to(self.device) for k, v in batch.items()}
             features.append(self.model.get_sentence_features(**batch))
-        return torch.cat(features)
+        encoded = torch.cat(features)
+        out = torch.empty_like(encoded)
+        out[torch.as_tensor(order, device=encoded.device)] = encoded
+        return out
 
     @torch.no_grad()
     def encode_relations(self, relations: Any) -> tuple[list[str], torch.Tensor]:

@@ -146,3 +146,19 @@ def test_from_pretrained_checkpoints_and_missing_label_encoder(processor, tmp_pa
     with pytest.raises(ValueError, match="need the label encoder"):
         partial.predict(QUERIES, relations=RELATIONS)
     assert [len(r) for r in partial.predict(QUERIES, support=SUPPORT)] == [3, 3, 3]
+
+
+def test_encode_sentences_batches_by_length_and_keeps_input_order(processor):
+    torch.manual_seed(0)
+    model = SaconDualEncoderModel(SaconConfig(sentence_config=tiny_bert_config(len(processor.tokenizer)).to_dict()))
+    classifier = SaconRelationClassifier(model, processor, batch_size=2)
+    long = "<e1>Paris</e1> , a city on the Seine with many museums and bridges , is the capital of <e2>France</e2> ."
+    sentences = [long, QUERIES[0], "<e1>A</e1> of <e2>B</e2>", QUERIES[1], long.replace("Seine", "river Seine")]
+    alone = torch.cat([classifier.encode_sentences([s]) for s in sentences])
+    calls, encode_instances = [], processor.encode_instances
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(processor, "encode_instances", lambda items, names: calls.append(names) or encode_instances(items, names=names))
+        together = classifier.encode_sentences(sentences)
+    assert calls == [["sentence 2", "sentence 3"], ["sentence 1", "sentence 0"], ["sentence 4"]]  # 3, 7, 8, 19, 20 words
+    assert torch.allclose(together, alone, atol=1e-5)
+    assert not torch.allclose(together[0], together[4], atol=1e-3)  # rows stay distinct, in input order
