@@ -43,9 +43,10 @@ in a quieter minute), so the constants are the *1-thread* measurements divided b
     total                                                                                        ~5,070 s = 84 min
 
 (`estimate(CPU)` recomputes this table; `run_all.py` prints it at start.) 6 minutes of slack against the 90-minute
-target. Measured on 2026-11-24 (commit acf2094, idle machine): 83.3 min end to end; pre-training runs 11.5-15.6 min
-(2.3-3.1 s/step in the Trainer), fine-tuning 1.4-2.6 min, each full-split evaluation 1.8-2.9 min, ablation runs
-0.6-2.2 min, speed 7.6 min. The main-table evaluation (8 encodings of val_wiki + val_pubmed, ~23 min) is the fixed cost: 10,000 episodes
+target. Measured on 2026-11-24: 83.3 min end to end at commit acf2094 (idle machine; pre-training runs 11.5-15.6 min,
+2.3-3.1 s/step in the Trainer, fine-tuning 1.4-2.6 min, each full-split evaluation 1.8-2.9 min, ablation runs 0.6-2.2
+min, speed 7.6 min), and 61.4 min from a fresh clone at commit 1c4990a on a faster host (pre-training 7.9-8.1 min,
+fine-tuning 1.3-1.4 min, speed 5.6 min). The main-table evaluation (8 encodings of val_wiki + val_pubmed, ~23 min) is the fixed cost: 10,000 episodes
 on the full splits. The pre-training runs are `examples/pretrain.py` at its default sizes (batch 32, 16 relations x 2)
 but 300 steps instead of its 100, seeded.
 If the cores turn out slower or faster than planned, resize with `--set pretrain_steps=N` (each step: 6 s over the
