@@ -85,14 +85,14 @@ def _sentence_only_module(model):
     return SentenceContrastiveMLM(model)
 
 
-def measure_pretrain_step(budget: Budget, backbone: str) -> dict:
+def pretraining_step_inputs(budget: Budget, backbone: str):
+    """(processor, batch): one collated batch of the embedded corpus at pretrain.py's default sizes, on the device."""
     import torch
 
-    from modeling_sacon import SaconDualEncoderModel, SaconProcessor
+    from modeling_sacon import SaconProcessor
     from modeling_sacon.collator import SaconPretrainingCollator
     from modeling_sacon.data import RelationBalancedBatchSampler, load_pretraining_corpus
 
-    device = budget.device
     torch.manual_seed(0)
     processor = SaconProcessor.from_pretrained(backbone)
     corpus, labels = load_pretraining_corpus()
@@ -101,8 +101,16 @@ def measure_pretrain_step(budget: Budget, backbone: str) -> dict:
     sampler = RelationBalancedBatchSampler(list(corpus["relation"]), batch_size // per_relation, per_relation, seed=0, num_batches=1)
     rows = corpus.select(next(iter(sampler))).to_list()
     collator = SaconPretrainingCollator(processor, labels, relation_to_id=relation_to_id, seed=0)
-    batch = {k: v.to(device) for k, v in collator(rows).items()}
+    return processor, {k: v.to(budget.device) for k, v in collator(rows).items()}
 
+
+def measure_pretrain_step(budget: Budget, backbone: str) -> dict:
+    import torch
+
+    from modeling_sacon import SaconDualEncoderModel
+
+    device = budget.device
+    processor, batch = pretraining_step_inputs(budget, backbone)
     full = SaconDualEncoderModel.from_encoders_pretrained(backbone, vocab_size=len(processor.tokenizer)).to(device).train()
     single = SaconDualEncoderModel.from_encoders_pretrained(backbone, vocab_size=len(processor.tokenizer), share_encoders=True)
     comparator = _sentence_only_module(single).to(device).train()

@@ -118,6 +118,15 @@ def test_smoke_budget_end_to_end_and_resume(tmp_path, data_dir):
     assert {path: path.stat().st_mtime_ns for path in (output_dir / "units").rglob("*.json")} == units
     assert again["quality"]["rows"] == quality["rows"]
 
+    # the step-overhead diagnostic runs on the same inputs (the smoke budget's tiny backbone)
+    command = [sys.executable, "benchmarks/step_breakdown.py", "--backbone", str(output_dir / "backbone"),
+               "--repeats", "1", "--warmup", "0"]
+    breakdown = subprocess.run(command, cwd=REPO, env={**os.environ, "SACON_DATA_DIR": str(data_dir)},
+                               capture_output=True, text=True, timeout=300)
+    assert breakdown.returncode == 0, breakdown.stderr[-4000:]
+    lines = breakdown.stdout.strip().splitlines()
+    assert len(lines) == 4 and lines[0].endswith("(comparator)") and "+0.0%" in lines[0], lines
+
 
 def test_budgets():
     cpu = budgets.CPU
