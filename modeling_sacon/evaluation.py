@@ -20,7 +20,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .data import label_texts
 from .episodes import Episode, EpisodeSampler, EvalSetting, mean_and_ci95, parse_setting
-from .processing_sacon import SaconProcessor, entity_indices
+from .processing_sacon import SaconProcessor, encode_in_length_order, entity_indices
 from .scoring import prototype_logits
 
 METHODS = ("prototype", "zero_shot", "label_augmented")
@@ -115,16 +115,13 @@ def encode_length_sorted(
     else:
         items, encode = list(instances), encoder.encode_sentences
         lengths = [len(instance["tokens"]) for instance in items]
-    order = sorted(range(len(items)), key=lengths.__getitem__)
-    starts = range(0, len(order), batch_size)
-    chunks = [
-        encode([items[i] for i in order[start : start + batch_size]]).float().cpu()
-        for start in tqdm(starts, desc="encoding sentences", disable=not show_progress)
-    ]
-    encoded = torch.cat(chunks)
-    out = torch.empty_like(encoded)
-    out[torch.as_tensor(order)] = encoded
-    return out
+    with tqdm(total=-(-len(items) // batch_size), desc="encoding sentences", disable=not show_progress) as progress:
+
+        def encode_chunk(chunk: list[int]) -> torch.Tensor:
+            progress.update()
+            return encode([items[i] for i in chunk]).float().cpu()
+
+        return encode_in_length_order(lengths, batch_size, encode_chunk)
 
 
 def sentence_key(instance: Mapping) -> tuple:

@@ -51,7 +51,7 @@ import torch
 from transformers.utils import logging
 
 from .modeling_sacon import SaconDualEncoderModel
-from .processing_sacon import SaconProcessor
+from .processing_sacon import SaconProcessor, encode_in_length_order
 from .scoring import build_prototypes, check_similarity, similarity_logits
 
 logger = logging.get_logger(__name__)
@@ -291,18 +291,13 @@ class SaconRelationClassifier:
         instances = self.to_instances(sentences, names)
         if not instances:
             raise ValueError("no sentences given")
-        # Batches of similar word counts pad less (each batch pads to its longest); outputs return in input order.
-        order = sorted(range(len(instances)), key=lambda i: len(instances[i]["tokens"]))
-        features = []
-        for start in range(0, len(order), self.batch_size):
-            chunk = order[start : start + self.batch_size]
+
+        def encode(chunk: list[int]) -> torch.Tensor:
             batch = self.processor.encode_instances([instances[i] for i in chunk], names=[names[i] for i in chunk])
-            batch = {k: v.to(self.device) for k, v in batch.items()}
-            features.append(self.model.get_sentence_features(**batch))
-        encoded = torch.cat(features)
-        out = torch.empty_like(encoded)
-        out[torch.as_tensor(order, device=encoded.device)] = encoded
-        return out
+            return self.model.get_sentence_features(**{k: v.to(self.device) for k, v in batch.items()})
+
+        # word counts: the sub-word counts are only known once tokenised, which encode_instances does per batch
+        return encode_in_length_order([len(instance["tokens"]) for instance in instances], self.batch_size, encode)
 
     @torch.no_grad()
     def encode_relations(self, relations: Any) -> tuple[list[str], torch.Tensor]:

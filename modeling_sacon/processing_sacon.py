@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
 
@@ -20,6 +20,20 @@ from .configuration_sacon import SaconConfig
 
 PROCESSOR_CONFIG_NAME = "sacon_processor_config.json"
 LabelText = str | tuple[str, str] | Sequence[str]
+
+
+def encode_in_length_order(
+    lengths: Sequence[int], batch_size: int, encode: Callable[[list[int]], torch.Tensor]
+) -> torch.Tensor:
+    """Rows of `encode(indices)` for every index, encoded in batches of similar length, returned in input order.
+
+    Each batch pads to its longest member, so sorting first keeps short sentences out of long sentences' padding.
+    """
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    encoded = torch.cat([encode(order[start : start + batch_size]) for start in range(0, len(order), batch_size)])
+    out = torch.empty_like(encoded)
+    out[torch.as_tensor(order, device=encoded.device)] = encoded
+    return out
 
 
 def entity_indices(instance: Mapping, role: str) -> list[int]:
