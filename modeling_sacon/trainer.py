@@ -504,8 +504,11 @@ class SaconTrainer(Trainer):
         if self.is_world_process_zero() and str(getattr(self.args.hub_strategy, "value", self.args.hub_strategy)) != "end":
             # upload_folder(run_as_future=True) scans output_dir when its job runs, not when it is queued: copying the
             # next checkpoint in while the previous upload is pending would commit it under the previous step's
-            # message (and leave the next commit empty), or upload a half-copied file. Wait for it first.
-            if self.args.hub_always_push and self.push_in_progress is not None:
+            # message (and leave the next commit empty), or upload a half-copied file. Wait for it first, or (without
+            # hub_always_push) skip this checkpoint as the stock push does, leaving output_dir alone.
+            if self.push_in_progress is not None and not self.push_in_progress.is_done():
+                if not self.args.hub_always_push:
+                    return
                 self.push_in_progress.wait_until_done()
             os.makedirs(self.args.output_dir, exist_ok=True)
             for path in glob.glob(os.path.join(checkpoint_folder, "*.py")):

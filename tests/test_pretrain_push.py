@@ -93,11 +93,12 @@ def test_pretrain_pushes_every_checkpoint_and_a_loadable_final_model(fake_hub, i
     assert not fake_hub.unknown_requests and not fake_hub.errors, (fake_hub.unknown_requests, fake_hub.errors)
 
     # every saved checkpoint was pushed, each a loadable snapshot (code + card), then the final model
-    titles = [commit.title for commit in fake_hub.commits(REPO_ID)]
+    commits = fake_hub.commits(REPO_ID)
+    titles = [commit.title for commit in commits]
     assert titles[1:] == ["Training in progress, step 1", "Training in progress, step 2", "End of training"], titles
-    first_push = fake_hub.files(REPO_ID, fake_hub.commits(REPO_ID)[1].oid)
+    first_push = fake_hub.files(REPO_ID, commits[1].oid)
     assert {"config.json", "model.safetensors", "README.md", *CODE_FILES} <= set(first_push)
-    for step, commit in ((1, fake_hub.commits(REPO_ID)[1]), (2, fake_hub.commits(REPO_ID)[2])):
+    for step, commit in ((1, commits[1]), (2, commits[2])):
         # each step's commit holds that step's weights, byte for byte
         saved = (tmp_path / "out" / f"checkpoint-{step}" / "model.safetensors").read_bytes()
         assert fake_hub.files(REPO_ID, commit.oid)["model.safetensors"] == saved, step
