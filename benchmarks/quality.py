@@ -72,7 +72,7 @@ def ablations_for(budget: Budget) -> list[Ablation]:
 def backbone_path(budget: Budget, output_dir: Path, store: UnitStore, compute: bool = True) -> str:
     """The sentence/label encoder checkpoint: packaged MiniLM, a Hub id, or (smoke) a tiny random BERT."""
     if budget.backbone == "minilm":
-        from modeling_sacon.defaults import default_backbone_path
+        from modeling_sacon.utils.defaults import default_backbone_path
 
         return default_backbone_path()
     if budget.backbone != "tiny":
@@ -84,7 +84,7 @@ def backbone_path(budget: Budget, output_dir: Path, store: UnitStore, compute: b
         import torch
         from transformers import AutoTokenizer, BertConfig, BertModel
 
-        from modeling_sacon.defaults import default_backbone_path
+        from modeling_sacon.utils.defaults import default_backbone_path
 
         tokenizer = AutoTokenizer.from_pretrained(default_backbone_path())
         torch.manual_seed(spec["seed"])
@@ -151,7 +151,7 @@ def evaluate_model(
     import torch
 
     from modeling_sacon.data import first_per_relation, load_label_table, resolve_data_path
-    from modeling_sacon.episodes import parse_settings
+    from modeling_sacon.data.episodes import parse_settings
 
     ev = _evaluate_fewrel_module()
     args = ev.EvalArguments(

@@ -90,7 +90,7 @@ def pretraining_step_inputs(budget: Budget, backbone: str):
     import torch
 
     from modeling_sacon import SaconProcessor
-    from modeling_sacon.collator import SaconPretrainingCollator
+    from modeling_sacon.data.collator import SaconPretrainingCollator
     from modeling_sacon.data import RelationBalancedBatchSampler, load_pretraining_corpus
 
     torch.manual_seed(0)
@@ -220,7 +220,7 @@ def measure_evaluation(budget: Budget, backbone: str) -> dict:
 
     from modeling_sacon import SaconDualEncoderModel, SaconProcessor
     from modeling_sacon.data import first_per_relation, load_label_table, resolve_data_path
-    from modeling_sacon.evaluation import FewShotEvaluator
+    from modeling_sacon.fewshot.evaluation import FewShotEvaluator
 
     device = budget.device
     processor = SaconProcessor.from_pretrained(backbone)

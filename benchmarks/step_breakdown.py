@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     import torch
 
     from modeling_sacon import SaconDualEncoderModel
-    from modeling_sacon.defaults import default_backbone_path
+    from modeling_sacon.utils.defaults import default_backbone_path
 
     backbone = args.backbone or default_backbone_path()
     processor, batch = pretraining_step_inputs(CPU, backbone)

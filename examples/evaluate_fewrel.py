@@ -23,9 +23,9 @@ from transformers import AutoModel, AutoTokenizer, HfArgumentParser
 
 from modeling_sacon import SaconDualEncoderModel, SaconProcessor
 from modeling_sacon.data import load_fewrel_json, load_label_table, resolve_data_path
-from modeling_sacon.defaults import default_backbone_path
-from modeling_sacon.episodes import parse_settings
-from modeling_sacon.evaluation import METHODS, FewShotEvaluator, MeanPoolingEncoder
+from modeling_sacon.utils.defaults import default_backbone_path
+from modeling_sacon.data.episodes import parse_settings
+from modeling_sacon.fewshot.evaluation import METHODS, FewShotEvaluator, MeanPoolingEncoder
 
 logger = logging.getLogger("evaluate_fewrel")
 ENCODERS = ("sacon", "marker", "mean_pooling")
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
         Path(args.output_json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output_json).write_text(json.dumps(results, indent=2) + "\n")
     if args.update_card:
-        from modeling_sacon.model_card import update_model_card_results
+        from modeling_sacon.training.model_card import update_model_card_results
 
         update_model_card_results(
             args.update_card, results, method=args.method, seed=args.seed,

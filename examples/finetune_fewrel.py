@@ -30,9 +30,9 @@ from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArg
 
 from modeling_sacon import SaconDualEncoderModel, SaconProcessor
 from modeling_sacon.data import load_fewrel_json, load_label_table
-from modeling_sacon.defaults import default_backbone_path
-from modeling_sacon.episodes import parse_setting
-from modeling_sacon.episodic_data import EpisodeCollator, EpisodicDataset
+from modeling_sacon.utils.defaults import default_backbone_path
+from modeling_sacon.data.episodes import parse_setting
+from modeling_sacon.data.episodic import EpisodeCollator, EpisodicDataset
 from modeling_sacon.modeling_sacon_fewshot import SaconForFewShotRelationClassification
 
 logger = logging.getLogger("finetune_fewrel")

@@ -38,8 +38,8 @@ import torch.nn.functional as F  # noqa: E402
 
 from modeling_sacon import SaconDualEncoderModel, SaconProcessor  # noqa: E402
 from modeling_sacon.data import label_texts, load_fewrel_json, load_label_table, resolve_data_path  # noqa: E402
-from modeling_sacon.defaults import default_backbone_path  # noqa: E402
-from modeling_sacon.evaluation import SaconEncoder, encode_length_sorted  # noqa: E402
+from modeling_sacon.utils.defaults import default_backbone_path  # noqa: E402
+from modeling_sacon.fewshot.evaluation import SaconEncoder, encode_length_sorted  # noqa: E402
 
 logger = logging.getLogger("plot_embeddings")
 

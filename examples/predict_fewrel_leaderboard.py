@@ -12,7 +12,7 @@ A test file is a JSON list of episodes `{"meta_train": [[instance] * K] * N, "me
 sentence of all the files (same tokens and entity spans) is encoded once, in length-sorted batches; the episodes are
 then scored on the cached embeddings with `modeling_sacon.scoring.prototype_logits` (cosine to the class prototypes).
 `--nota_logit T` adds a none-of-the-above answer N for queries whose best scaled cosine is below T (NOTA files).
-The predictions are written with `modeling_sacon.episodes.write_predictions` as `<output_dir>/pred-N-K.json`; zip
+The predictions are written with `modeling_sacon.data.episodes.write_predictions` as `<output_dir>/pred-N-K.json`; zip
 the folder's files for the CodaLab submission.
 """
 
@@ -28,9 +28,9 @@ import torch
 
 from modeling_sacon import SaconDualEncoderModel, SaconProcessor
 from modeling_sacon.data import label_texts, load_label_table, resolve_data_path
-from modeling_sacon.defaults import default_backbone_path
-from modeling_sacon.episodes import load_test_episodes, prediction_filename, write_predictions
-from modeling_sacon.evaluation import SaconEncoder, encode_length_sorted, sentence_key
+from modeling_sacon.utils.defaults import default_backbone_path
+from modeling_sacon.data.episodes import load_test_episodes, prediction_filename, write_predictions
+from modeling_sacon.fewshot.evaluation import SaconEncoder, encode_length_sorted, sentence_key
 from modeling_sacon.scoring import FEWSHOT_METHODS, SIMILARITIES, prototype_logits
 
 logger = logging.getLogger("predict_fewrel_leaderboard")

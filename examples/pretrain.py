@@ -35,7 +35,7 @@ from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import get_last_checkpoint
 
 from modeling_sacon import SaconDualEncoderModel, SaconProcessor
-from modeling_sacon.collator import SaconPretrainingCollator
+from modeling_sacon.data.collator import SaconPretrainingCollator
 from modeling_sacon.data import (
     FEWREL_TEST_RELATIONS,
     PRETRAIN_LABEL_FILES,
@@ -46,10 +46,10 @@ from modeling_sacon.data import (
     load_label_table,
     load_pretraining_corpus,
 )
-from modeling_sacon.defaults import default_backbone_path
-from modeling_sacon.episodes import parse_settings
-from modeling_sacon.model_card import EMBEDDED_CORPUS_DESCRIPTION
-from modeling_sacon.trainer import SaconTrainer, SaconTrainingArguments
+from modeling_sacon.utils.defaults import default_backbone_path
+from modeling_sacon.data.episodes import parse_settings
+from modeling_sacon.training.model_card import EMBEDDED_CORPUS_DESCRIPTION
+from modeling_sacon.training.trainer import SaconTrainer, SaconTrainingArguments
 
 logger = logging.getLogger("pretrain")
 

@@ -15,7 +15,7 @@ import torch
 
 from modeling_sacon import SaconDualEncoderModel, SaconProcessor
 from modeling_sacon.data import get_data_dir, label_texts, load_fewrel_json, load_label_table
-from modeling_sacon.defaults import default_backbone_path
+from modeling_sacon.utils.defaults import default_backbone_path
 
 
 def main() -> None:

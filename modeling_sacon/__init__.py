@@ -25,18 +25,18 @@ SaconForFewShotRelationClassification.register_for_auto_class("AutoModelForMulti
 
 # Heavier parts (datasets, Trainer) load on first use, so `import modeling_sacon` stays cheap.
 _LAZY = {
-    "default_backbone_path": "defaults",
+    "default_backbone_path": "utils.defaults",
     "get_data_dir": "data",
-    "SaconRelationClassifier": "inference",
-    "SaconTrainer": "trainer",
-    "SaconTrainingArguments": "trainer",
-    "SaconPretrainingCollator": "collator",
-    "FewShotEvaluator": "evaluation",
-    "EpisodeSampler": "episodes",
-    "EpisodicDataset": "episodic_data",
-    "EpisodeCollator": "episodic_data",
+    "SaconRelationClassifier": "fewshot.inference",
+    "SaconTrainer": "training.trainer",
+    "SaconTrainingArguments": "training.trainer",
+    "SaconPretrainingCollator": "data.collator",
+    "FewShotEvaluator": "fewshot.evaluation",
+    "EpisodeSampler": "data.episodes",
+    "EpisodicDataset": "data.episodic",
+    "EpisodeCollator": "data.episodic",
     "prototype_logits": "scoring",
-    "render_model_card": "model_card",
+    "render_model_card": "training.model_card",
 }
 
 

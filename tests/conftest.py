@@ -13,7 +13,7 @@ from transformers import BertConfig
 
 from modeling_sacon import SaconConfig, SaconDualEncoderModel, SaconProcessor
 from modeling_sacon.data import get_data_dir
-from modeling_sacon.defaults import default_backbone_path
+from modeling_sacon.utils.defaults import default_backbone_path
 
 from hub_server import FakeHub
 

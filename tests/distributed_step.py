@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 
 from modeling_sacon import SaconConfig, SaconDualEncoderModel, SaconProcessor
-from modeling_sacon.defaults import default_backbone_path
+from modeling_sacon.utils.defaults import default_backbone_path
 
 WORLD_SIZE = 2
 SEED = 0

@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from modeling_sacon.collator import SERVE_KEY, SaconPretrainingCollator, ServedDataset, ServeKeyedBatchSampler
+from modeling_sacon.data.collator import SERVE_KEY, SaconPretrainingCollator, ServedDataset, ServeKeyedBatchSampler
 from modeling_sacon.data import RelationBalancedBatchSampler, UnknownRelationError, _rows_to_dataset
 
 WORDS = (

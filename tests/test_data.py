@@ -384,7 +384,7 @@ def test_sampler_deterministic_under_global_seeds() -> None:
 
 
 def test_sampler_deterministic_across_processes() -> None:
-    # Load data.py by path: the package __init__ pulls in transformers, which only costs time here.
+    # Load data/corpus.py by path: the package __init__ pulls in transformers, which only costs time here.
     code = (
         "import importlib.util, json, random, sys; random.seed(99);"
         "spec = importlib.util.spec_from_file_location('sacon_data', sys.argv[1]);"
@@ -392,7 +392,7 @@ def test_sampler_deterministic_across_processes() -> None:
         "r = [f'R{i % 7}' for i in range(300)];"
         "print(json.dumps([list(b) for b in mod.RelationBalancedBatchSampler(r, 3, 4, seed=11, num_batches=20)]))"
     )
-    module_path = REPO_ROOT / "modeling_sacon" / "data.py"
+    module_path = REPO_ROOT / "modeling_sacon" / "data" / "corpus.py"
     env = dict(os.environ, PYTHONHASHSEED="4242")
     out = subprocess.run(
         [sys.executable, "-c", code, str(module_path)], env=env, capture_output=True, text=True, check=True

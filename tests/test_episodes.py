@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from modeling_sacon.episodes import (
+from modeling_sacon.data.episodes import (
     Episode,
     EpisodeSampler,
     EvalSetting,
@@ -78,7 +78,7 @@ import numpy as np, torch
 random.seed(global_seed); np.random.seed(global_seed); torch.manual_seed(global_seed)
 random.random(); np.random.rand(); torch.rand(1)
 
-from modeling_sacon.episodes import EpisodeSampler
+from modeling_sacon.data.episodes import EpisodeSampler
 sampler = EpisodeSampler([f"P{r % 8}" for r in range(160)], 5, 2, 3, na_rate=1, seed=11, num_episodes=40)
 order = range(39, -1, -1) if reverse else range(40)
 drawn = {i: dataclasses.asdict(sampler.episode(i)) for i in order}

@@ -10,7 +10,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 import evaluate_fewrel  # noqa: E402
 
-from modeling_sacon.model_card import EVAL_SECTION_START, render_model_card  # noqa: E402
+from modeling_sacon.training.model_card import EVAL_SECTION_START, render_model_card  # noqa: E402
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from modeling_sacon.data import label_texts, load_fewrel_json, load_label_table
-from modeling_sacon.evaluation import FewShotEvaluator
+from modeling_sacon.fewshot.evaluation import FewShotEvaluator
 
 
 @pytest.fixture(scope="module")

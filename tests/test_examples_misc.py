@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from modeling_sacon import SaconConfig, SaconDualEncoderModel
-from modeling_sacon.episodes import load_test_episodes
+from modeling_sacon.data.episodes import load_test_episodes
 
 from conftest import tiny_bert_config
 
@@ -114,7 +114,7 @@ def test_leaderboard_oracle_query_is_found(leaderboard, tiny_checkpoint, val_wik
 
 def test_leaderboard_matches_per_episode_encoding(leaderboard, tiny_checkpoint, processor, val_wiki, tmp_path):
     """The cached, batched path predicts what encoding each episode on its own (the toolkit's way) predicts."""
-    from modeling_sacon.evaluation import SaconEncoder
+    from modeling_sacon.fewshot.evaluation import SaconEncoder
     from modeling_sacon.scoring import prototype_logits
 
     episodes, _ = make_episodes(val_wiki, 5, 2, 15, seed=7)

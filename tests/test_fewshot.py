@@ -16,7 +16,7 @@ from transformers import AutoModelForMultipleChoice, Trainer, TrainingArguments
 
 from modeling_sacon import SaconConfig, SaconDualEncoderModel
 from modeling_sacon.data import load_fewrel_json, load_label_table
-from modeling_sacon.episodic_data import EpisodeCollator, EpisodeExample, EpisodicDataset
+from modeling_sacon.data.episodic import EpisodeCollator, EpisodeExample, EpisodicDataset
 from modeling_sacon.modeling_sacon_fewshot import SaconForFewShotRelationClassification
 from modeling_sacon.scoring import append_nota, build_prototypes, prototype_logits
 

@@ -7,8 +7,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from modeling_sacon import SaconConfig, SaconDualEncoderModel
-from modeling_sacon.defaults import default_backbone_path
-from modeling_sacon.inference import SaconRelationClassifier, to_instance, word_tokenize
+from modeling_sacon.utils.defaults import default_backbone_path
+from modeling_sacon.fewshot.inference import SaconRelationClassifier, to_instance, word_tokenize
 from modeling_sacon.modeling_sacon_fewshot import SaconForFewShotRelationClassification
 
 from conftest import tiny_bert_config

@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 from transformers import AutoModel
 
 from modeling_sacon import SaconConfig, SaconDualEncoderModel
-from modeling_sacon.defaults import default_backbone_path
+from modeling_sacon.utils.defaults import default_backbone_path
 from modeling_sacon.modeling_sacon import packed_last_hidden_state, packs_sequences
 
 from conftest import tiny_bert_config

@@ -14,7 +14,7 @@ import yaml
 from safetensors.torch import load as load_safetensors
 from transformers import AutoTokenizer, BertModel
 
-from modeling_sacon.defaults import default_backbone_path
+from modeling_sacon.utils.defaults import default_backbone_path
 
 from conftest import tiny_bert_config
 from hub_server import hub_env, run_client
@@ -139,7 +139,7 @@ def test_pretrain_pushes_every_checkpoint_and_a_loadable_final_model(fake_hub, i
 def test_model_card_renders_offline_valid_metadata(tmp_path):
     from huggingface_hub import EvalResult, ModelCard
 
-    from modeling_sacon.model_card import render_model_card, validate_card_metadata
+    from modeling_sacon.training.model_card import render_model_card, validate_card_metadata
 
     card = render_model_card(
         model_name="sacon-base", model_id=REPO_ID, base_model="sentence-transformers/all-MiniLM-L6-v2",

@@ -17,9 +17,9 @@ from torch.utils.data import DataLoader
 from transformers import TrainerCallback
 
 from modeling_sacon import SaconConfig, SaconDualEncoderModel
-from modeling_sacon.collator import SaconPretrainingCollator, ServedDataset, ServeKeyedBatchSampler
+from modeling_sacon.data.collator import SaconPretrainingCollator, ServedDataset, ServeKeyedBatchSampler
 from modeling_sacon.data import DataFormatError, RelationBalancedBatchSampler, UnknownRelationError
-from modeling_sacon.trainer import LOSS_TERMS, SaconTrainer, SaconTrainingArguments
+from modeling_sacon.training.trainer import LOSS_TERMS, SaconTrainer, SaconTrainingArguments
 
 from conftest import tiny_bert_config
 from test_collator import synthetic_dataset

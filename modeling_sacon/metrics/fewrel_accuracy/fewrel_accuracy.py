@@ -3,7 +3,7 @@
 Loaded by local path (``evaluate.load("<dir>/fewrel_accuracy")``), fully offline.
 `evaluate` copies this script into its module cache before importing it, so it must stay
 self-contained: no imports from ``modeling_sacon`` (the CI formula below matches
-``modeling_sacon.episodes.mean_and_ci95``).
+``modeling_sacon.data.episodes.mean_and_ci95``).
 """
 
 from __future__ import annotations

@@ -50,7 +50,7 @@ def default_template_path() -> Path:
     """`$SACON_CARD_TEMPLATE`, else `hub_cards/sacon_model_card.md` beside the package (a source checkout)."""
     env = os.environ.get(TEMPLATE_ENV)
     candidates = [Path(env)] if env else []
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parents[1]
     candidates += [package.parent / "hub_cards" / DEFAULT_TEMPLATE, package / "hub_cards" / DEFAULT_TEMPLATE]
     for candidate in candidates:
         if candidate.is_file():

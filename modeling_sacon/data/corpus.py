@@ -100,7 +100,7 @@ def get_data_dir() -> Path:
             return path.resolve()
         raise FileNotFoundError(f"{DATA_DIR_ENV}={env!r} is not an existing directory")
     candidates = [
-        Path(__file__).resolve().parents[1] / ".." / "shared" / "data",
+        Path(__file__).resolve().parents[2] / ".." / "shared" / "data",
         Path.cwd() / ".." / "shared" / "data",
     ]
     for candidate in candidates:

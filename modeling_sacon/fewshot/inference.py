@@ -1,7 +1,7 @@
 """Relation classification with a SaCon checkpoint: rank candidate relations for sentences with marked entities.
 
 ```python
-from modeling_sacon.inference import SaconRelationClassifier
+from modeling_sacon.fewshot.inference import SaconRelationClassifier
 
 clf = SaconRelationClassifier.from_pretrained("org/sacon-base")        # or a local checkpoint directory
 clf.predict(
@@ -50,9 +50,9 @@ from typing import Any
 import torch
 from transformers.utils import logging
 
-from .modeling_sacon import SaconDualEncoderModel
-from .processing_sacon import SaconProcessor, encode_in_length_order
-from .scoring import build_prototypes, check_similarity, similarity_logits
+from ..modeling_sacon import SaconDualEncoderModel
+from ..processing_sacon import SaconProcessor, encode_in_length_order
+from ..scoring import build_prototypes, check_similarity, similarity_logits
 
 logger = logging.get_logger(__name__)
 

@@ -18,10 +18,10 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .data import label_texts
-from .episodes import Episode, EpisodeSampler, EvalSetting, mean_and_ci95, parse_setting
-from .processing_sacon import SaconProcessor, encode_in_length_order, entity_indices
-from .scoring import prototype_logits
+from ..data.corpus import label_texts
+from ..data.episodes import Episode, EpisodeSampler, EvalSetting, mean_and_ci95, parse_setting
+from ..processing_sacon import SaconProcessor, encode_in_length_order, entity_indices
+from ..scoring import prototype_logits
 
 METHODS = ("prototype", "zero_shot", "label_augmented")
 

@@ -24,14 +24,14 @@ What it adds to the stock Trainer (transformers 5.x):
   processes accelerate's `BatchSamplerShard` deals its batches round-robin (process r takes batches r, r + W, ...),
   so processes see disjoint batches. Rows carry a serve key (epoch, global batch index): the collator's blanking
   and MLM draws are a pure function of it, so a resumed run (the Trainer skips the consumed batches without
-  collating them) continues exactly as the uninterrupted one (see `modeling_sacon.collator`).
+  collating them) continues exactly as the uninterrupted one (see `modeling_sacon.data.collator`).
 * **Evaluation.** `evaluate()` scores seeded FewRel N-way K-shot episodes (`fewrel_eval_settings`, default 5-1) on
   `eval_dataset` (canonical FewRel rows, e.g. val_wiki) with `FewShotEvaluator`, prototypes of `[h ; t]`, and
   returns `eval_fewrel_5_1_accuracy` (and `eval_fewrel_5_1_ci95`); episodes are drawn from the first
   `fewrel_eval_pool_per_relation` sentences of each relation (default 50: 800 sentences of val_wiki to encode),
   a fixed pool, so that evaluating during a CPU run costs seconds, not minutes.
   `metric_for_best_model="fewrel_5_1_accuracy"` with `load_best_model_at_end` works. Every process computes the same (seeded) episodes; no collective is needed.
-* **Model card.** `create_model_card` renders `hub_cards/sacon_model_card.md` (see `modeling_sacon.model_card`)
+* **Model card.** `create_model_card` renders `hub_cards/sacon_model_card.md` (see `modeling_sacon.training.model_card`)
   instead of the Trainer's generic card; every checkpoint push also carries the model code files and the card.
 """
 
@@ -54,8 +54,8 @@ from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import seed_worker
 from transformers.utils import logging
 
-from .collator import ServedDataset, ServeKeyedBatchSampler
-from .data import RelationBalancedBatchSampler, balanced_batch_shape, first_per_relation
+from ..data.collator import ServedDataset, ServeKeyedBatchSampler
+from ..data.corpus import RelationBalancedBatchSampler, balanced_batch_shape, first_per_relation
 
 logger = logging.get_logger(__name__)
 
@@ -167,7 +167,7 @@ class SaconTrainer(Trainer):
             scored by `evaluate()`; a dict of them gives one metric set per name.
         eval_label_table: relation -> (name, description) of the evaluation relations; needed for the
             `zero_shot` / `label_augmented` methods only.
-        model_card_fields: keyword arguments of `modeling_sacon.model_card.render_model_card` (corpus, base model,
+        model_card_fields: keyword arguments of `modeling_sacon.training.model_card.render_model_card` (corpus, base model,
             ...); the trainer adds the training protocol and the latest FewRel results.
     """
 
@@ -375,7 +375,7 @@ class SaconTrainer(Trainer):
             for name, split in dataset.items():
                 metrics.update(self.evaluate(split, ignore_keys, f"{metric_key_prefix}_{name}"))
             return metrics
-        from .evaluation import FewShotEvaluator
+        from ..fewshot.evaluation import FewShotEvaluator
 
         pool = _option(self.args, "fewrel_eval_pool_per_relation")
         if pool:

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 import torch.utils.data
 
-from .data import label_texts
+from .corpus import label_texts
 from .episodes import EpisodeSampler
 
 __all__ = ["EpisodeExample", "EpisodicDataset", "EpisodeCollator"]

@@ -3,7 +3,7 @@
 Randomness (which mentions are blanked, which tokens are masked) never comes from the global RNGs. Each batch draws
 from its own `torch.Generator`, seeded from `(collator seed, serve key)`:
 
-* under :class:`~modeling_sacon.trainer.SaconTrainer`, the batch sampler is wrapped by :class:`ServeKeyedBatchSampler`,
+* under :class:`~modeling_sacon.training.trainer.SaconTrainer`, the batch sampler is wrapped by :class:`ServeKeyedBatchSampler`,
   which tags every row with the *serve key* `(epoch, batch index in the epoch's global batch stream)`; a
   :class:`ServedDataset` passes the key to the collator with the row. The draws of a batch are then a pure function
   of `(seed, epoch, batch index)`: a batch served again (next epoch) gets fresh blanks and masks, and a run resumed
@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data import UnknownRelationError
-from .processing_sacon import SaconProcessor
+from .corpus import UnknownRelationError
+from ..processing_sacon import SaconProcessor
 
 SERVE_KEY = "_sacon_serve_key"
 """Row field through which :class:`ServedDataset` hands a batch's serve key to the collator."""

@@ -1,0 +1,6 @@
+"""Data for SaCon: corpus loaders and validation (`corpus`), the pre-training collator (`collator`), seeded FewRel
+episodes (`episodes`) and episodic fine-tuning datasets (`episodic`). Nothing here ships with a checkpoint."""
+
+from .corpus import *  # noqa: F401,F403
+from .corpus import FEWREL_TEST_RELATIONS, PRETRAIN_CORPUS_FILES, PRETRAIN_LABEL_FILES, VAL_WIKI_FILE, _rows_to_dataset  # noqa: F401
+from .corpus import __all__  # noqa: F401

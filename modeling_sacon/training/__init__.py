@@ -1,0 +1,1 @@
+"""Pre-training: the `SaconTrainer` (a `transformers.Trainer`) and the model card it writes."""
