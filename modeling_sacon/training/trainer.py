@@ -55,6 +55,7 @@ from transformers.trainer_utils import seed_worker
 from transformers.utils import logging
 
 from ..data.collator import ServedDataset, ServeKeyedBatchSampler
+from .callbacks import LogitScaleClampCallback
 from ..data.corpus import RelationBalancedBatchSampler, balanced_batch_shape, first_per_relation
 
 logger = logging.get_logger(__name__)
@@ -182,6 +183,7 @@ class SaconTrainer(Trainer):
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
+        self.add_callback(LogitScaleClampCallback())
         self.eval_label_table = eval_label_table
         self.model_card_fields = dict(model_card_fields or {})
         self._train_batch_sampler: ServeKeyedBatchSampler | None = None
