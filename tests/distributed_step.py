@@ -28,6 +28,11 @@ Why the two runs are comparable:
 * labels: a relation on both ranks has a label row on both (as the collator builds them), the same row of the global
   label tensor here. The gathered contrastive loss keeps one row per relation (the first in rank order), and so does
   the label MLM (only that row's masked tokens count), so each relation's label text counts once, as on one process.
+
+The distributed run then repeats the step cached (GradCache, `modeling_sacon.training.gradcache`, mini-batches of
+`CACHED_MINI_BATCH`: 2 + 2 sentences and 2 + 1 label rows per rank), once as one micro-batch and once as two
+accumulated half-weight micro-batches (the first inside `no_sync`), and saves the loss terms, the gradients and how
+many buckets DDP's own hooks reduced (none: the re-runs bypass DDP's forward; `synchronize_gradients` averages once).
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from modeling_sacon.utils.defaults import default_backbone_path
 
 WORLD_SIZE = 2
 SEED = 0
+CACHED_MINI_BATCH = 2
 MLM_PROBABILITY = 0.3
 
 # Corpus-wide relation ids (as the pre-training data assigns them), and their label texts.
@@ -190,6 +196,7 @@ def run_distributed(out_dir: Path) -> None:
     print(f"[distributed_step] rank={rank} world_size={world} type={info['distributed_type']}", flush=True)
     processor = SaconProcessor.from_pretrained(default_backbone_path())
     model = accelerator.prepare(build_model(processor))
+    ddp_reductions = _count_ddp_reductions(model)
     tensors = global_tensors(processor)
     per_rank = len(GLOBAL_BATCH) // world
     inputs = model_inputs(tensors, slice(rank * per_rank, (rank + 1) * per_rank))
@@ -209,9 +216,13 @@ def run_distributed(out_dir: Path) -> None:
         loss=out.loss.item(),
     )
     (out_dir / f"rank{rank}.json").write_text(json.dumps(info) + "\n")
+    uncached_reductions, uncached_grads = ddp_reductions[0], _grads(accelerator.unwrap_model(model))
+    cached = _cached_steps(accelerator, model, inputs, ddp_reductions)
     if accelerator.is_main_process:
         torch.save(
             {
+                **cached,
+                "uncached_ddp_reductions": uncached_reductions,
                 "mode": "distributed",
                 "world_size": world,
                 "rank_losses": per_rank_parts[:, 0].tolist(),
@@ -220,12 +231,63 @@ def run_distributed(out_dir: Path) -> None:
                 "contrastive_loss": means[1].item(),
                 "sentence_mlm_loss": means[2].item(),
                 "label_mlm_loss": means[3].item(),
-                "grads": _grads(accelerator.unwrap_model(model)),
+                "grads": uncached_grads,
             },
             out_dir / "distributed.pt",
         )
     accelerator.wait_for_everyone()
     accelerator.end_training()
+
+
+def _count_ddp_reductions(model) -> list[int]:
+    """A DDP communication hook that all-reduces as the default one and counts the buckets it reduced."""
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+    count = [0]
+
+    def hook(state, bucket):
+        count[0] += 1
+        return allreduce_hook(state, bucket)
+
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        model.register_comm_hook(None, hook)
+    return count
+
+
+def _mean_over_ranks(values: torch.Tensor) -> torch.Tensor:
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return values
+    values = values.detach().clone()
+    dist.all_reduce(values)
+    return values / dist.get_world_size()
+
+
+def _cached_steps(accelerator, model, inputs: dict, ddp_reductions: list[int]) -> dict:
+    """The same step cached, as one micro-batch and as two accumulated half-weight ones (the first in no_sync)."""
+    from modeling_sacon.training.gradcache import cached_contrastive_step, synchronize_gradients
+
+    unwrapped = accelerator.unwrap_model(model)
+    results = {}
+    for name, micro_batches in (("cached", 1), ("cached_accumulated", 2)):
+        model.zero_grad(set_to_none=True)
+        before = ddp_reductions[0]
+        for i in range(micro_batches):
+            sync = i == micro_batches - 1
+            with accelerator.no_sync(model) if not sync else torch.enable_grad():
+                out = cached_contrastive_step(
+                    unwrapped, inputs, CACHED_MINI_BATCH, backward=lambda s: accelerator.backward(s / micro_batches),
+                    gather_across_processes=True,
+                )
+                synchronize_gradients(model)
+        terms = torch.stack([out.loss, out.contrastive_loss, out.sentence_mlm_loss, out.label_mlm_loss])
+        means = _mean_over_ranks(terms)
+        results[name] = {
+            "loss": means[0].item(), "contrastive_loss": means[1].item(), "sentence_mlm_loss": means[2].item(),
+            "label_mlm_loss": means[3].item(), "grads": _grads(unwrapped), "ddp_reductions": ddp_reductions[0] - before,
+        }
+    return results
 
 
 def main(argv: list[str]) -> None:

@@ -2,7 +2,9 @@
 
 `distributed_step.py` runs one step under `accelerate launch` (2 processes, DDP, negatives gathered across processes)
 and on one process (the concatenated batch); see its docstring for why the mean of the ranks' reported losses is the
-comparable quantity. The spawn tests check the gather primitives themselves against a one-process computation.
+comparable quantity. The same launch repeats the step with GradCache (cached mini-batches, gather and label
+deduplication across processes, gradient accumulation under no_sync), which must match too. The spawn tests check
+the gather primitives themselves against a one-process computation.
 """
 
 from __future__ import annotations
@@ -94,6 +96,21 @@ def test_two_processes_give_the_global_batch_loss_and_gradients(tmp_path):
     # the comparison is not vacuous: both towers and both MLM heads receive real gradients
     for prefix in ("sentence_encoder.", "label_encoder.", "sentence_mlm_head.", "label_mlm_head."):
         assert any(g.abs().max() > 1e-3 for n, g in single["grads"].items() if n.startswith(prefix)), prefix
+
+    # GradCache under DDP with gather: mini-batches of 2 per rank, as one micro-batch and as two accumulated ones
+    # (the first inside no_sync), give the same loss terms and gradients; DDP's own hooks reduce nothing (the re-runs
+    # bypass its forward), the uncached step's did, and `synchronize_gradients` averaged once
+    assert distributed["uncached_ddp_reductions"] > 0
+    for name in ("cached", "cached_accumulated"):
+        cached = distributed[name]
+        assert cached["ddp_reductions"] == 0, name
+        for key in ("loss", "contrastive_loss", "sentence_mlm_loss", "label_mlm_loss"):
+            assert cached[key] == pytest.approx(single[key], abs=ATOL), (name, key)
+        assert cached["grads"].keys() == single["grads"].keys()
+        diffs = {n: (cached["grads"][n] - grad).abs().max().item() for n, grad in single["grads"].items()}
+        worst = max(diffs, key=diffs.get)
+        print(f"{name}: max |grad diff| = {diffs[worst]:.2e} ({worst})")
+        assert diffs[worst] <= ATOL, (name, sorted(diffs.items(), key=lambda item: -item[1])[:5])
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -13,6 +13,10 @@ What it adds to the stock Trainer (transformers 5.x):
   reaches each rank's own rows through the autograd all-gather; the MLM terms divide local sums by
   global count / world size).
 * **Cross-process negatives.** With more than one process, the model is called with `gather_across_processes=True`.
+* **Cached contrastive batches.** With `contrastive_mini_batch_size`, `training_step` runs GradCache
+  (`modeling_sacon.training.gradcache`): the whole batch is embedded in mini-batches without a graph, the loss and
+  its embedding gradients are computed once, and each mini-batch is re-run with a graph under its saved RNG state.
+  Loss and gradients are the uncached batch's (same dropout masks in both passes), memory is a mini-batch's.
 * **Logging.** Every loss term (`contrastive_loss`, `sentence_anchored_loss`, `label_anchored_loss`,
   `sentence_mlm_loss`, `label_mlm_loss`), averaged over the micro-batches of the logging window (and over
   processes), and `temperature` = 1 / exp(logit_scale) at the logging step, are added to the Trainer's `loss` logs.
@@ -99,6 +103,12 @@ class SaconTrainingArguments(TrainingArguments):
         default=1e-2,
         metadata={"help": "Learning rate of logit_scale (log of the inverse temperature); no weight decay."},
     )
+    contrastive_mini_batch_size: int | None = field(
+        default=None,
+        metadata={"help": "GradCache: encode each batch in mini-batches of this many sentences (and label rows) and "
+                  "back-propagate cached embedding gradients; the gradients of the whole batch at the memory of a "
+                  "mini-batch. None: off."},
+    )
     balanced_batches: bool = field(
         default=True, metadata={"help": "Relation-balanced batches (M relations x instances_per_relation); else shuffle."}
     )
@@ -124,6 +134,8 @@ class SaconTrainingArguments(TrainingArguments):
             raise ValueError(f"logit_scale_learning_rate must be >= 0, got {self.logit_scale_learning_rate}")
         if self.instances_per_relation < 1:
             raise ValueError(f"instances_per_relation must be >= 1, got {self.instances_per_relation}")
+        if self.contrastive_mini_batch_size is not None and self.contrastive_mini_batch_size < 1:
+            raise ValueError(f"contrastive_mini_batch_size must be >= 1 (or None: off), got {self.contrastive_mini_batch_size}")
         if self.fewrel_eval_episodes < 1:
             raise ValueError(f"fewrel_eval_episodes must be >= 1, got {self.fewrel_eval_episodes}")
 
@@ -302,6 +314,33 @@ class SaconTrainer(Trainer):
             value = value.detach().float()
             self._term_sums[name] = self._term_sums[name] + value if name in self._term_sums else value
         self._term_count += 1
+
+    def training_step(self, model, inputs, num_items_in_batch=None) -> torch.Tensor:
+        """The stock step, or with `contrastive_mini_batch_size` the cached contrastive step (GradCache)."""
+        mini_batch_size = _option(self.args, "contrastive_mini_batch_size")
+        if not mini_batch_size:
+            return super().training_step(model, inputs, num_items_in_batch)
+        from .gradcache import cached_contrastive_step, synchronize_gradients
+
+        world = self.accelerator.num_processes
+        if world > 1 and not isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            raise ValueError(
+                f"contrastive_mini_batch_size supports one process or DDP; this run uses {self.accelerator.distributed_type}"
+            )
+        model.train()
+        if callable(getattr(self.optimizer, "train", None)):
+            self.optimizer.train()
+        inputs = self._prepare_inputs(inputs)
+        steps = self.current_gradient_accumulation_steps  # the loss is a batch mean: divide once, as the stock step
+
+        outputs = cached_contrastive_step(
+            self.accelerator.unwrap_model(model), inputs, mini_batch_size,
+            backward=lambda surrogate: self.accelerator.backward(surrogate / steps),
+            gather_across_processes=world > 1, forward_context=self.compute_loss_context_manager,
+        )
+        synchronize_gradients(model)  # DDP: the one all-reduce of this step (none inside no_sync)
+        self._accumulate_terms(outputs)
+        return outputs.loss / steps
 
     def _pop_term_logs(self) -> dict[str, float]:
         """Mean of each loss term over the micro-batches since the last log (and over processes)."""
