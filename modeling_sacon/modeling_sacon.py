@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 from transformers import AutoModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, logging
 
 from .configuration_sacon import SaconConfig
 from .losses import SaconContrastiveLoss, all_reduce_sum, first_occurrence_across_processes, masked_lm_loss, world_size
+
+logger = logging.get_logger(__name__)
 
 
 @dataclass
@@ -114,6 +117,56 @@ def _load_encoder(path: str, **kwargs) -> PreTrainedModel:
         return AutoModel.from_pretrained(path, add_pooling_layer=False, **kwargs)
     except TypeError:
         return AutoModel.from_pretrained(path, **kwargs)
+
+
+# Masked-LM heads that map onto `SaconMLMHead` (transform dense -> activation -> LayerNorm -> tied decoder + bias):
+# a checkpoint key that marks the head -> the (dense, LayerNorm) modules of the `AutoModelForMaskedLM` holding it.
+MLM_HEAD_LAYOUTS = {
+    "cls.predictions.transform.dense.weight": ("cls.predictions.transform.dense", "cls.predictions.transform.LayerNorm"),
+    "lm_head.dense.weight": ("lm_head.dense", "lm_head.layer_norm"),  # RoBERTa, XLM-R, CamemBERT
+}
+_HUB_KWARGS = ("cache_dir", "revision", "token", "local_files_only", "subfolder")
+
+
+def checkpoint_keys(path: str, **kwargs) -> set[str] | None:
+    """The tensor names of a checkpoint's safetensors weights, read from the file headers only (None: not found)."""
+    from safetensors import safe_open
+    from transformers.utils import cached_file
+
+    hub = {key: kwargs[key] for key in _HUB_KWARGS if key in kwargs}
+    options = dict(_raise_exceptions_for_missing_entries=False, _raise_exceptions_for_connection_errors=False, **hub)
+    single = cached_file(path, "model.safetensors", **options)
+    if single is not None:
+        with safe_open(single, framework="pt") as f:
+            return set(f.keys())
+    index = cached_file(path, "model.safetensors.index.json", **options)
+    if index is not None:
+        import json
+
+        with open(index, encoding="utf-8") as f:
+            return set(json.load(f)["weight_map"])
+    return None
+
+
+def load_encoder_and_mlm_head(path: str, **kwargs) -> tuple[PreTrainedModel, dict[str, torch.Tensor] | None]:
+    """A bare encoder, plus its checkpoint's MLM head as a `SaconMLMHead` state dict (None when it has none).
+
+    A checkpoint with a head (`BertForMaskedLM`, `RobertaForMaskedLM`, ... as bert-base-uncased is saved) is loaded
+    through `AutoModelForMaskedLM`, so the head's transform, LayerNorm and output bias are kept; the decoder weight is
+    tied to the word embeddings, as in the source model.
+    """
+    keys = checkpoint_keys(path, **kwargs) or set()
+    layout = next((MLM_HEAD_LAYOUTS[key] for key in MLM_HEAD_LAYOUTS if key in keys), None)
+    if layout is None:
+        return _load_encoder(path, **kwargs), None
+    from transformers import AutoModelForMaskedLM
+
+    masked_lm = AutoModelForMaskedLM.from_pretrained(path, **kwargs)
+    dense, layer_norm = (masked_lm.get_submodule(name) for name in layout)
+    state = {f"dense.{k}": v for k, v in dense.state_dict().items()}
+    state.update({f"LayerNorm.{k}": v for k, v in layer_norm.state_dict().items()})
+    state["decoder.bias"] = masked_lm.get_output_embeddings().bias.detach().clone()
+    return masked_lm.base_model, state
 
 
 def _embedding_weight_name(encoder: PreTrainedModel, prefix: str) -> str:
@@ -342,28 +395,50 @@ class SaconDualEncoderModel(SaconPreTrainedModel):
         *,
         vocab_size: int | None = None,
         encoder_kwargs: dict | None = None,
+        output_loading_info: bool = False,
         **config_kwargs,
-    ) -> "SaconDualEncoderModel":
+    ) -> "SaconDualEncoderModel" | tuple["SaconDualEncoderModel", dict[str, Any]]:
         """Compose SaCon from pretrained encoders (as `VisionTextDualEncoderModel.from_vision_text_pretrained`).
 
-        The label encoder defaults to a second, independent copy of the sentence checkpoint (the paper). Pass
-        `vocab_size=len(processor.tokenizer)` to grow the embeddings for the entity markers the processor added.
-        New parts (MLM heads when the checkpoint has none, projections, logit_scale) are freshly initialised.
+        The label encoder defaults to a second, independent copy of the sentence checkpoint (the paper). A checkpoint
+        saved with a masked-LM head (`BertForMaskedLM`, `RobertaForMaskedLM`) gives that tower's MLM head its
+        pretrained transform, LayerNorm and output bias (the decoder stays tied to the word embeddings); a tower
+        whose checkpoint has none gets a new head, and a warning says so. Pass `vocab_size=len(processor.tokenizer)`
+        to grow the embeddings (and the heads' output bias) for the entity markers the processor added. Projections
+        and `logit_scale` are new. With `output_loading_info=True`, also returns `{"pretrained_mlm_heads":
+        {"sentence": bool, "label": bool}}`.
         """
         encoder_kwargs = encoder_kwargs or {}
-        sentence_encoder = _load_encoder(sentence_model_name_or_path, **encoder_kwargs)
-        label_encoder = None
+        sentence_encoder, sentence_head = load_encoder_and_mlm_head(sentence_model_name_or_path, **encoder_kwargs)
+        label_encoder, label_head, label_path = None, None, None
         if not config_kwargs.get("share_encoders", False):
-            label_encoder = _load_encoder(label_model_name_or_path or sentence_model_name_or_path, **encoder_kwargs)
+            label_path = label_model_name_or_path or sentence_model_name_or_path
+            label_encoder, label_head = load_encoder_and_mlm_head(label_path, **encoder_kwargs)
         config = SaconConfig(
             sentence_config=sentence_encoder.config.to_dict(),
             label_config=None if label_encoder is None else label_encoder.config.to_dict(),
             **config_kwargs,
         )
         model = cls(config, sentence_encoder=sentence_encoder, label_encoder=label_encoder)
+        towers = [("sentence", model.sentence_mlm_head, sentence_head, sentence_model_name_or_path)]
+        if label_encoder is not None:
+            towers.append(("label", model.label_mlm_head, label_head, label_path))
+        for tower, head, state, path in towers:
+            if state is None:
+                logger.warning(
+                    f"{path} has no masked-LM head: the {tower} tower's MLM head is newly initialised (its MLM loss "
+                    f"starts at chance; {tower}_mlm_weight=0 trains without it)"
+                )
+                continue
+            head.load_state_dict(state, strict=False)  # the decoder weight stays tied to the word embeddings
+            logger.info(f"{tower} tower: MLM head (transform, LayerNorm, output bias) carried over from {path}")
         if vocab_size is not None and vocab_size != model.get_input_embeddings().num_embeddings:
             model.resize_token_embeddings(vocab_size)
+        if output_loading_info:
+            info = {"pretrained_mlm_heads": {"sentence": sentence_head is not None,
+                                             "label": (label_head if label_encoder is not None else sentence_head) is not None}}
+            return model, info
         return model
 
 
-__all__ = ["SaconDualEncoderModel", "SaconMLMHead", "SaconOutput", "SaconPreTrainedModel", "packed_last_hidden_state"]
+__all__ = ["SaconDualEncoderModel", "SaconMLMHead", "load_encoder_and_mlm_head", "SaconOutput", "SaconPreTrainedModel", "packed_last_hidden_state"]

@@ -55,6 +55,8 @@ class SaconPretrainingCollator:
         blank_probability: each mention (head and tail independently) is replaced by the blank token with this
             probability, re-drawn every time the instance is served (0.7 in CP and SaCon).
         mlm_probability: share of maskable tokens chosen for MLM, in sentences and label texts alike.
+        sentence_mlm / label_mlm: mask that tower's inputs and return its MLM labels. Turn one off when its MLM
+            weight is 0: masked tokens would otherwise corrupt the contrastive inputs with no MLM loss to learn from.
         seed: base seed of the per-batch generators (see the module docstring).
 
     Output keys: `input_ids`, `attention_mask`, `entity_positions` ([B, 2]), `label_input_ids`,
@@ -69,6 +71,8 @@ class SaconPretrainingCollator:
     blank_probability: float = 0.7
     mlm_probability: float = 0.15
     seed: int = 0
+    sentence_mlm: bool = True
+    label_mlm: bool = True
     calls: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
@@ -131,19 +135,24 @@ class SaconPretrainingCollator:
             features, blank_head=blanks[:, 0].tolist(), blank_tail=blanks[:, 1].tolist(), names=names
         )
         label_inputs = self.processor.encode_labels([tuple(self.label_table[r]) for r in distinct])
-        input_ids, mlm_labels = self.processor.mask_tokens(sentences["input_ids"], self.mlm_probability, generator)
-        label_ids, label_mlm_labels = self.processor.mask_tokens(label_inputs["input_ids"], self.mlm_probability, generator)
-        return {
-            "input_ids": input_ids,
+        batch = {
+            "input_ids": sentences["input_ids"],
             "attention_mask": sentences["attention_mask"],
             "entity_positions": sentences["entity_positions"],
-            "label_input_ids": label_ids,
+            "label_input_ids": label_inputs["input_ids"],
             "label_attention_mask": label_inputs["attention_mask"],
             "labels": torch.tensor([row_of[r] for r in relations], dtype=torch.long),
-            "mlm_labels": mlm_labels,
-            "label_mlm_labels": label_mlm_labels,
             "label_relation_ids": torch.tensor([self.relation_to_id[r] for r in distinct], dtype=torch.long),
         }
+        if self.sentence_mlm:
+            batch["input_ids"], batch["mlm_labels"] = self.processor.mask_tokens(
+                batch["input_ids"], self.mlm_probability, generator
+            )
+        if self.label_mlm:
+            batch["label_input_ids"], batch["label_mlm_labels"] = self.processor.mask_tokens(
+                batch["label_input_ids"], self.mlm_probability, generator
+            )
+        return batch
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -180,10 +189,21 @@ class ServedDataset(torch.utils.data.Dataset):
     """A map-style view of `dataset` addressed by `(row, *serve key)` tuples (or plain row indices).
 
     Rows come back as dicts with the serve key under :data:`SERVE_KEY`, for the collator's generator.
+    `set_epoch` forwards to `keyed_sampler`: that is how the Trainer's per-epoch `DataLoader.set_epoch` reaches it.
     """
 
-    def __init__(self, dataset):
+    def __init__(self, dataset, keyed_sampler: ServeKeyedBatchSampler | None = None):
         self.dataset = dataset
+        self.keyed_sampler = keyed_sampler
+
+    def set_epoch(self, epoch: int) -> None:
+        """The Trainer calls `set_epoch` on its (accelerate) train dataloader before every epoch. accelerate's
+        `DataLoaderShard.set_epoch` forwards it to the batch sampler only one wrapper deep, and to the dataset's
+        `set_epoch` (when no sampler two wrappers deep has one, as here): through here the epoch reaches
+        `keyed_sampler` whatever wraps it (`BatchSamplerShard` under several processes, `SkipBatchSampler` over
+        that when resuming)."""
+        if self.keyed_sampler is not None:
+            self.keyed_sampler.set_epoch(epoch)
 
     def __len__(self) -> int:
         return len(self.dataset)

@@ -35,6 +35,7 @@ __all__ = [
     "load_label_table",
     "label_texts",
     "load_pretraining_corpus",
+    "PRETRAIN_CORPORA",
     "first_per_relation",
     "RelationBalancedBatchSampler",
     "balanced_batch_shape",
@@ -65,6 +66,16 @@ INSTANCE_FEATURES = datasets.Features(
 PRETRAIN_CORPUS_FILES = ("pretrain/docred_sentences.json", "fewrel_train_sample/train_wiki_sample.json")
 # pid2name first, then labels.json: the corpus-specific table wins on a conflict.
 PRETRAIN_LABEL_FILES = ("fewrel/pid2name.json", "pretrain/labels.json")
+#: The embedded pre-training corpora: name -> (corpus files, label files). ``v2`` (the default) is
+#: ``pretrain_v2/``: 105 dense relations (>= 20 sentences each) + 807 long-tail ones (2 to 17 each),
+#: 912 relations, none a FewRel evaluation relation; ``v2_dense`` leaves the long tail out; ``v1``
+#: is the earlier 82-relation corpus (Re-DocRED + a FewRel train sample), kept for the data-scaling block.
+PRETRAIN_CORPORA: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "v2": (("pretrain_v2/sentences.json", "pretrain_v2/longtail.json"), ("pretrain_v2/labels.json",)),
+    "v2_dense": (("pretrain_v2/sentences.json",), ("pretrain_v2/labels.json",)),
+    "v1": (PRETRAIN_CORPUS_FILES, PRETRAIN_LABEL_FILES),
+}
+DEFAULT_PRETRAIN_CORPUS = "v2"
 VAL_WIKI_FILE = "fewrel/val_wiki.json"
 # FewRel 1.0 hidden-test relations (pretrain/SOURCE.md): pre-training must never see them either.
 FEWREL_TEST_RELATIONS = frozenset(
@@ -220,18 +231,22 @@ def _parse_instance(
     }
 
 
-def _rows_to_dataset(rows: Iterable[Mapping[str, Any]]) -> datasets.Dataset:
-    """Build an in-memory Dataset with the canonical features.
+def _rows_to_table(rows: Iterable[Mapping[str, Any]]) -> pa.Table:
+    """Validated canonical rows -> an Arrow table with the canonical schema.
 
-    Goes through ``pyarrow`` directly: ``Dataset.from_dict`` re-encodes every nested row in
-    Python and is ~10x slower on FewRel-sized data. Rows are already validated.
+    Goes through ``pyarrow`` directly: ``Dataset.from_dict`` (and ``Dataset.from_generator``) re-encode every
+    nested row in Python and are ~10x slower. Rows are already validated.
     """
     columns: dict[str, list[Any]] = {name: [] for name in INSTANCE_FEATURES}
     for row in rows:
         for name in columns:
             columns[name].append(row[name])
-    table = pa.Table.from_pydict(columns, schema=INSTANCE_FEATURES.arrow_schema)
-    return datasets.Dataset(table, info=datasets.DatasetInfo(features=INSTANCE_FEATURES.copy()))
+    return pa.Table.from_pydict(columns, schema=INSTANCE_FEATURES.arrow_schema)
+
+
+def _rows_to_dataset(rows: Iterable[Mapping[str, Any]]) -> datasets.Dataset:
+    """Build an in-memory Dataset with the canonical features."""
+    return datasets.Dataset(_rows_to_table(rows), info=datasets.DatasetInfo(features=INSTANCE_FEATURES.copy()))
 
 
 # --------------------------------------------------------------------------- FewRel JSON
@@ -348,6 +363,11 @@ def hf_few_rel_label_table(dataset_or_split: datasets.Dataset) -> dict[str, tupl
 # --------------------------------------------------------------------------- label tables
 
 
+def _is_scope(value: Any) -> bool:
+    """``[start, end)`` as in the authors' ``rel2scope.json``, which holds row ranges and no texts."""
+    return isinstance(value, list) and len(value) == 2 and all(_is_index(v) for v in value)
+
+
 def load_label_table(paths: PathLike | Sequence[PathLike]) -> dict[str, tuple[str, str]]:
     """Load pid2name-style files ``{relation: [name, description]}``, merged in order.
 
@@ -357,6 +377,12 @@ def load_label_table(paths: PathLike | Sequence[PathLike]) -> dict[str, tuple[st
     table: dict[str, tuple[str, str]] = {}
     for path in _as_path_list(paths):
         for key, value in _read_json_object(path).items():
+            if _is_scope(value):
+                raise DataFormatError(
+                    f"{path}: key {key!r}: {value!r} is a rel2scope.json row range (relation -> [start, end) of "
+                    "cpdata.json), not a label text; the relations' texts come from a [name, description] table "
+                    "such as fewrel/pid2name.json or pretrain_v2/labels.json (Wikidata properties)"
+                )
             if (
                 not isinstance(value, (list, tuple))
                 or len(value) != 2
@@ -431,18 +457,21 @@ def first_per_relation(dataset: datasets.Dataset, count: int | None) -> datasets
     return dataset if len(keep) == len(dataset) else dataset.select(keep)
 
 
-def load_pretraining_corpus(data_dir: PathLike | None = None) -> tuple[datasets.Dataset, dict[str, tuple[str, str]]]:
-    """The embedded default pre-training corpus and its label texts.
+def load_pretraining_corpus(
+    data_dir: PathLike | None = None, corpus: str = DEFAULT_PRETRAIN_CORPUS
+) -> tuple[datasets.Dataset, dict[str, tuple[str, str]]]:
+    """An embedded pre-training corpus (:data:`PRETRAIN_CORPORA`, default ``v2``) and its label texts.
 
-    Corpus: ``pretrain/docred_sentences.json`` + ``fewrel_train_sample/train_wiki_sample.json``
-    (shared relations merged). Labels: ``fewrel/pid2name.json`` overridden by
-    ``pretrain/labels.json``; every corpus relation must have one. Raises ``ValueError`` if a
-    FewRel evaluation relation (``val_wiki`` keys, hidden test ids) is in the corpus: results
-    on unseen relations would otherwise be inflated.
+    Every corpus relation must have a label text. Raises ``ValueError`` if a FewRel evaluation
+    relation (``val_wiki`` keys, hidden test ids) is in the corpus: results on unseen relations
+    would otherwise be inflated.
     """
+    if corpus not in PRETRAIN_CORPORA:
+        raise ValueError(f"unknown pre-training corpus {corpus!r}; choose one of {sorted(PRETRAIN_CORPORA)}")
+    corpus_files, label_files = PRETRAIN_CORPORA[corpus]
     root = Path(data_dir) if data_dir is not None else get_data_dir()
-    corpus = load_fewrel_json([root / name for name in PRETRAIN_CORPUS_FILES])
-    relations = _unique_relations(corpus)
+    dataset = load_fewrel_json([root / name for name in corpus_files])
+    relations = _unique_relations(dataset)
     evaluation = set(FEWREL_TEST_RELATIONS)
     val_wiki = root / VAL_WIKI_FILE
     if val_wiki.exists():
@@ -452,9 +481,9 @@ def load_pretraining_corpus(data_dir: PathLike | None = None) -> tuple[datasets.
         raise DataFormatError(
             f"pre-training corpus in {root} contains FewRel evaluation relation(s) {leaked}; remove them"
         )
-    table = load_label_table([root / name for name in PRETRAIN_LABEL_FILES])
-    labels = label_texts(relations, table, source=", ".join(PRETRAIN_CORPUS_FILES))
-    return corpus, labels
+    table = load_label_table([root / name for name in label_files])
+    labels = label_texts(relations, table, source=", ".join(corpus_files))
+    return dataset, labels
 
 
 # --------------------------------------------------------------------------- batch sampling
@@ -485,8 +514,12 @@ def balanced_batch_shape(batch_size: int, instances_per_relation: int) -> int:
 class RelationBalancedBatchSampler(torch.utils.data.Sampler[list[int]]):
     """Batches of ``M`` distinct relations x ``n`` instances each, for a DataLoader's ``batch_sampler``.
 
-    Relations are drawn uniformly (not by frequency) so the long tail of the corpus is seen as
-    often as P131; instances are drawn without replacement within a batch. A relation with
+    Relations are drawn uniformly (not by frequency), so a rare relation is seen as often as
+    P131; instances are drawn without replacement within a batch. With ``longtail_share`` set,
+    relations with fewer than ``dense_min_instances`` instances form a long tail that supplies
+    exactly ``round(M * longtail_share)`` of each batch's relations (the rest drawn uniformly from
+    the dense ones); left ``None``, all relations are drawn alike, so a corpus of 105 dense and
+    807 long-tail relations would fill most of every batch with the tail. A relation with
     fewer than ``n`` instances contributes all of them plus repeats drawn with replacement, so
     every batch keeps the fixed ``M * n`` shape the loss relies on. Rows are relation-major:
     ``batch[k*n:(k+1)*n]`` share a relation.
@@ -505,6 +538,8 @@ class RelationBalancedBatchSampler(torch.utils.data.Sampler[list[int]]):
         num_batches: int | None = None,
         num_replicas: int = 1,
         rank: int = 0,
+        longtail_share: float | None = None,
+        dense_min_instances: int = 20,
     ) -> None:
         groups: dict[str, list[int]] = {}
         for index, relation in enumerate(relations):
@@ -517,6 +552,11 @@ class RelationBalancedBatchSampler(torch.utils.data.Sampler[list[int]]):
         self.num_replicas = num_replicas
         self.rank = rank
         self.epoch = 0
+        self.longtail_share = longtail_share
+        self.dense_min_instances = dense_min_instances
+        sizes = np.asarray([len(pool) for pool in self._pools])
+        self._dense = np.flatnonzero(sizes >= dense_min_instances)
+        self._tail = np.flatnonzero(sizes < dense_min_instances)
         self._check_options()
         self.num_batches = self._total_batches(num_batches, len(relations))
 
@@ -534,6 +574,16 @@ class RelationBalancedBatchSampler(torch.utils.data.Sampler[list[int]]):
             )
         if self.instances_per_relation < 1:
             raise ValueError(f"instances_per_relation must be >= 1, got {self.instances_per_relation}")
+        if self.longtail_share is not None:
+            if not 0.0 <= self.longtail_share <= 1.0:
+                raise ValueError(f"longtail_share must be in [0, 1] or None, got {self.longtail_share}")
+            tail, dense = self.tail_relations_per_batch, self.relations_per_batch - self.tail_relations_per_batch
+            if tail > len(self._tail) or dense > len(self._dense):
+                raise ValueError(
+                    f"longtail_share {self.longtail_share} asks for {dense} dense + {tail} long-tail relations per batch, "
+                    f"but the data has {len(self._dense)} relations with >= {self.dense_min_instances} instances "
+                    f"(dense_min_instances) and {len(self._tail)} with fewer"
+                )
         if self.num_replicas < 1:
             raise ValueError(f"num_replicas must be >= 1, got {self.num_replicas}")
         if not 0 <= self.rank < self.num_replicas:
@@ -567,8 +617,22 @@ class RelationBalancedBatchSampler(torch.utils.data.Sampler[list[int]]):
         repeats = rng.choice(pool, size=n - len(pool), replace=True)
         return np.concatenate([rng.permutation(pool), repeats])
 
+    @property
+    def tail_relations_per_batch(self) -> int:
+        """Long-tail relations in each batch (0 without ``longtail_share`` or without a long tail)."""
+        if self.longtail_share is None or len(self._tail) == 0:
+            return 0
+        return int(round(self.relations_per_batch * self.longtail_share))
+
     def _draw_batch(self, rng: np.random.Generator) -> list[int]:
-        chosen = rng.choice(len(self._pools), size=self.relations_per_batch, replace=False)
+        if self.longtail_share is None or len(self._tail) == 0:
+            chosen = rng.choice(len(self._pools), size=self.relations_per_batch, replace=False)
+        else:
+            tail = self.tail_relations_per_batch
+            chosen = np.concatenate([
+                rng.choice(self._dense, size=self.relations_per_batch - tail, replace=False),
+                rng.choice(self._tail, size=tail, replace=False),
+            ])
         return np.concatenate([self._draw_group(rng, self._pools[r]) for r in chosen]).tolist()
 
     def __iter__(self) -> Iterator[list[int]]:

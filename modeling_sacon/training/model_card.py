@@ -22,6 +22,7 @@ __all__ = [
     "DEFAULT_EVAL_DESCRIPTION",
     "DEFAULT_TEMPLATE",
     "EMBEDDED_CORPUS_DESCRIPTION",
+    "EMBEDDED_CORPUS_DESCRIPTIONS",
     "default_template_path",
     "fewrel_eval_result",
     "render_model_card",
@@ -31,13 +32,30 @@ __all__ = [
 DEFAULT_TEMPLATE = "sacon_model_card.md"
 TEMPLATE_ENV = "SACON_CARD_TEMPLATE"
 BASE_TAGS = ["sacon", "relation-extraction", "few-shot", "contrastive-learning"]
-EMBEDDED_CORPUS_DESCRIPTION = (
-    "The package's embedded pre-training corpus: sentences from the human-annotated Re-DocRED documents (English "
-    "Wikipedia introductions labelled with Wikidata properties; 53 relations) and a sample of FewRel 1.0's 64 "
-    "training relations (Wiki80 sentences, about 120 per relation), merged where they share a relation. It stands "
-    "in for the large distantly supervised Wikipedia corpus of the paper. Relation texts come from FewRel's "
-    "`pid2name.json` (plus Wikidata names and descriptions for 7 date-valued properties)."
-)
+EMBEDDED_CORPUS_DESCRIPTIONS = {
+    "v2": (
+        "The package's embedded `pretrain_v2` corpus: 39,083 English sentences of 912 Wikidata relations, none a FewRel "
+        "1.0 validation/test or FewRel 2.0 NYT relation and no FewRel evaluation sentence. 105 dense relations (>= 20 "
+        "sentences each, 36,354 in all: Re-DocRED, Wiki80 / CFRL FewRel-train sentences, Wikidata-TekGen, KnowledgeNet) "
+        "and 807 long-tail relations (2 to 17 sentences each, 2,729 in all, mostly crowd-written one-sentence "
+        "verbalisations of Wikidata triples from Rel2Text). Relation names and descriptions for all 912 come from "
+        "FewRel's `pid2name.json` and Wikidata. Parts are CC BY-SA 4.0. It stands in for the paper's large distantly "
+        "supervised Wikipedia corpus."
+    ),
+    "v2_dense": (
+        "The 105 dense relations of the package's embedded `pretrain_v2` corpus (36,354 English sentences, >= 20 per "
+        "relation: Re-DocRED, Wiki80 / CFRL FewRel-train sentences, Wikidata-TekGen, KnowledgeNet), none a FewRel "
+        "evaluation relation; relation names and descriptions from FewRel's `pid2name.json` and Wikidata."
+    ),
+    "v1": (
+        "The package's earlier embedded pre-training corpus: sentences from the human-annotated Re-DocRED documents "
+        "(English Wikipedia introductions labelled with Wikidata properties; 53 relations) and a sample of FewRel 1.0's "
+        "64 training relations (Wiki80 sentences, about 120 per relation), merged where they share a relation (82 "
+        "relations). Relation texts come from FewRel's `pid2name.json` (plus Wikidata names and descriptions for 7 "
+        "date-valued properties)."
+    ),
+}
+EMBEDDED_CORPUS_DESCRIPTION = EMBEDDED_CORPUS_DESCRIPTIONS["v2"]
 DEFAULT_EVAL_DESCRIPTION = (
     "Seeded N-way K-shot episodes (one query per relation) on FewRel relations unseen in pre-training, scored without "
     "fine-tuning: each relation's prototype is the mean `[h ; t]` of its support sentences, and a query takes the "
