@@ -9,9 +9,16 @@ Exact semantics of :func:`prototype_logits` (all steps broadcast over optional l
 
    * ``"prototype"``       ``p_j = mean_k support[j, k]``                         (Prototypical Networks)
    * ``"zero_shot"``       ``p_j = label[j]``                                     (no support needed)
-   * ``"label_augmented"`` ``p_j = mean_k support[j, k] + label[j]``              (SimpleFSRE's use of SaCon)
+   * ``"label_augmented"`` ``p_j = mean_k support[j, k] + label[j]``              (ours; see below)
 
    The prototype is *not* re-normalised here (the cosine below normalises it anyway).
+
+   ``"label_augmented"`` is this package's rule, not the authors'. SaCon's paper evaluates with SimpleFSRE (Liu et al.,
+   Findings of ACL 2022), which also adds a relation embedding to each prototype, but: on *raw* (unnormalised)
+   vectors compared by a plain dot product; with the relation side built from BERT's pooler output plus a padded
+   mean (padding tokens counted); and trained episodically with a focal loss. Here both sides are the SaCon towers'
+   own representations, L2-normalised first, compared by the same scaled cosine as in pre-training, with no extra
+   parameters, so it works on a pre-trained checkpoint without fine-tuning.
 3. Similarity of each query ``q_i`` to each prototype, ``[..., Q, N]``:
 
    * ``"cosine"``    ``scale * cos(q_i, p_j)``, with ``cos(a, b) = a.b / (max(|a|, eps) * max(|b|, eps))``
