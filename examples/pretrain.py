@@ -11,6 +11,7 @@ and model card to outputs/sacon-minilm:
     accelerate launch --config_file examples/accelerate_configs/multi_gpu.yaml examples/pretrain.py \\
         --sentence_model_name_or_path bert-base-uncased --max_steps 20000 --bf16
     python examples/pretrain.py --train_files my_corpus.json --label_files my_labels.json
+    python examples/pretrain.py --train_files cpdata.json --label_files fewrel/pid2name.json   # the authors' corpus
     python examples/pretrain.py --dataset_name few_rel --dataset_split train_wiki         # the Hub's few_rel
     python examples/pretrain.py --push_to_hub --hub_model_id org/sacon-base             # every checkpoint -> Hub
     python examples/pretrain.py --resume_from_checkpoint outputs/sacon-minilm/checkpoint-100
@@ -45,6 +46,8 @@ from modeling_sacon.data import (
     load_hf_few_rel,
     load_label_table,
     load_pretraining_corpus,
+    load_relation_corpus,
+    relation_corpus_label_table,
 )
 from modeling_sacon.utils.defaults import default_backbone_path
 from modeling_sacon.data.episodes import parse_settings
@@ -84,7 +87,9 @@ class ModelArguments:
 class DataArguments:
     train_files: list[str] | None = field(
         default=None,
-        metadata={"help": "FewRel-format JSON files ({relation: [{tokens, h, t}]}); default: the embedded corpus."},
+        metadata={"help": "Corpus files, format detected per file: FewRel JSON ({relation: [{tokens, h, t}]}), the "
+                  "authors' cpdata.json list ([{tokens, h: {name, id, pos}, t, r}]) or JSON Lines (one instance per line, "
+                  "with 'r' or 'relation'); CP / JSON Lines are streamed into a cached Arrow file. Default: the embedded corpus."},
     )
     dataset_name: str | None = field(default=None, metadata={"help": "A Hub dataset in the few_rel schema, e.g. few_rel."})
     dataset_config_name: str | None = field(default=None, metadata={"help": "Its configuration (few_rel: default)."})
@@ -92,7 +97,8 @@ class DataArguments:
     label_files: list[str] | None = field(
         default=None,
         metadata={"help": "Label tables {relation: [name, description]}, later files win (default for --train_files: "
-                  "fewrel/pid2name.json + pretrain/labels.json)."},
+                  "fewrel/pid2name.json + pretrain/labels.json, overridden by texts the rows carry: cpdata.json's "
+                  "rname / rstate). rel2scope.json holds row ranges, not texts."},
     )
     label_fallback: bool = field(
         default=False, metadata={"help": "Name relations without label text after themselves ('_' read as a space)."}
@@ -144,9 +150,14 @@ def load_training_data(data_args: DataArguments):
                 "datasets": [data_args.dataset_name]}
     elif data_args.train_files:
         source = ", ".join(data_args.train_files)
-        dataset = load_fewrel_json(data_args.train_files)
-        table = load_label_table(data_args.label_files or list(PRETRAIN_LABEL_FILES))
-        card = {"corpus_description": f"FewRel-format files: {', '.join(f'`{Path(p).name}`' for p in data_args.train_files)}."}
+        dataset = load_relation_corpus(data_args.train_files)  # FewRel JSON, the authors' (CP) list or JSON Lines
+        # Label texts: the default tables < the rows' own texts (cpdata.json's rname / rstate) < explicit --label_files.
+        carried = relation_corpus_label_table(data_args.train_files)
+        if data_args.label_files:
+            table = {**carried, **load_label_table(data_args.label_files)}
+        else:
+            table = {**load_label_table(list(PRETRAIN_LABEL_FILES)), **carried}
+        card = {"corpus_description": f"Relation-corpus files: {', '.join(f'`{Path(p).name}`' for p in data_args.train_files)}."}
     else:
         source = "the embedded pre-training corpus"
         dataset, table = load_pretraining_corpus()
