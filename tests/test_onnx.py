@@ -1,0 +1,93 @@
+"""examples/export_onnx.py: both towers in onnxruntime equal PyTorch's features, on batches of another shape."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+import pytest
+import torch
+
+from modeling_sacon import SaconConfig, SaconDualEncoderModel, SaconProcessor
+
+from conftest import tiny_bert_config
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+import export_onnx  # noqa: E402
+
+EXPORTED_SENTENCES, EXPORTED_LABELS = export_onnx.EXAMPLE_SENTENCES, export_onnx.EXAMPLE_LABELS
+
+SENTENCES = [  # 4 rows (the export used 2), one longer than every export example
+    {"tokens": "Marie Curie was born in Warsaw .".split(), "h": ["Marie Curie", "", [[0, 1]]], "t": ["Warsaw", "", [[5]]]},
+    {"tokens": "It rains .".split(), "h": ["It", "", [[0]]], "t": ["rains", "", [[1]]]},
+    {"tokens": ("The river , which rises in the Black Forest and crosses ten countries on its long way east , "
+                "finally drains into the Black Sea near the delta town of Sulina .").split(),
+     "h": ["river", "", [[1]]], "t": ["Black Sea", "", [[23, 24]]]},
+    {"tokens": "Oslo is the capital of Norway .".split(), "h": ["Oslo", "", [[0]]], "t": ["Norway", "", [[5]]]},
+]
+LABELS = [("headquarters location", "city where an organization's headquarters is or has been situated"),
+          ("sibling", "subject has the object as their sibling"), ("member of", "organization or club"),
+          ("located in or next to body of water", "sea, lake, river or stream")]
+
+
+@pytest.fixture(scope="module")
+def exported(processor, tmp_path_factory) -> tuple[SaconDualEncoderModel, Path, dict[str, float]]:
+    """A tiny random SaCon checkpoint, exported by the script's main() (load, export, self-check)."""
+    torch.manual_seed(0)
+    bert = tiny_bert_config(len(processor.tokenizer))
+    bert.num_hidden_layers = 1  # every op kind is in one layer; tracing time grows with the layer count
+    config = SaconConfig(sentence_config=bert.to_dict())
+    model = SaconDualEncoderModel(config).eval()
+    checkpoint, output_dir = tmp_path_factory.mktemp("ckpt"), tmp_path_factory.mktemp("onnx")
+    model.save_pretrained(checkpoint)
+    processor.save_pretrained(checkpoint)
+    deviations = export_onnx.main(["--model_name_or_path", str(checkpoint), "--output_dir", str(output_dir)])
+    return model, output_dir, deviations
+
+
+def open_session(path: Path) -> onnxruntime.InferenceSession:
+    return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def run(path: Path, encoding) -> list[np.ndarray]:
+    return open_session(path).run(None, {name: tensor.numpy() for name, tensor in encoding.items()})
+
+
+@pytest.mark.parametrize("tower", ["sentence", "label"])
+def test_onnx_tower_equals_pytorch_on_another_shape(exported, processor, tower):
+    """4 padded rows, longer than the export's 2: dynamic axes and the mask hold. The label tower runs packed in
+    PyTorch (`pack_label_texts`) and padded in ONNX: same features."""
+    model, output_dir, _ = exported
+    if tower == "sentence":
+        encoding, export_encoding = processor.encode_instances(SENTENCES), processor.encode_instances(EXPORTED_SENTENCES)
+        get_features = model.get_sentence_features
+    else:
+        encoding, export_encoding = processor.encode_labels(LABELS), processor.encode_labels(EXPORTED_LABELS)
+        get_features = model.get_label_features
+        assert model.config.pack_label_texts  # the export switched packing off while tracing only
+    assert encoding["input_ids"].shape[0] != export_encoding["input_ids"].shape[0]
+    assert encoding["input_ids"].shape[1] > export_encoding["input_ids"].shape[1]
+    assert not bool(encoding["attention_mask"].all())  # padded rows: the mask must really be applied
+    features, embeds = run(output_dir / f"{tower}_encoder.onnx", encoding)
+    with torch.no_grad():
+        expected = get_features(**encoding)
+    assert features.shape == (4, 64)
+    np.testing.assert_allclose(features, expected.numpy(), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(embeds, torch.nn.functional.normalize(expected, dim=-1).numpy(), atol=1e-4, rtol=0)
+
+
+def test_export_directory_is_usable_on_its_own(exported, processor):
+    """The processor saved beside the graphs encodes like the original; graph inputs are the processor's keys."""
+    _, output_dir, deviations = exported
+    saved = SaconProcessor.from_pretrained(output_dir)
+    for key, value in processor.encode_instances(SENTENCES).items():
+        assert torch.equal(saved.encode_instances(SENTENCES)[key], value), key
+    for tower, inputs in (("sentence", ["input_ids", "attention_mask", "entity_positions"]),
+                          ("label", ["input_ids", "attention_mask"])):
+        graph_inputs = open_session(output_dir / f"{tower}_encoder.onnx").get_inputs()
+        assert [i.name for i in graph_inputs] == inputs
+        assert graph_inputs[0].shape == ["batch", "sequence"]
+    assert set(deviations) == {"sentence_features", "sentence_embeds", "label_features", "label_embeds"}
+    assert max(deviations.values()) < 1e-4
