@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import onnxruntime
 import torch
 from torch import nn
 from torch.export import Dim
@@ -61,7 +62,10 @@ class SentenceTower(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids, attention_mask, entity_positions, token_type_ids=None):
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, entity_positions: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.model.get_sentence_features(input_ids, attention_mask, entity_positions, token_type_ids)
         return features, nn.functional.normalize(features, dim=-1)
 
@@ -73,7 +77,9 @@ class LabelTower(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids, attention_mask, token_type_ids=None):
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.model.get_label_features(input_ids, attention_mask, token_type_ids)
         return features, nn.functional.normalize(features, dim=-1)
 
@@ -88,7 +94,7 @@ def _export_tower(tower: nn.Module, encoding: BatchEncoding, outputs: list[str],
             tower.eval(), (), kwargs=dict(encoding), dynamo=True, dynamic_shapes=dynamic_shapes, output_names=outputs,
             opset_version=opset_version, verbose=False,
         )
-    program.save(str(path), external_data=False)
+    program.save(str(path), external_data=False)  # one self-contained file: towers up to BERT-large fit in 2 GB
 
 
 def export_onnx(
@@ -119,8 +125,6 @@ def export_onnx(
 
 def max_onnx_deviation(model: SaconDualEncoderModel, processor: SaconProcessor, paths: dict[str, Path]) -> dict[str, float]:
     """Largest |onnxruntime - PyTorch| per output on the check batches (another batch size and length than export's)."""
-    import onnxruntime
-
     deviations = {}
     for kind, encoding in (("sentence", processor.encode_instances(CHECK_SENTENCES)),
                            ("label", processor.encode_labels(CHECK_LABELS))):
