@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 from transformers import TrainerCallback
 
 from modeling_sacon import SaconConfig, SaconDualEncoderModel
-from modeling_sacon.data.collator import SaconPretrainingCollator, ServedDataset, ServeKeyedBatchSampler
+from modeling_sacon.data.collator import SERVE_KEY, SaconPretrainingCollator, ServedDataset, ServeKeyedBatchSampler
 from modeling_sacon.data import DataFormatError, RelationBalancedBatchSampler, UnknownRelationError
 from modeling_sacon.training.trainer import LOSS_TERMS, SaconTrainer, SaconTrainingArguments
 
@@ -227,21 +227,44 @@ def test_accelerate_deals_disjoint_batches_to_processes(data):
     assert shards[0] == everything[0::2] and shards[1] == everything[1::2]
 
 
-def test_every_epoch_reaches_the_keyed_sampler(processor, data, tmp_path, monkeypatch):
-    """Resuming under several processes wraps the sampler twice (SkipBatchSampler > BatchSamplerShard), deeper than
-    the Trainer's own `set_epoch` forwarding reaches: SaconTrainer sets the epoch itself (checked with 2 processes:
-    without it a resumed run replays epoch 0's batches)."""
-    trainer = trainer_for(processor, data, tiny(processor, 0), arguments(tmp_path))
-    loader = trainer.get_train_dataloader()
-    wrapped = skip_first_batches(prepare_data_loader(loader, num_processes=2, process_index=0, put_on_device=False), 1)
-    seen = []
-    monkeypatch.setattr(
-        "transformers.Trainer._run_epoch", lambda self, **kwargs: seen.append(self._train_batch_sampler.epoch)
-    )
-    trainer._run_epoch(model=trainer.model, epoch=3, train_dataloader=wrapped)
-    assert seen == [3]
-    epochs = {epoch for batch in wrapped.batch_sampler for _, epoch, _ in batch}  # (row, epoch, batch) keys
-    assert epochs == {3}
+@pytest.mark.parametrize("processes, skipped", [(1, 0), (1, 1), (2, 0), (2, 1)])
+def test_the_dataloaders_set_epoch_reaches_the_keyed_sampler(processor, data, tmp_path, processes, skipped):
+    """The Trainer calls `set_epoch` on its train dataloader before every epoch. It must reach the keyed sampler however
+    accelerate wraps it: BatchSamplerShard under several processes, SkipBatchSampler over that when resuming (deeper
+    than accelerate forwards to batch samplers; without it a resumed run replays epoch 0's batches)."""
+    loader = trainer_for(processor, data, tiny(processor, 0), arguments(tmp_path)).get_train_dataloader()
+    if processes > 1:
+        loader = prepare_data_loader(loader, num_processes=processes, process_index=0, put_on_device=False)
+    if skipped:
+        loader = skip_first_batches(loader, skipped)
+    loader.set_epoch(3)
+    batches = list(loader.batch_sampler)  # of (row, epoch, batch index) keys
+    assert {epoch for batch in batches for _, epoch, _ in batch} == {3}
+    epoch_3 = RelationBalancedBatchSampler(data[0]["relation"], 4, 2, seed=0, num_batches=12)  # 96 rows / 8
+    epoch_3.set_epoch(3)
+    assert [[row for row, _, _ in batch] for batch in batches] == list(epoch_3)[::processes][skipped:]
+
+
+class KeyRecorder:
+    """Records the serve keys of every batch the collator builds."""
+
+    def __init__(self, inner):
+        self.inner, self.keys = inner, []
+
+    def __call__(self, features):
+        self.keys.append(sorted({tuple(row[SERVE_KEY]) for row in features}))
+        return self.inner(features)
+
+    def check_relations(self, relations, source=""):
+        self.inner.check_relations(relations, source)
+
+
+def test_each_epoch_draws_its_own_batches(processor, data, tmp_path):
+    """Two epochs of two batches: the Trainer's epoch reaches the sampler (keys (epoch, batch) = (0,0) (0,1) (1,0) (1,1))."""
+    collator = KeyRecorder(SaconPretrainingCollator(processor, data[1], seed=0))
+    args = arguments(tmp_path, max_steps=4, batches_per_epoch=2, save_strategy="no")
+    trainer_for(processor, data, tiny(processor, 0), args, data_collator=collator).train()
+    assert collator.keys[:4] == [[(0, 0)], [(0, 1)], [(1, 0)], [(1, 1)]]
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 from transformers import TrainerCallback
+from transformers.dynamic_module_utils import custom_object_save
 
-__all__ = ["LogitScaleClampCallback"]
+__all__ = ["HubCheckpointCardCallback", "LogitScaleClampCallback"]
 
 
 class LogitScaleClampCallback(TrainerCallback):
@@ -20,4 +23,34 @@ class LogitScaleClampCallback(TrainerCallback):
         if isinstance(scale, torch.nn.Parameter):
             with torch.no_grad():
                 scale.clamp_(max=model.config.logit_scale_max)
+        return control
+
+
+class HubCheckpointCardCallback(TrainerCallback):
+    """Before each Hub push (`on_push_begin`): the model's code files and the SaCon model card join `output_dir`.
+
+    The Trainer pushes a checkpoint by copying only config and weights (and re-saving the processor) into `output_dir`
+    and uploading that folder; without the code that `auto_map` names the pushed repo would not load, and without the
+    card it would carry no results. `upload_folder(run_as_future=True)` reads `output_dir` when its job runs, not when
+    it is queued: files written while the previous upload is pending would be committed under the previous step's
+    message (or half-copied), so this waits for it first. (The Trainer itself skips a checkpoint push while one is
+    pending unless `hub_always_push`, before this event.)
+
+    Args:
+        trainer: the `SaconTrainer` whose pending push to wait for and whose `create_model_card` writes the card.
+    """
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def on_push_begin(self, args, state, control, model=None, **kwargs):
+        if not state.is_world_process_zero:
+            return control
+        pending = self.trainer.push_in_progress
+        if pending is not None and not pending.is_done():
+            pending.wait_until_done()
+        os.makedirs(args.output_dir, exist_ok=True)
+        if model is not None and getattr(model.config, "auto_map", None):  # set when a save copied the code
+            custom_object_save(model, args.output_dir)  # the modeling file and everything it imports relatively
+        self.trainer.create_model_card()
         return control
