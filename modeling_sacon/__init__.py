@@ -1,16 +1,19 @@
 """SaCon (Synergistic Anchored Contrastive pre-training, AAAI 2024) for few-shot relation extraction, Hub-native.
 
-Importing the package registers `SaconConfig` / `SaconDualEncoderModel` with `AutoConfig` / `AutoModel`, and marks
-them for `auto_map`, so `save_pretrained` writes checkpoints that also load with `trust_remote_code=True`.
+Importing the package registers `SaconConfig` / `SaconDualEncoderModel` / `SaconProcessor` with `AutoConfig` /
+`AutoModel` / `AutoProcessor`, and the `relation-classification` pipeline, and marks them for `auto_map`, so
+`save_pretrained` writes checkpoints that also load with `trust_remote_code=True`.
 """
 
 from importlib import import_module
 
-from transformers import AutoConfig, AutoModel, AutoModelForMultipleChoice
+from transformers import AutoConfig, AutoModel, AutoModelForMultipleChoice, AutoProcessor
+from transformers.pipelines import PIPELINE_REGISTRY
 
 from .configuration_sacon import SaconConfig
 from .modeling_sacon import SaconDualEncoderModel, SaconOutput, SaconPreTrainedModel
 from .modeling_sacon_fewshot import SaconFewShotOutput, SaconForFewShotRelationClassification
+from .pipeline_sacon import RELATION_CLASSIFICATION_TASK, RelationClassificationPipeline
 from .processing_sacon import SaconProcessor
 
 __version__ = "0.1.0"
@@ -22,6 +25,13 @@ SaconDualEncoderModel.register_for_auto_class("AutoModel")
 # Episodes are multiple choice: logits [batch, N choices], the label is the right choice's index, cross-entropy.
 AutoModelForMultipleChoice.register(SaconConfig, SaconForFewShotRelationClassification, exist_ok=True)
 SaconForFewShotRelationClassification.register_for_auto_class("AutoModelForMultipleChoice")
+AutoProcessor.register(SaconConfig, SaconProcessor, exist_ok=True)
+SaconProcessor.register_for_auto_class()  # save_pretrained writes processing_sacon.py (+ the pipeline) and auto_map
+# pipeline("relation-classification", model=model, processor=processor) with loaded objects; a checkpoint's config
+# names the same task in `custom_pipelines`, for pipeline(..., model="org/sacon-base", trust_remote_code=True).
+PIPELINE_REGISTRY.register_pipeline(
+    RELATION_CLASSIFICATION_TASK, pipeline_class=RelationClassificationPipeline, pt_model=AutoModel, type="text"
+)
 
 # Heavier parts (datasets, Trainer) load on first use, so `import modeling_sacon` stays cheap.
 _LAZY = {
@@ -54,5 +64,6 @@ __all__ = [
     "SaconOutput",
     "SaconPreTrainedModel",
     "SaconProcessor",
+    "RelationClassificationPipeline",
     *_LAZY,
 ]

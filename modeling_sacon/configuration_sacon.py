@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 from transformers import AutoConfig, PretrainedConfig
@@ -10,6 +11,12 @@ from transformers.configuration_utils import SubConfigSpec
 POOLING_CHOICES = ("entity_start",)
 LABEL_POOLING_CHOICES = ("cls_mean", "cls", "mean")
 LABEL_ANCHORED_REDUCTIONS = ("sum", "mean")
+# The pipeline a checkpoint declares: `pipeline(RELATION_CLASSIFICATION_TASK, model=repo, trust_remote_code=True)` runs
+# pipeline_sacon.py, which the processor saves beside the model.
+RELATION_CLASSIFICATION_TASK = "relation-classification"
+CUSTOM_PIPELINES = {
+    RELATION_CLASSIFICATION_TASK: {"impl": "pipeline_sacon.RelationClassificationPipeline", "pt": ["AutoModel"], "type": "text"}
+}
 
 
 class SaconConfig(PretrainedConfig):
@@ -37,6 +44,8 @@ class SaconConfig(PretrainedConfig):
         head_markers / tail_markers (`list[str]`): entity marker strings written around head and tail.
         blank_token (`str`): the token that replaces a blanked entity mention.
         max_length / label_max_length (`int`): tokenisation lengths of sentences and label texts.
+        custom_pipelines (`dict`): the `relation-classification` pipeline's entry (`CUSTOM_PIPELINES`), read by
+            `transformers.pipeline`.
         pack_label_texts (`bool`): run the label tower on the batch's label texts packed end to end (block-diagonal
             attention, original position ids) instead of padded to the longest: same outputs, and about 45% fewer
             tokens at the default batch (16 label texts of 10 to 60 tokens: 427 real of 784 padded). Used with a BERT tower
@@ -72,6 +81,7 @@ class SaconConfig(PretrainedConfig):
     pack_label_texts: bool = True
     initializer_range: float = 0.02
     tie_word_embeddings: bool = True
+    custom_pipelines: dict | None = None
 
     def __post_init__(self, **kwargs):
         if self.label_config is None and not self.share_encoders:
@@ -82,6 +92,7 @@ class SaconConfig(PretrainedConfig):
             self.label_config = None
         self.head_markers = list(self.head_markers or ("[E1]", "[/E1]"))
         self.tail_markers = list(self.tail_markers or ("[E2]", "[/E2]"))
+        self.custom_pipelines = self.custom_pipelines or copy.deepcopy(CUSTOM_PIPELINES)
         self._validate()
 
     def _validate(self) -> None:

@@ -1,6 +1,6 @@
-"""Turns FewRel-style instances and relation label texts into SaCon model inputs.
+"""`SaconProcessor`: turns sentences with marked entities and relation label texts into SaCon model inputs.
 
-Sentences: entity markers around head and tail (`[E1] head [/E1]`, `[E2] tail [/E2]`), word-piece tokenisation,
+Sentences (any form of `sentence_forms`, or FewRel rows): entity markers around head and tail (`[E1] head [/E1]`, `[E2] tail [/E2]`), word-piece tokenisation,
 truncation that always keeps both entities, and the positions of the two start markers that the model pools.
 Labels: "relation name [SEP] description".
 """
@@ -12,14 +12,43 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import torch
-from transformers import AutoTokenizer, BatchEncoding, PreTrainedTokenizerBase
+from transformers import BatchEncoding, PreTrainedTokenizerBase, ProcessorMixin
+from transformers.dynamic_module_utils import custom_object_save
+from transformers.utils import cached_file
 
 from .configuration_sacon import SaconConfig
+from .sentence_forms import DEFAULT_MARKERS, to_instance
 
-PROCESSOR_CONFIG_NAME = "sacon_processor_config.json"
 LabelText = str | tuple[str, str] | Sequence[str]
+# Options saved in processor_config.json (and, under the same names, in a SaCon config.json).
+_OPTIONS = ("head_markers", "tail_markers", "blank_token", "max_length", "label_max_length")
+_HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "revision", "token", "subfolder")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
+
+
+def _resolve(path_or_repo: str | os.PathLike, filename: str, hub_kwargs: Mapping[str, Any]) -> str | None:
+    """Local path of `filename` in a directory or a (cached) Hub repository; None when it is not there."""
+    return cached_file(
+        str(path_or_repo), filename, **hub_kwargs,
+        _raise_exceptions_for_missing_entries=False, _raise_exceptions_for_connection_errors=False,
+    )
+
+
+def _has_tokenizer_files(path_or_repo: str | os.PathLike, hub_kwargs: Mapping[str, Any]) -> bool:
+    hub_kwargs = {key: hub_kwargs[key] for key in _HUB_KWARGS if key in hub_kwargs}
+    return any(_resolve(path_or_repo, name, hub_kwargs) is not None for name in TOKENIZER_FILES)
+
+
+def _sacon_config_dict(path_or_repo: str | os.PathLike, hub_kwargs: Mapping[str, Any]) -> dict:
+    """The `config.json` of a SaCon checkpoint; {} for anything else (a plain encoder keeps the defaults)."""
+    config_file = _resolve(path_or_repo, "config.json", hub_kwargs)
+    if config_file is None:
+        return {}
+    config = json.loads(Path(config_file).read_text())
+    return config if config.get("model_type") == SaconConfig.model_type else {}
 
 
 def encode_in_length_order(
@@ -34,6 +63,15 @@ def encode_in_length_order(
     out = torch.empty_like(encoded)
     out[torch.as_tensor(order, device=encoded.device)] = encoded
     return out
+
+
+def sentence_names(count: int, names: Sequence[str] | None = None) -> list[str]:
+    """How errors name the sentences of a batch: the given names, or "sentence 0", "sentence 1", ..."""
+    if names is None:
+        return [f"sentence {i}" for i in range(count)]
+    if len(names) != count:
+        raise ValueError(f"got {len(names)} names for {count} sentences")
+    return list(names)
 
 
 def entity_indices(instance: Mapping, role: str) -> list[int]:
@@ -55,24 +93,36 @@ def entity_indices(instance: Mapping, role: str) -> list[int]:
     return [first] if isinstance(first, int) else list(first)
 
 
-class SaconProcessor:
-    """Tokenizer wrapper that knows SaCon's entity markers, blank token and sequence lengths."""
+class SaconProcessor(ProcessorMixin):
+    """SaCon's processor: a tokenizer plus the entity markers, blank token and sequence lengths that go with it.
+
+    `processor(sentences=..., labels=...)` returns the keyword arguments of `SaconDualEncoderModel.forward`.
+    Sentences come in any form of `sentence_forms` (inline markers, character spans, token spans, FewRel rows).
+
+    Saved as a standard processor (`processor_config.json` + tokenizer files); registered for `AutoProcessor`, it
+    also writes its code with an `auto_map`, and the `relation-classification` pipeline's code beside it, so
+    `AutoProcessor.from_pretrained(repo, trust_remote_code=True)` and `pipeline("relation-classification", ...)` work
+    from the checkpoint alone. A checkpoint without `processor_config.json` takes the options from its SaCon
+    `config.json`; a plain encoder gets the defaults.
+    """
 
     def __init__(
         self,
         tokenizer: PreTrainedTokenizerBase,
-        head_markers: Sequence[str] = ("[E1]", "[/E1]"),
-        tail_markers: Sequence[str] = ("[E2]", "[/E2]"),
+        head_markers: Sequence[str] = DEFAULT_MARKERS[:2],
+        tail_markers: Sequence[str] = DEFAULT_MARKERS[2:],
         blank_token: str = "[BLANK]",
         max_length: int = 64,
         label_max_length: int = 64,
     ):
-        self.tokenizer = tokenizer
+        super().__init__(tokenizer)
         self.head_markers, self.tail_markers = list(head_markers), list(tail_markers)
         self.blank_token = blank_token
         self.max_length, self.label_max_length = max_length, label_max_length
-        new_tokens = [t for t in [*self.head_markers, *self.tail_markers, blank_token] if t not in tokenizer.get_vocab()]
-        if new_tokens:  # BERT vocabularies may use [unused0..3] instead: those are already there
+        # Special tokens are never split: new ones get ids at the end of the vocabulary, ones already in it ([unused0]
+        # of BERT vocabularies) keep theirs.
+        new_tokens = [t for t in [*self.head_markers, *self.tail_markers, blank_token] if t not in tokenizer.get_added_vocab()]
+        if new_tokens:
             tokenizer.add_special_tokens({"additional_special_tokens": new_tokens}, replace_extra_special_tokens=False)
         self.marker_ids = [tokenizer.convert_tokens_to_ids(t) for t in [*self.head_markers, *self.tail_markers]]
         self.blank_id = tokenizer.convert_tokens_to_ids(blank_token)
@@ -80,38 +130,41 @@ class SaconProcessor:
     # -- construction / persistence -------------------------------------------------------------------------------
 
     @classmethod
-    def from_config(cls, tokenizer: PreTrainedTokenizerBase, config: SaconConfig) -> "SaconProcessor":
-        return cls(
-            tokenizer, config.head_markers, config.tail_markers, config.blank_token, config.max_length, config.label_max_length
-        )
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> "SaconProcessor":
+        """From a saved processor, a SaCon checkpoint (options from its config) or any encoder's tokenizer (defaults).
+
+        A checkpoint whose tokenizer files are missing raises an `OSError` naming it and the fix.
+        """
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        except (OSError, ValueError) as err:
+            if _has_tokenizer_files(pretrained_model_name_or_path, kwargs):
+                raise
+            raise OSError(
+                f"{pretrained_model_name_or_path} has no tokenizer files ({', '.join(TOKENIZER_FILES)}), so "
+                "SaconProcessor cannot be loaded from it. Save the processor next to the model: "
+                f"`processor.save_pretrained({str(pretrained_model_name_or_path)!r})` (the Trainer does this when "
+                "given `processing_class=processor`)."
+            ) from err
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, **kwargs) -> "SaconProcessor":
-        """From a SaCon checkpoint (markers read from its config) or from any encoder's tokenizer (defaults)."""
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
-        options = {}
-        local = Path(name_or_path) / PROCESSOR_CONFIG_NAME
-        if local.is_file():
-            options = json.loads(local.read_text())
-        else:
-            try:
-                config_dict, _ = SaconConfig.get_config_dict(name_or_path, **kwargs)
-            except OSError:
-                config_dict = {}
-            if config_dict.get("model_type") == SaconConfig.model_type:  # else a plain encoder: keep the defaults
-                return cls.from_config(tokenizer, SaconConfig.from_dict(config_dict))
-        return cls(tokenizer, **options)
+    def get_processor_dict(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> tuple[dict, dict]:
+        """`processor_config.json`, or, for checkpoints saved without it, the options of a SaCon `config.json`."""
+        hub_kwargs = {key: kwargs[key] for key in _HUB_KWARGS if key in kwargs}
+        processor_dict, kwargs = super().get_processor_dict(pretrained_model_name_or_path, **kwargs)
+        if not any(option in processor_dict for option in _OPTIONS):
+            config = _sacon_config_dict(pretrained_model_name_or_path, hub_kwargs)
+            processor_dict.update({k: config[k] for k in _OPTIONS if config.get(k) is not None})
+        return processor_dict, kwargs
 
-    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
-        self.tokenizer.save_pretrained(save_directory)
-        options = {
-            "head_markers": self.head_markers,
-            "tail_markers": self.tail_markers,
-            "blank_token": self.blank_token,
-            "max_length": self.max_length,
-            "label_max_length": self.label_max_length,
-        }
-        (Path(save_directory) / PROCESSOR_CONFIG_NAME).write_text(json.dumps(options, indent=2) + "\n")
+    def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs) -> list[str]:
+        """Tokenizer files and `processor_config.json`; with `auto_map` set, also this code and the pipeline's."""
+        files = super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
+        if self._auto_class is not None:
+            from .pipeline_sacon import RelationClassificationPipeline  # imports this module: loaded late
+
+            custom_object_save(RelationClassificationPipeline, save_directory)
+        return files
 
     @property
     def never_mask_ids(self) -> set[int]:
@@ -120,10 +173,46 @@ class SaconProcessor:
 
     # -- sentences ------------------------------------------------------------------------------------------------
 
-    def _marked_words(
-        self, instance: Mapping, name: str, blank_head: bool, blank_tail: bool
-    ) -> tuple[list[str], int, int, tuple[int, int], tuple[int, int]]:
-        """Words with markers inserted; returns (words, head-start word, tail-start word, head span, tail span)."""
+    def __call__(
+        self,
+        sentences: Sequence[Any] | None = None,
+        labels: Sequence[LabelText] | None = None,
+        *,
+        names: Sequence[str] | None = None,
+        return_tensors: str | None = "pt",
+    ) -> BatchEncoding:
+        """Model inputs of sentences in any accepted form and/or of relation labels ("text" or (name, description)).
+
+        Sentences give `input_ids`, `attention_mask`, `entity_positions`; labels give `label_input_ids` and
+        `label_attention_mask`: together, the keyword arguments of `SaconDualEncoderModel.forward`.
+        """
+        if sentences is None and labels is None:
+            raise ValueError("give sentences (with marked head and tail entities) and/or relation labels")
+        encoding = {}
+        if sentences is not None:
+            names = sentence_names(len(sentences), names)
+            instances = self.to_instances(sentences, names)
+            encoding.update(self.encode_instances(instances, names=names, return_tensors=return_tensors))
+        if labels is not None:
+            batch = self.encode_labels(labels, return_tensors=return_tensors)
+            encoding.update({f"label_{key}": value for key, value in batch.items()})
+        return BatchEncoding(encoding, tensor_type=return_tensors)
+
+    def to_instances(self, sentences: Sequence[Any], names: Sequence[str] | None = None) -> list[dict]:
+        """Canonical instances of sentences in any accepted form; `ValueError` naming the sentence and the problem."""
+        if isinstance(sentences, (str, Mapping)):
+            raise ValueError("sentences must be a list (wrap a single sentence in [...])")
+        names = sentence_names(len(sentences), names)
+        markers = [*self.head_markers, *self.tail_markers]
+        instances = [to_instance(sentence, name, markers) for sentence, name in zip(sentences, names)]
+        for instance, name in zip(instances, names):
+            self.checked_spans(instance, name)  # FewRel rows come through to_instance as they are
+        return instances
+
+    @staticmethod
+    def checked_spans(instance: Mapping, name: str) -> dict[str, tuple[int, int]]:
+        """{"head": (first, last), "tail": (first, last)} token indices of a FewRel or canonical instance, checked:
+        `ValueError` naming the instance for missing tokens, empty or out-of-range spans, overlapping entities."""
         tokens = instance.get("tokens")
         if not tokens:
             raise ValueError(f"{name}: field 'tokens' is missing or empty")
@@ -144,6 +233,15 @@ class SaconProcessor:
         (hs, he), (ts, te) = spans["head"], spans["tail"]
         if hs <= te and ts <= he:
             raise ValueError(f"{name}: head span {list(spans['head'])} and tail span {list(spans['tail'])} overlap")
+        return spans
+
+    def _marked_words(
+        self, instance: Mapping, name: str, blank_head: bool, blank_tail: bool
+    ) -> tuple[list[str], int, int, tuple[int, int], tuple[int, int]]:
+        """Words with markers inserted; returns (words, head-start word, tail-start word, head span, tail span)."""
+        spans = self.checked_spans(instance, name)
+        (hs, he), (ts, te) = spans["head"], spans["tail"]
+        tokens = instance["tokens"]
         words: list[str] = []
         head_start = tail_start = -1
         i = 0
@@ -281,4 +379,4 @@ class SaconProcessor:
         )
 
 
-__all__ = ["SaconProcessor", "entity_indices"]
+__all__ = ["SaconProcessor", "encode_in_length_order", "entity_indices", "sentence_names"]

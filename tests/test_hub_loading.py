@@ -1,5 +1,6 @@
 """Loading `org/sacon-base` from a Hugging Face cache snapshot, offline: with the package, and with remote code only."""
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -8,6 +9,9 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
+from modeling_sacon import RelationClassificationPipeline
+
+from test_inference import QUERIES, RELATIONS, SUPPORT
 from test_modeling import TOY, TOY_LABELS, make_batch
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
@@ -58,7 +62,8 @@ def hub_cache(tmp_path, processor, tiny_model):
     return tmp_path
 
 
-def run_offline(hub_cache, code):
+def run_offline(hub_cache, code, stdin=None):
+    """Runs `code` in a fresh interpreter that only sees the hand-built cache (offline), reference.pt as argv[1]."""
     env = {
         "PATH": "/usr/bin:/bin",
         "HOME": str(hub_cache),
@@ -69,7 +74,7 @@ def run_offline(hub_cache, code):
     }
     return subprocess.run(
         [sys.executable, "-c", code, str(hub_cache / "reference.pt")], env=env, capture_output=True, text=True,
-        cwd=hub_cache, timeout=300,
+        cwd=hub_cache, timeout=300, input=stdin,
     )
 
 
@@ -109,3 +114,45 @@ def test_saved_tokenizer_keeps_markers(hub_cache, processor):
     tokenizer = AutoTokenizer.from_pretrained(hub_cache / "hub" / "models--org--sacon-base" / "snapshots" / SHA)
     assert tokenizer.convert_tokens_to_ids(processor.head_markers + processor.tail_markers) == processor.marker_ids
     assert tokenizer.tokenize("[E1] paris [/E1]") == ["[E1]", "paris", "[/E1]"]
+
+
+REMOTE_PIPELINE = f"""
+import json, sys
+{BLOCK_PACKAGE}
+from transformers import AutoProcessor, pipeline
+queries, relations, support = json.loads(sys.stdin.read())
+processor = AutoProcessor.from_pretrained("org/sacon-base", trust_remote_code=True)
+classifier = pipeline("relation-classification", model="org/sacon-base", trust_remote_code=True, device="cpu")
+encoded = processor(queries)
+print(json.dumps({{
+    "modules": [type(processor).__module__, type(classifier).__module__, type(classifier.model).__module__],
+    "input_ids": encoded["input_ids"].tolist(), "entity_positions": encoded["entity_positions"].tolist(),
+    "zero_shot": classifier(queries, relations=relations, function_to_apply="none"),
+    "few_shot": classifier(queries, support=support, function_to_apply="none", batch_size=2),
+    "label_augmented": classifier(queries, relations=relations, support=support, nota_threshold=0.5),
+}}))
+"""
+
+
+def test_processor_and_pipeline_from_the_snapshot_alone_match_the_package(hub_cache, processor, tiny_model):
+    """Without the package: AutoProcessor encodes as the installed processor, the pipeline scores as the installed one."""
+    result = run_offline(hub_cache, REMOTE_PIPELINE, stdin=json.dumps([QUERIES, RELATIONS, SUPPORT]))  # spans as lists
+    assert result.returncode == 0, result.stderr[-3000:]
+    remote = json.loads(result.stdout.strip().splitlines()[-1])
+    assert all(module.startswith("transformers_modules.") for module in remote["modules"]), remote["modules"]
+
+    encoded = processor(QUERIES)
+    assert remote["input_ids"] == encoded["input_ids"].tolist()
+    assert remote["entity_positions"] == encoded["entity_positions"].tolist()
+    assert processor.marker_ids[0] in remote["input_ids"][0]  # the markers kept their ids
+
+    local = RelationClassificationPipeline(model=tiny_model, processor=processor, device="cpu")
+    expected = {
+        "zero_shot": local(QUERIES, relations=RELATIONS, function_to_apply="none"),
+        "few_shot": local(QUERIES, support=SUPPORT, function_to_apply="none", batch_size=2),
+        "label_augmented": local(QUERIES, relations=RELATIONS, support=SUPPORT, nota_threshold=0.5),
+    }
+    for method, ranked in expected.items():
+        for mine, theirs in zip(ranked, remote[method], strict=True):
+            assert [e["label"] for e in theirs] == [e["label"] for e in mine], method
+            assert [e["score"] for e in theirs] == pytest.approx([e["score"] for e in mine], abs=1e-5), method

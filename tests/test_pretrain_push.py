@@ -105,7 +105,7 @@ def test_pretrain_pushes_every_checkpoint_and_a_loadable_final_model(fake_hub, i
 
     files = fake_hub.files(REPO_ID)
     expected = {"config.json", "model.safetensors", *CODE_FILES, "tokenizer.json", "tokenizer_config.json",
-                "sacon_processor_config.json", "README.md"}
+                "processor_config.json", "processing_sacon.py", "pipeline_sacon.py", "README.md"}
     assert expected <= set(files), sorted(files)
     assert not any(path.startswith("checkpoint-") for path in files)
     config = json.loads(files["config.json"])

@@ -1,4 +1,7 @@
-"""Marker insertion, entity-preserving truncation, label texts, MLM masking and input validation."""
+"""Marker insertion, entity-preserving truncation, label texts, MLM masking, input validation, saving and loading."""
+
+import copy
+import json
 
 import pytest
 import torch
@@ -106,3 +109,75 @@ def test_mask_tokens_never_touches_markers_blanks_or_specials(processor, val_wik
     share_mask = (masked[chosen] == processor.tokenizer.mask_token_id).float().mean().item()
     assert 0.7 < share_mask < 0.9
     assert not torch.isin(masked[chosen], torch.tensor(processor.marker_ids + [processor.blank_id])).any()
+
+
+MARKED = ["<e1>fox</e1> jumps over the <e2>lazy dog</e2> .", "[E2] Paris [/E2] is home to the [E1] Louvre [/E1] ."]
+
+
+def test_call_returns_the_models_keyword_arguments(processor, tiny_model):
+    batch = processor(MARKED, labels=[("crosses", "obstacle this bridge crosses"), "located in"])
+    tokens = {"tokens": "fox jumps over the lazy dog .".split(), "head": {"indices": [0]}, "tail": {"indices": [4, 5]}}
+    assert batch["input_ids"][0].tolist() == processor.encode_instances([tokens])["input_ids"][0].tolist()
+    assert torch.equal(batch["label_input_ids"], processor.encode_labels([("crosses", "obstacle this bridge crosses"), "located in"])["input_ids"])
+    with torch.no_grad():
+        out = tiny_model(**batch)
+    assert out.logits_per_sentence.shape == (2, 2)
+    with pytest.raises(ValueError, match="sentence 1: the tail start marker is missing"):
+        processor([MARKED[0], "<e1>Paris</e1> only"])
+
+
+def test_save_and_auto_processor_round_trip(processor, tmp_path):
+    from transformers import AutoProcessor
+
+    from modeling_sacon import SaconProcessor
+
+    tokenizer = copy.deepcopy(processor.tokenizer)  # the session's processor keeps its tokenizer as it is
+    custom = SaconProcessor(tokenizer, ("[unused0]", "[unused1]"), ("[unused2]", "[unused3]"), "[unused4]", 48, 24)
+    custom.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "processor_config.json").read_text())
+    assert saved["auto_map"] == {"AutoProcessor": "processing_sacon.SaconProcessor"}
+    assert saved["head_markers"] == ["[unused0]", "[unused1]"] and saved["max_length"] == 48
+    assert {"processing_sacon.py", "sentence_forms.py", "pipeline_sacon.py", "scoring.py"} <= {p.name for p in tmp_path.iterdir()}
+    loaded = AutoProcessor.from_pretrained(tmp_path)
+    assert type(loaded) is SaconProcessor
+    assert (loaded.head_markers, loaded.blank_token, loaded.max_length, loaded.label_max_length) == (
+        ["[unused0]", "[unused1]"], "[unused4]", 48, 24)
+    assert loaded.marker_ids == custom.marker_ids
+    assert torch.equal(loaded(MARKED[:1])["input_ids"], custom(MARKED[:1])["input_ids"])
+
+
+def test_options_come_from_a_sacon_config_when_no_processor_config(processor, tiny_model, tmp_path):
+    """Checkpoints saved as model + tokenizer only: the markers and lengths of their config.json apply."""
+    from transformers import AutoProcessor
+
+    from modeling_sacon import SaconProcessor
+
+    tiny_model.config.max_length = 24
+    tiny_model.save_pretrained(tmp_path)
+    processor.tokenizer.save_pretrained(tmp_path)
+    loaded = AutoProcessor.from_pretrained(tmp_path)
+    assert type(loaded) is SaconProcessor and loaded.max_length == 24
+    assert loaded.marker_ids == processor.marker_ids
+
+
+def test_plain_encoder_keeps_default_markers():
+    from transformers import AutoProcessor, PreTrainedTokenizerBase
+
+    from modeling_sacon import SaconProcessor
+    from modeling_sacon.utils.defaults import default_backbone_path
+
+    plain = SaconProcessor.from_pretrained(default_backbone_path())
+    assert plain.head_markers + plain.tail_markers == ["[E1]", "[/E1]", "[E2]", "[/E2]"] and plain.max_length == 64
+    assert isinstance(AutoProcessor.from_pretrained(default_backbone_path()), PreTrainedTokenizerBase)  # unchanged
+
+
+def test_checkpoint_without_tokenizer_names_the_directory_and_the_fix(tiny_model, tmp_path):
+    from transformers import AutoProcessor
+
+    from modeling_sacon import SaconProcessor
+
+    tiny_model.save_pretrained(tmp_path)
+    for load in (SaconProcessor.from_pretrained, AutoProcessor.from_pretrained):
+        with pytest.raises(OSError, match="has no tokenizer files") as err:
+            load(tmp_path)
+        assert str(tmp_path) in str(err.value) and "processor.save_pretrained(" in str(err.value)
