@@ -293,7 +293,7 @@ class SaconProcessor(ProcessorMixin):
             all_words.append(words)
             starts.append((h, t))
         flat_words = [w for words in all_words for w in words]
-        flat_pieces = tok(flat_words, add_special_tokens=False)["input_ids"] if flat_words else []
+        flat_pieces = self._word_pieces(flat_words)
         input_ids, positions, cursor = [], [], 0
         for words, (h, t) in zip(all_words, starts):
             pieces = flat_pieces[cursor : cursor + len(words)]
@@ -304,6 +304,20 @@ class SaconProcessor(ProcessorMixin):
         batch = tok.pad({"input_ids": input_ids}, padding=padding, return_attention_mask=True)
         batch["entity_positions"] = positions
         return BatchEncoding(dict(batch), tensor_type=return_tensors)
+
+    def _word_pieces(self, words: list[str]) -> list[list[int]]:
+        """The word pieces of each word. Words are tokenised one at a time, so a word's pieces depend on the word
+        alone: they are cached, since pre-training collates the same words batch after batch and tokenising them
+        again (and converting each word's encoding in Python) was most of a collation's time. The cache is
+        bounded, and dropped when the vocabulary changes (markers added); it is never saved."""
+        cache = self.__dict__.get("_piece_cache")
+        if cache is None or cache[0] != len(self.tokenizer) or len(cache[1]) > 500_000:
+            cache = self.__dict__["_piece_cache"] = (len(self.tokenizer), {})
+        pieces = cache[1]
+        missing = [word for word in dict.fromkeys(words) if word not in pieces]
+        if missing:
+            pieces.update(zip(missing, self.tokenizer(missing, add_special_tokens=False)["input_ids"]))
+        return [pieces[word] for word in words]
 
     def _truncate_words(self, words: list[str], pieces: list[list[int]], head_word: int, tail_word: int, budget: int) -> list[int]:
         """Keep every marker and mention piece, then as much context as fits, dropping what is farthest from them."""

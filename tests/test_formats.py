@@ -263,3 +263,57 @@ def test_pretrain_script_reads_cp_corpus_with_its_label_texts(files, tmp_path, m
     _, labels, _ = pretrain.load_training_data(pretrain.DataArguments(train_files=[str(files["cp"])],
                                                                       label_files=[str(override)]))
     assert labels == {**LABELS, "P17": ("nation", "its country")}  # explicit --label_files win over the rows' texts
+
+
+# --------------------------------------------------------------------------- paper-scale tooling
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(f"_sacon_{name}", Path(__file__).parents[1] / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_synthetic_corpus_is_seeded_long_tailed_and_loads(files, tmp_path):
+    make = _script("make_synthetic_corpus")
+    common = ["--num_sentences", "60", "--num_relations", "5", "--source_files", str(files["fewrel"])]
+    first = make.main(["--output", str(tmp_path / "a.json"), *common])
+    make.main(["--output", str(tmp_path / "b.json"), *common])
+    make.main(["--output", str(tmp_path / "c.json"), *common, "--seed", "1"])
+    make.main(["--output", str(tmp_path / "d.jsonl"), *common, "--format", "jsonl"])
+    assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes()
+    assert (tmp_path / "a.json").read_bytes() != (tmp_path / "c.json").read_bytes()
+    assert first["sentences"] == 60 and first["relations"] == 5
+
+    dataset = load_relation_corpus(tmp_path / "a.json", cache_dir=tmp_path / "cache")
+    assert load_relation_corpus(tmp_path / "d.jsonl", cache_dir=tmp_path / "cache").to_list() == dataset.to_list()
+    relations = dataset["relation"]
+    scopes = json.loads((tmp_path / "a.rel2scope.json").read_text())
+    assert [relation for relation, (start, end) in scopes.items() for _ in range(start, end)] == relations
+    assert min(end - start for start, end in scopes.values()) >= 2 and sum(e - s for s, e in scopes.values()) == 60
+    labels = load_label_table(tmp_path / "a.labels.json")
+    assert relation_corpus_label_table(tmp_path / "a.json", cache_dir=tmp_path / "cache") == labels
+    assert set(labels) == set(relations) and labels["P112.1"] == ("P112 #1", "")  # own names: no table given
+    source_sentences = {tuple(x["tokens"]) for rows in FEWREL.values() for x in rows}
+    assert any(tuple(row["tokens"]) not in source_sentences for row in dataset)  # perturbed
+    for row in dataset:
+        for entity in (row["head"], row["tail"]):
+            assert " ".join(row["tokens"][i] for i in entity["indices"]).lower() == entity["name"]
+        source = row["relation"].split(".")[0]
+        words = {w for x in FEWREL[source] for w in x["tokens"]}
+        assert set(row["tokens"]) <= words  # resampled from the relation's own sentences
+
+
+def test_word_piece_cache_is_exact_and_follows_the_vocabulary():
+    from modeling_sacon import SaconProcessor
+    from modeling_sacon.utils.defaults import default_backbone_path
+
+    processor = SaconProcessor.from_pretrained(default_backbone_path())
+    words = ["[E1]", "Zürich", "lies", "[BLANK]", "in", "Zürich", "unaffordable", "[/E2]", "."]
+    expected = processor.tokenizer(words, add_special_tokens=False)["input_ids"]
+    assert processor._word_pieces(words) == expected
+    assert processor._word_pieces(words[::-1]) == expected[::-1]  # served from the cache
+    assert "_piece_cache" not in processor.to_dict()
+    processor.tokenizer.add_tokens(["unaffordable"])
+    assert processor._word_pieces(["unaffordable"]) == [[len(processor.tokenizer) - 1]]  # not the stale pieces
