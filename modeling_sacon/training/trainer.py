@@ -267,9 +267,9 @@ class SaconTrainer(Trainer):
     def get_train_dataloader(self) -> DataLoader:
         if self.train_dataset is None:
             raise ValueError("SaconTrainer: training requires a train_dataset")
-        self._train_batch_sampler = ServeKeyedBatchSampler(self.build_batch_sampler())
+        keyed_sampler = ServeKeyedBatchSampler(self.build_batch_sampler())
         params: dict[str, Any] = {
-            "batch_sampler": self._train_batch_sampler,
+            "batch_sampler": keyed_sampler,
             "collate_fn": self.data_collator,
             "num_workers": self.args.dataloader_num_workers,
             "pin_memory": self.args.dataloader_pin_memory and self.args.device.type != "cpu",
