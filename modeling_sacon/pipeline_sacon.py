@@ -162,6 +162,11 @@ class RelationClassificationPipeline(Pipeline):
             outputs[i] = ranked[position]
         return outputs
 
+    def save_pretrained(self, save_directory: str, **kwargs: Any) -> None:
+        """Model, config (with `custom_pipelines`) and this code, as any custom pipeline; plus the whole processor."""
+        super().save_pretrained(save_directory, **kwargs)
+        self.processor.save_pretrained(save_directory)
+
     # -- candidates ---------------------------------------------------------------------------------------------------
 
     @torch.no_grad()

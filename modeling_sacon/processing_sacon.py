@@ -1,8 +1,8 @@
 """`SaconProcessor`: turns sentences with marked entities and relation label texts into SaCon model inputs.
 
-Sentences (any form of `sentence_forms`, or FewRel rows): entity markers around head and tail (`[E1] head [/E1]`, `[E2] tail [/E2]`), word-piece tokenisation,
-truncation that always keeps both entities, and the positions of the two start markers that the model pools.
-Labels: "relation name [SEP] description".
+Sentences (any form of `sentence_forms`, or FewRel rows): entity markers around head and tail (`[E1] head [/E1]`,
+`[E2] tail [/E2]`), word-piece tokenisation, truncation that always keeps both entities, and the positions of the two
+start markers that the model pools. Labels: "relation name [SEP] description".
 """
 
 from __future__ import annotations
@@ -29,8 +29,11 @@ _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "revision", "t
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
 
 
-def _resolve(path_or_repo: str | os.PathLike, filename: str, hub_kwargs: Mapping[str, Any]) -> str | None:
-    """Local path of `filename` in a directory or a (cached) Hub repository; None when it is not there."""
+def _resolve(path_or_repo: str | os.PathLike, filename: str, kwargs: Mapping[str, Any]) -> str | None:
+    """Local path of `filename` in a directory or a (cached) Hub repository; None when it is not there.
+
+    `kwargs` are `from_pretrained`'s: only the ones that locate files (revision, cache_dir, ...) are used."""
+    hub_kwargs = {key: kwargs[key] for key in _HUB_KWARGS if key in kwargs}
     return cached_file(
         str(path_or_repo), filename, **hub_kwargs,
         _raise_exceptions_for_missing_entries=False, _raise_exceptions_for_connection_errors=False,
@@ -38,7 +41,6 @@ def _resolve(path_or_repo: str | os.PathLike, filename: str, hub_kwargs: Mapping
 
 
 def _has_tokenizer_files(path_or_repo: str | os.PathLike, hub_kwargs: Mapping[str, Any]) -> bool:
-    hub_kwargs = {key: hub_kwargs[key] for key in _HUB_KWARGS if key in hub_kwargs}
     return any(_resolve(path_or_repo, name, hub_kwargs) is not None for name in TOKENIZER_FILES)
 
 
@@ -150,7 +152,7 @@ class SaconProcessor(ProcessorMixin):
     @classmethod
     def get_processor_dict(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> tuple[dict, dict]:
         """`processor_config.json`, or, for checkpoints saved without it, the options of a SaCon `config.json`."""
-        hub_kwargs = {key: kwargs[key] for key in _HUB_KWARGS if key in kwargs}
+        hub_kwargs = dict(kwargs)  # the parent pops the ones that locate files
         processor_dict, kwargs = super().get_processor_dict(pretrained_model_name_or_path, **kwargs)
         if not any(option in processor_dict for option in _OPTIONS):
             config = _sacon_config_dict(pretrained_model_name_or_path, hub_kwargs)
@@ -158,12 +160,16 @@ class SaconProcessor(ProcessorMixin):
         return processor_dict, kwargs
 
     def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs) -> list[str]:
-        """Tokenizer files and `processor_config.json`; with `auto_map` set, also this code and the pipeline's."""
-        files = super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
+        """Tokenizer files and `processor_config.json`; with `auto_map` set, also this code and the pipeline's.
+
+        `push_to_hub=True` uploads all of it (`push_to_hub` saves through this method), `kwargs` going to it."""
+        files = super().save_pretrained(save_directory)
         if self._auto_class is not None:
             from .pipeline_sacon import RelationClassificationPipeline  # imports this module: loaded late
 
             custom_object_save(RelationClassificationPipeline, save_directory)
+        if push_to_hub:
+            self.push_to_hub(kwargs.pop("repo_id", Path(save_directory).name), **kwargs)
         return files
 
     @property

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -129,3 +131,17 @@ def test_val_wiki_top1_matches_the_evaluators_zero_shot_scoring(minilm_pipe, dat
     assert accuracy[0] == accuracy[1]
     assert pipeline_top1 == evaluator_top1
     assert accuracy[0] > 2 / 16  # well above chance: the towers read the descriptions
+
+
+def test_saved_pipeline_reloads_with_the_same_scores(minilm_pipe, tmp_path):
+    minilm_pipe.save_pretrained(tmp_path)
+    reloaded = pipeline("relation-classification", model=str(tmp_path), pipeline_class=RelationClassificationPipeline,
+                        device="cpu")
+    assert type(reloaded.processor).__name__ == "SaconProcessor"
+    before = minilm_pipe(QUERIES, relations=RELATIONS, support=SUPPORT, function_to_apply="none")
+    after = reloaded(QUERIES, relations=RELATIONS, support=SUPPORT, function_to_apply="none")
+    for mine, theirs in zip(before, after, strict=True):
+        assert [e["label"] for e in theirs] == [e["label"] for e in mine]
+        assert [e["score"] for e in theirs] == pytest.approx([e["score"] for e in mine], abs=1e-5)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["custom_pipelines"]["relation-classification"]["impl"] == "pipeline_sacon.RelationClassificationPipeline"

@@ -2,6 +2,9 @@
 
 import copy
 import json
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -181,3 +184,21 @@ def test_checkpoint_without_tokenizer_names_the_directory_and_the_fix(tiny_model
         with pytest.raises(OSError, match="has no tokenizer files") as err:
             load(tmp_path)
         assert str(tmp_path) in str(err.value) and "processor.save_pretrained(" in str(err.value)
+
+
+def test_push_to_hub_uploads_the_processor_and_pipeline_code(fake_hub, tmp_path):
+    from hub_server import hub_env
+
+    code = """
+        from modeling_sacon import SaconProcessor
+        from modeling_sacon.utils.defaults import default_backbone_path
+        SaconProcessor.from_pretrained(default_backbone_path()).save_pretrained("out", push_to_hub=True, repo_id="org/proc")
+    """
+    env = hub_env(fake_hub.endpoint, tmp_path)
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, cwd=tmp_path, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    files = fake_hub.files("org/proc")
+    assert {"processor_config.json", "tokenizer.json", "processing_sacon.py", "sentence_forms.py", "pipeline_sacon.py",
+            "scoring.py"} <= set(files), sorted(files)
+    assert json.loads(files["processor_config.json"])["auto_map"] == {"AutoProcessor": "processing_sacon.SaconProcessor"}
