@@ -38,8 +38,8 @@ from transformers.trainer_utils import get_last_checkpoint
 from modeling_sacon import SaconDualEncoderModel, SaconProcessor
 from modeling_sacon.data.collator import SaconPretrainingCollator
 from modeling_sacon.data import (
-    FEWREL_TEST_RELATIONS,
     PRETRAIN_LABEL_FILES,
+    check_relation_leakage,
     hf_few_rel_label_table,
     label_texts,
     load_fewrel_json,
@@ -52,7 +52,7 @@ from modeling_sacon.data import (
 from modeling_sacon.utils.defaults import default_backbone_path
 from modeling_sacon.data.episodes import parse_settings
 from modeling_sacon.training.model_card import EMBEDDED_CORPUS_DESCRIPTION
-from modeling_sacon.training.trainer import SaconTrainer, SaconTrainingArguments
+from modeling_sacon.training.trainer import SaconTrainer, SaconTrainingArguments, check_batch_shape
 
 logger = logging.getLogger("pretrain")
 
@@ -183,40 +183,9 @@ def load_eval_data(data_args: DataArguments):
     return dataset, table
 
 
-def check_relation_leakage(train_relations: list[str], eval_dataset, data_args: DataArguments) -> bool:
-    """Raise if training relations include FewRel evaluation ones; returns True when none are (for the card)."""
-    evaluation = set(FEWREL_TEST_RELATIONS)
-    if eval_dataset is not None:
-        evaluation |= set(eval_dataset["relation"])
-    leaked = sorted(set(train_relations) & evaluation)
-    if leaked and not data_args.allow_eval_relations:
-        raise ValueError(
-            f"training relation(s) {leaked} are FewRel evaluation relations (of {data_args.eval_fewrel} or the hidden "
-            "test set): few-shot results would be inflated; remove them or pass --allow_eval_relations"
-        )
-    return not leaked
-
-
-def check_training_options(training_args: SaconTrainingArguments, num_relations: int) -> None:
+def check_training_options(training_args: SaconTrainingArguments, relations: list[str]) -> None:
     """Batch shape and schedule options, checked against the data before any model is loaded."""
-    batch = training_args.per_device_train_batch_size
-    if training_args.balanced_batches:
-        n = training_args.instances_per_relation
-        if batch % n:
-            raise ValueError(f"per_device_train_batch_size ({batch}) must be divisible by instances_per_relation ({n})")
-        per_batch = batch // n
-        if per_batch < 2:
-            raise ValueError(
-                f"per_device_train_batch_size ({batch}) / instances_per_relation ({n}) = {per_batch}: a contrastive "
-                "batch needs at least two relations; raise --per_device_train_batch_size or lower --instances_per_relation"
-            )
-        if per_batch > num_relations:
-            raise ValueError(
-                f"per_device_train_batch_size ({batch}) / instances_per_relation ({n}) = {per_batch} relations per "
-                f"batch, but the training data has only {num_relations} relations"
-            )
-    elif batch < 2:
-        raise ValueError(f"per_device_train_batch_size ({batch}) must be >= 2: a contrastive batch needs two sentences")
+    check_batch_shape(training_args, relations)
     if training_args.max_steps <= 0 and training_args.num_train_epochs <= 0:
         raise ValueError("set --max_steps (or --num_train_epochs) to a positive value")
     parse_settings(training_args.fewrel_eval_settings)  # raises naming the bad setting
@@ -317,8 +286,11 @@ def main(args: list[str] | None = None) -> dict[str, float]:
     train_dataset, labels, card_facts = load_training_data(data_args)
     eval_dataset, eval_labels = load_eval_data(data_args)
     relations = list(labels)
-    unseen = check_relation_leakage(relations, eval_dataset, data_args)
-    check_training_options(training_args, len(relations))
+    leaked = check_relation_leakage(
+        relations, eval_dataset["relation"] if eval_dataset is not None else (), source="the training data",
+        allow=data_args.allow_eval_relations, hint="remove them or pass --allow_eval_relations",
+    )
+    check_training_options(training_args, relations)
     logger.info(f"training data: {len(train_dataset)} rows, {len(relations)} relations ({card_facts['source']})")
     if eval_dataset is not None:
         logger.info(f"evaluation: {len(eval_dataset)} rows of {data_args.eval_fewrel}, {training_args.fewrel_eval_settings}")
@@ -359,7 +331,7 @@ def main(args: list[str] | None = None) -> dict[str, float]:
             "num_relations": len(relations),
             "num_instances": len(train_dataset),
             "seen_relations": seen_relation_names(labels),
-            "excludes_fewrel_eval": unseen,
+            "excludes_fewrel_eval": not leaked,
             "share_encoders": model_args.share_encoders,
             "blank_probability": data_args.blank_probability,
             "mlm_probability": model_args.mlm_probability,
@@ -374,7 +346,7 @@ def main(args: list[str] | None = None) -> dict[str, float]:
         # Trainer.train would still run one more optimizer step past max_steps on such a checkpoint
         logger.warning(f"{resume} already reached --max_steps {training_args.max_steps}: evaluating it as it is")
         trainer.state = TrainerState.load_from_json(os.path.join(resume, TRAINER_STATE_NAME))
-        trainer._load_from_checkpoint(resume)
+        trainer.model.load_state_dict(SaconDualEncoderModel.from_pretrained(resume).state_dict())
     else:
         train_result = trainer.train(resume_from_checkpoint=resume)
         metrics.update(train_result.metrics)

@@ -434,9 +434,9 @@ def test_small_relation_is_filled_with_replacement() -> None:
 
 def test_sampler_option_errors() -> None:
     relations = ["a", "b", "c"] * 5
-    with pytest.raises(ValueError, match="relations_per_batch must be >= 2"):
+    with pytest.raises(ValueError, match="relations_per_batch = 1: a contrastive batch needs at least two relations"):
         RelationBalancedBatchSampler(relations, 1, 4)
-    too_many = r"relations_per_batch \(4\) exceeds the number of relations in the data \(3\)"
+    too_many = "relations_per_batch = 4 relations per batch, but the training data has only 3 relations"
     with pytest.raises(ValueError, match=too_many):
         RelationBalancedBatchSampler(relations, 4, 2)
     with pytest.raises(ValueError, match="instances_per_relation"):
@@ -456,6 +456,9 @@ def test_balanced_batch_shape() -> None:
         balanced_batch_shape(10, 4)
     with pytest.raises(ValueError, match="instances_per_relation"):
         balanced_batch_shape(8, 0)
+    assert balanced_batch_shape(8, 2, num_relations=4) == 4
+    with pytest.raises(ValueError, match=r"\(2\) = 4 relations per batch, but the training data has only 3 relations"):
+        balanced_batch_shape(8, 2, num_relations=3)
 
 
 def test_sampler_drives_a_dataloader(corpus) -> None:

@@ -322,6 +322,18 @@ def test_script_rejects_relation_without_label_text(pretrain, tmp_path, no_model
         run_script(pretrain, tmp_path, "--train_files", corpus, "--label_files", labels)
 
 
+def test_script_rejects_fewrel_evaluation_relations(pretrain, tmp_path, no_model_loading):
+    """P108 is a relation of FewRel's hidden test set: pre-training on it would inflate the few-shot results."""
+    corpus = fewrel_file(tmp_path / "corpus.json", {"P17": [INSTANCE] * 2, "P1376": [INSTANCE] * 2, "P108": [INSTANCE] * 2})
+    labels = fewrel_file(tmp_path / "labels.json", {**LABELS, "P108": ["employer", "person's employer"]})
+    leak = r"the training data contains FewRel evaluation relation\(s\) \['P108'\].*pass --allow_eval_relations"
+    with pytest.raises(DataFormatError, match=leak):
+        run_script(pretrain, tmp_path, "--train_files", corpus, "--label_files", labels)
+    with pytest.raises(AssertionError, match="a model was loaded"):  # allowed: the checks pass, the model is next
+        run_script(pretrain, tmp_path, "--train_files", corpus, "--label_files", labels, "--allow_eval_relations",
+                   "--per_device_train_batch_size", "4")
+
+
 @pytest.mark.parametrize(
     "options, message",
     [

@@ -4,17 +4,22 @@ model), and no override of a private Trainer method without a signature guard.""
 from __future__ import annotations
 
 import inspect
+import json
 
 import pytest
 import torch
-from transformers import Trainer
+from safetensors.torch import load_file
+from transformers import AutoTokenizer, BertModel, Trainer
 
 from modeling_sacon.data import first_per_relation
 from modeling_sacon.fewshot.evaluation import FewShotEvaluator
 from modeling_sacon.training.trainer import SaconTrainer
+from modeling_sacon.utils.defaults import default_backbone_path
 
-from test_collator import synthetic_dataset
-from test_trainer import arguments, data, grad_enabled, tiny, trainer_for  # noqa: F401 - fixtures
+from conftest import tiny_bert_config
+from test_collator import synthetic_dataset, synthetic_rows
+from test_pretrain_push import write_fewrel
+from test_trainer import arguments, data, grad_enabled, pretrain, tiny, trainer_for  # noqa: F401 - fixtures
 
 FEWREL = {"fewrel_eval_settings": "5-1,3-2", "fewrel_eval_episodes": 20, "fewrel_eval_pool_per_relation": 4,
           "per_device_eval_batch_size": 7}
@@ -82,8 +87,6 @@ def test_best_fewrel_checkpoint_is_loaded_at_the_end(processor, data, evaluation
     best_step = max(scores, key=lambda step: (scores[step], -step))
     assert trainer.state.best_metric == scores[best_step]
     assert trainer.state.best_model_checkpoint == str(tmp_path / f"checkpoint-{best_step}")
-    from safetensors.torch import load_file
-
     state = trainer.model.state_dict()
     for step in scores:
         saved = load_file(tmp_path / f"checkpoint-{step}" / "model.safetensors")
@@ -107,3 +110,31 @@ def test_private_trainer_overrides_are_guarded():
     for name, parameters in PRIVATE_OVERRIDES.items():
         assert hasattr(Trainer, name), f"transformers no longer has Trainer.{name}: rewrite SaconTrainer.{name}"
         assert tuple(inspect.signature(getattr(Trainer, name)).parameters) == parameters, name
+
+
+def test_pretrain_evaluates_a_finished_checkpoint_without_training(pretrain, tmp_path):
+    """examples/pretrain.py on an output_dir whose last checkpoint reached --max_steps: no further step (the Trainer
+    would take one), the checkpoint's weights are scored, with the metrics the run itself logged at its end."""
+    tokenizer = AutoTokenizer.from_pretrained(default_backbone_path())
+    torch.manual_seed(0)
+    BertModel(tiny_bert_config(len(tokenizer)), add_pooling_layer=False).save_pretrained(tmp_path / "backbone")
+    tokenizer.save_pretrained(tmp_path / "backbone")
+    train, table = synthetic_rows(num_relations=6, per_relation=6, seed=1)
+    evaluation = [{**row, "relation": "E" + row["relation"][1:]} for row in synthetic_rows(5, 3, seed=2)[0]]
+    (tmp_path / "labels.json").write_text(json.dumps(table))
+    argv = [
+        "--sentence_model_name_or_path", str(tmp_path / "backbone"), "--train_files", write_fewrel(train, tmp_path / "t.json"),
+        "--label_files", str(tmp_path / "labels.json"), "--eval_fewrel", write_fewrel(evaluation, tmp_path / "e.json"),
+        "--fewrel_eval_episodes", "10", "--fewrel_eval_pool_per_relation", "0", "--max_seq_length", "32",
+        "--per_device_train_batch_size", "8", "--balanced_batches", "false", "--max_steps", "2", "--save_steps", "2",
+        "--output_dir", str(tmp_path / "out"), "--use_cpu", "--dataloader_pin_memory", "false", "--report_to", "none",
+    ]
+    first = pretrain.main(argv)
+    assert first["train_runtime"] > 0 and 0 <= first["eval_fewrel_5_1_accuracy"] <= 1
+    again = pretrain.main(argv)  # finds out/checkpoint-2, which reached --max_steps
+    assert "train_runtime" not in again
+    assert fewrel_part(again) == fewrel_part(first)
+    state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
+    assert state["global_step"] == 2
+    final, checkpoint = (load_file(tmp_path / "out" / path / "model.safetensors") for path in ("", "checkpoint-2"))
+    assert final.keys() == checkpoint.keys() and all(torch.equal(final[k], checkpoint[k]) for k in final)

@@ -39,6 +39,8 @@ __all__ = [
     "first_per_relation",
     "RelationBalancedBatchSampler",
     "balanced_batch_shape",
+    "check_relation_leakage",
+    "check_relations_per_batch",
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -457,6 +459,23 @@ def first_per_relation(dataset: datasets.Dataset, count: int | None) -> datasets
     return dataset if len(keep) == len(dataset) else dataset.select(keep)
 
 
+def check_relation_leakage(
+    train_relations: Iterable[str], eval_relations: Iterable[str] = (), *, source: str, allow: bool = False,
+    hint: str = "remove them",
+) -> list[str]:
+    """The FewRel evaluation relations (the hidden test set's, plus ``eval_relations``) among ``train_relations``.
+
+    Pre-training on them inflates few-shot results on unseen relations, so they raise a :class:`DataFormatError`
+    naming ``source`` (and ``hint``, the fix), unless ``allow``.
+    """
+    leaked = sorted(set(train_relations) & (FEWREL_TEST_RELATIONS | set(eval_relations)))
+    if leaked and not allow:
+        raise DataFormatError(
+            f"{source} contains FewRel evaluation relation(s) {leaked}: few-shot results would be inflated; {hint}"
+        )
+    return leaked
+
+
 def load_pretraining_corpus(
     data_dir: PathLike | None = None, corpus: str = DEFAULT_PRETRAIN_CORPUS
 ) -> tuple[datasets.Dataset, dict[str, tuple[str, str]]]:
@@ -472,15 +491,9 @@ def load_pretraining_corpus(
     root = Path(data_dir) if data_dir is not None else get_data_dir()
     dataset = load_fewrel_json([root / name for name in corpus_files])
     relations = _unique_relations(dataset)
-    evaluation = set(FEWREL_TEST_RELATIONS)
     val_wiki = root / VAL_WIKI_FILE
-    if val_wiki.exists():
-        evaluation |= set(_read_json_object(val_wiki))
-    leaked = sorted(set(relations) & evaluation)
-    if leaked:
-        raise DataFormatError(
-            f"pre-training corpus in {root} contains FewRel evaluation relation(s) {leaked}; remove them"
-        )
+    evaluation = _read_json_object(val_wiki) if val_wiki.exists() else ()
+    check_relation_leakage(relations, evaluation, source=f"pre-training corpus in {root}")
     table = load_label_table([root / name for name in label_files])
     labels = label_texts(relations, table, source=", ".join(corpus_files))
     return dataset, labels
@@ -489,12 +502,21 @@ def load_pretraining_corpus(
 # --------------------------------------------------------------------------- batch sampling
 
 
-def balanced_batch_shape(batch_size: int, instances_per_relation: int) -> int:
-    """Relations per batch ``M = batch_size // n`` for a relation-balanced batch.
+def check_relations_per_batch(relations_per_batch: int, num_relations: int | None = None, name: str = "relations_per_batch") -> int:
+    """The rule of a relation-balanced contrastive batch: at least two relations (one has no negatives), and no more
+    than the data holds. ``name`` says where the number came from, for the error."""
+    if relations_per_batch < 2:
+        raise ValueError(f"{name} = {relations_per_batch}: a contrastive batch needs at least two relations")
+    if num_relations is not None and relations_per_batch > num_relations:
+        raise ValueError(
+            f"{name} = {relations_per_batch} relations per batch, but the training data has only {num_relations} relations"
+        )
+    return relations_per_batch
 
-    Contrastive pre-training needs at least two relations per batch and a batch that holds
-    whole relation groups, so both conditions are checked here, where the options are named.
-    """
+
+def balanced_batch_shape(batch_size: int, instances_per_relation: int, num_relations: int | None = None) -> int:
+    """Relations per batch ``M = batch_size // n`` for a relation-balanced batch of whole relation groups, checked
+    (:func:`check_relations_per_batch`) against the ``num_relations`` of the data when given."""
     if instances_per_relation < 1:
         raise ValueError(f"instances_per_relation must be >= 1, got {instances_per_relation}")
     if batch_size % instances_per_relation:
@@ -502,13 +524,8 @@ def balanced_batch_shape(batch_size: int, instances_per_relation: int) -> int:
             f"per_device_train_batch_size ({batch_size}) must be divisible by "
             f"instances_per_relation ({instances_per_relation})"
         )
-    relations_per_batch = batch_size // instances_per_relation
-    if relations_per_batch < 2:
-        raise ValueError(
-            f"per_device_train_batch_size ({batch_size}) / instances_per_relation "
-            f"({instances_per_relation}) = {relations_per_batch}: a contrastive batch needs at least two relations"
-        )
-    return relations_per_batch
+    name = f"per_device_train_batch_size ({batch_size}) / instances_per_relation ({instances_per_relation})"
+    return check_relations_per_batch(batch_size // instances_per_relation, num_relations, name)
 
 
 class RelationBalancedBatchSampler(torch.utils.data.Sampler[list[int]]):
@@ -561,17 +578,7 @@ class RelationBalancedBatchSampler(torch.utils.data.Sampler[list[int]]):
         self.num_batches = self._total_batches(num_batches, len(relations))
 
     def _check_options(self) -> None:
-        n_relations = len(self._pools)
-        if self.relations_per_batch < 2:
-            raise ValueError(
-                f"relations_per_batch must be >= 2 (a contrastive batch needs at least two relations), "
-                f"got {self.relations_per_batch}"
-            )
-        if self.relations_per_batch > n_relations:
-            raise ValueError(
-                f"relations_per_batch ({self.relations_per_batch}) exceeds the number of relations "
-                f"in the data ({n_relations})"
-            )
+        check_relations_per_batch(self.relations_per_batch, len(self._pools))
         if self.instances_per_relation < 1:
             raise ValueError(f"instances_per_relation must be >= 1, got {self.instances_per_relation}")
         if self.longtail_share is not None:

@@ -71,7 +71,7 @@ logger = logging.get_logger(__name__)
 LOSS_TERMS = ("contrastive_loss", "sentence_anchored_loss", "label_anchored_loss", "sentence_mlm_loss", "label_mlm_loss")
 LOGIT_SCALE_NAME = "logit_scale"
 
-__all__ = ["LOSS_TERMS", "SaconTrainer", "SaconTrainingArguments", "ShuffledBatchSampler", "fewrel_metric_name"]
+__all__ = ["LOSS_TERMS", "SaconTrainer", "SaconTrainingArguments", "ShuffledBatchSampler", "check_batch_shape", "fewrel_metric_name"]
 
 
 def fewrel_metric_name(setting: str, prefix: str = "eval") -> str:
@@ -152,12 +152,21 @@ def _option(args: TrainingArguments, name: str):
     return getattr(args, name, _DEFAULTS[name].default)
 
 
+def check_batch_shape(args: TrainingArguments, relations: Sequence[str]) -> None:
+    """The batch-shape rule of contrastive pre-training, checked before any model is built (`SaconTrainer` and
+    `examples/pretrain.py` call it): a balanced batch is whole groups of `instances_per_relation` sentences of at least
+    two (and at most all) of the data's relations; a shuffled batch holds at least two sentences."""
+    batch_size = args.per_device_train_batch_size
+    if _option(args, "balanced_batches"):
+        balanced_batch_shape(batch_size, _option(args, "instances_per_relation"), len(set(relations)))
+    elif batch_size < 2:
+        raise ValueError(f"per_device_train_batch_size ({batch_size}) must be >= 2: a contrastive batch needs two sentences")
+
+
 class ShuffledBatchSampler(torch.utils.data.Sampler[list[int]]):
     """Plain shuffling into fixed-size batches (the last incomplete batch dropped), seeded by `(seed, epoch)`."""
 
     def __init__(self, num_rows: int, batch_size: int, seed: int = 0, num_batches: int | None = None):
-        if batch_size < 2:
-            raise ValueError(f"per_device_train_batch_size must be >= 2 for a contrastive batch, got {batch_size}")
         if num_rows < batch_size:
             raise ValueError(f"the training data has {num_rows} rows, fewer than one batch of {batch_size}")
         self.num_rows, self.batch_size, self.seed, self.epoch = num_rows, batch_size, seed, 0
@@ -219,20 +228,7 @@ class SaconTrainer(Trainer):
         if self.train_dataset is None:
             return
         relations = self._train_relations()
-        if _option(self.args, "balanced_batches"):
-            per_batch = balanced_batch_shape(self.args.per_device_train_batch_size, _option(self.args, "instances_per_relation"))
-            available = len(set(relations))
-            if per_batch > available:
-                raise ValueError(
-                    f"per_device_train_batch_size ({self.args.per_device_train_batch_size}) / instances_per_relation "
-                    f"({_option(self.args, 'instances_per_relation')}) = {per_batch} relations per batch, but the "
-                    f"training data has only {available} relations"
-                )
-        elif self.args.per_device_train_batch_size < 2:
-            raise ValueError(
-                f"per_device_train_batch_size ({self.args.per_device_train_batch_size}) must be >= 2: a contrastive "
-                "batch needs at least two sentences"
-            )
+        check_batch_shape(self.args, relations)
         check = getattr(self.data_collator, "check_relations", None)
         if check is not None:
             check(relations, source="the training data")
