@@ -147,14 +147,15 @@ class RelationClassificationPipeline(Pipeline):
             similarity: ``"cosine"`` (default) or ``"euclidean"``.
             nota_threshold: logit of an added "none of the above" candidate (default: none); `nota_label` names it.
         """
-        batch_size = kwargs.get("batch_size") or self._batch_size or 1
-        kwargs["candidates"] = self.encode_candidates(relations, support, batch_size)
-        if not isinstance(sentences, list):
+        batch_size = kwargs.get("batch_size") or self._batch_size or 1  # the call's, else the one given at creation
+        if not isinstance(sentences, list):  # one sentence, or a stream (a generator, a dataset)
+            kwargs["candidates"] = self.encode_candidates(relations, support, batch_size)
             return super().__call__(sentences, **kwargs)
-        # Validate every sentence before encoding any, and batch sentences of similar length together.
+        # A list: every sentence is checked before anything is encoded, and sentences of similar length share batches.
         instances = self.processor.to_instances(sentences)
         if not instances:
             raise ValueError("no sentences given")
+        kwargs["candidates"] = self.encode_candidates(relations, support, batch_size)
         order = sorted(range(len(instances)), key=lambda i: len(instances[i]["tokens"]))
         ranked = super().__call__([instances[i] for i in order], **kwargs)
         outputs = [None] * len(instances)
