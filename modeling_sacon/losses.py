@@ -20,23 +20,31 @@ def sentence_anchored_loss(logits_per_sentence: torch.Tensor, labels: torch.Tens
     return F.cross_entropy(logits_per_sentence, labels)
 
 
-def label_anchored_loss(logits_per_label: torch.Tensor, labels: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
+def label_anchored_loss(
+    logits_per_label: torch.Tensor, labels: torch.Tensor, reduction: str = "sum", negative_rows: bool = False
+) -> torch.Tensor:
     """Each label scores all B sentences; every sentence of its relation is a positive.
 
-    logits_per_label: [U, B]; labels: [B] -> scalar (mean over the U labels). The per-label term is the negative sum
-    of the positives' log-probabilities (`"sum"`, the authors' code) or their mean (`"mean"`, SupCon-style).
+    logits_per_label: [U, B]; labels: [B] -> scalar (mean over the anchor labels). The per-label term is the negative
+    sum of the positives' log-probabilities (`"sum"`, the authors' code) or their mean (`"mean"`, SupCon-style).
+    Every label row must have a sentence in the batch, unless `negative_rows=True`: then rows without one (extra
+    relation descriptions, see `SaconConfig.label_negatives`) are negatives of the sentence-anchored term only, and
+    the mean runs over the rows that have positives.
     """
     if reduction not in ("sum", "mean"):
         raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
     num_labels = logits_per_label.shape[0]
     log_probs = F.log_softmax(logits_per_label, dim=1)  # [U, B]
     positives = labels.unsqueeze(0) == torch.arange(num_labels, device=labels.device).unsqueeze(1)  # [U, B]
-    if not bool(positives.any(dim=1).all()):
+    anchors = positives.any(dim=1)  # [U]
+    if not negative_rows and not bool(anchors.all()):
         raise ValueError("every label row needs at least one sentence of its relation in the batch")
+    if not bool(anchors.any()):
+        raise ValueError("no label row has a sentence of its relation in the batch")
     per_label = -(log_probs * positives).sum(dim=1)  # [U]
     if reduction == "mean":
-        per_label = per_label / positives.sum(dim=1)
-    return per_label.mean()
+        per_label = per_label / positives.sum(dim=1).clamp(min=1)
+    return per_label[anchors].mean()
 
 
 def masked_lm_loss(logits: torch.Tensor, labels: torch.Tensor, num_items: float | None = None) -> torch.Tensor:
@@ -58,6 +66,7 @@ def symmetric_contrastive_loss(
     reduction: str = "sum",
     sentence_weight: float = 1.0,
     label_weight: float = 1.0,
+    negative_rows: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(weighted sentence-anchored + weighted label-anchored) / 2 on L2-normalised embeddings.
 
@@ -68,7 +77,7 @@ def symmetric_contrastive_loss(
     label_embeds = F.normalize(label_embeds, dim=-1)
     logits_per_sentence = logit_scale.exp() * sentence_embeds @ label_embeds.t()  # [B, U]
     s_loss = sentence_anchored_loss(logits_per_sentence, labels)
-    l_loss = label_anchored_loss(logits_per_sentence.t(), labels, reduction)
+    l_loss = label_anchored_loss(logits_per_sentence.t(), labels, reduction, negative_rows)
     return (sentence_weight * s_loss + label_weight * l_loss) / 2, s_loss, l_loss, logits_per_sentence
 
 
@@ -175,12 +184,14 @@ class SaconContrastiveLoss(nn.Module):
         sentence_weight: float = 1.0,
         label_weight: float = 1.0,
         gather_across_processes: bool = False,
+        negative_rows: bool = False,
     ):
         super().__init__()
         self.reduction = reduction
         self.sentence_weight = sentence_weight
         self.label_weight = label_weight
         self.gather_across_processes = gather_across_processes
+        self.negative_rows = negative_rows  # label rows without sentences: negatives, not anchors
 
     def forward(
         self,
@@ -201,7 +212,8 @@ class SaconContrastiveLoss(nn.Module):
             sentence_embeds = gather_with_grad(sentence_embeds)
             label_embeds, labels = deduplicate_labels(gather_with_grad(label_embeds), all_label_ids, sentence_relation_ids)
         loss, s_loss, l_loss, logits = symmetric_contrastive_loss(
-            sentence_embeds, label_embeds, labels, logit_scale, self.reduction, self.sentence_weight, self.label_weight
+            sentence_embeds, label_embeds, labels, logit_scale, self.reduction, self.sentence_weight, self.label_weight,
+            self.negative_rows,
         )
         return loss, s_loss, l_loss, logits, labels
 

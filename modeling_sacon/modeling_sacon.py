@@ -235,7 +235,8 @@ class SaconDualEncoderModel(SaconPreTrainedModel):
             self.label_projection = nn.Linear(label_dim, config.projection_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value), requires_grad=config.learn_logit_scale)
         self.contrastive_loss = SaconContrastiveLoss(
-            config.label_anchored_reduction, config.sentence_anchored_weight, config.label_anchored_weight
+            config.label_anchored_reduction, config.sentence_anchored_weight, config.label_anchored_weight,
+            negative_rows=config.label_negatives > 0,
         )
         self.post_init()
 

@@ -146,3 +146,40 @@ def test_a_tower_without_mlm_gets_unmasked_inputs(processor):
     assert not (plain["label_input_ids"] == mask_id).any()
     where = masked["mlm_labels"] != -100  # masking only changed the chosen positions
     torch.testing.assert_close(plain["input_ids"][~where], masked["input_ids"][~where])
+
+
+def test_label_rows_without_sentences_are_negatives_not_anchors():
+    from modeling_sacon.losses import label_anchored_loss
+
+    logits_per_label = torch.tensor([[0.0, math.log(3.0)], [math.log(2.0), 0.0], [5.0, 5.0]])  # [U=3, B=2]
+    labels = torch.tensor([0, 1])  # row 2 has no sentence: a negative only
+    with pytest.raises(ValueError, match="at least one sentence"):
+        label_anchored_loss(logits_per_label, labels)
+    # row 0: -log softmax([0, log 3])[0] = log 4; row 1: -log softmax([log 2, 0])[1] = log 3; row 2 is no anchor
+    value = label_anchored_loss(logits_per_label, labels, negative_rows=True)
+    assert value.item() == pytest.approx((math.log(4.0) + math.log(3.0)) / 2, abs=1e-6)
+
+
+def test_label_negatives_enter_the_sentence_anchored_softmax(processor):
+    from modeling_sacon import SaconConfig
+    from modeling_sacon.data.collator import SaconPretrainingCollator
+
+    dataset, table = synthetic_dataset(num_relations=8, per_relation=2)
+    rows = [dataset[i] for i in range(8)]  # the first 4 relations, 2 sentences each
+    collator = SaconPretrainingCollator(processor, table, seed=0, label_negatives=3, sentence_mlm=False, label_mlm=False)
+    batch = collator(rows)
+    ids = batch["label_relation_ids"].tolist()
+    assert len(ids) == 4 + 3 and len(set(ids)) == 7  # the batch's 4 relations first, then 3 others
+    assert int(batch["labels"].max()) == 3
+    torch.manual_seed(0)
+    config = SaconConfig(sentence_config=tiny_bert_config(len(processor.tokenizer)).to_dict(), label_negatives=3)
+    model = SaconDualEncoderModel(config).eval()
+    with torch.no_grad():
+        out = model(**batch)
+        assert out.logits_per_sentence.shape == (8, 7)
+        expected = torch.nn.functional.cross_entropy(out.logits_per_sentence, batch["labels"])
+        torch.testing.assert_close(out.sentence_anchored_loss, expected)
+        plain = SaconDualEncoderModel(SaconConfig(sentence_config=config.sentence_config.to_dict()))
+        plain.load_state_dict(model.state_dict())
+        with pytest.raises(ValueError, match="at least one sentence"):  # negatives need the config to accept them
+            plain.eval()(**batch)

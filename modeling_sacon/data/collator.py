@@ -55,6 +55,9 @@ class SaconPretrainingCollator:
         blank_probability: each mention (head and tail independently) is replaced by the blank token with this
             probability, re-drawn every time the instance is served (0.7 in CP and SaCon).
         mlm_probability: share of maskable tokens chosen for MLM, in sentences and label texts alike.
+        label_negatives: relation descriptions appended to the label rows beyond the batch's own relations, drawn
+            (from the batch's generator) among the other relations of `relation_to_id`: extra negatives of the
+            sentence-anchored softmax (the model needs `SaconConfig.label_negatives` > 0 to accept them).
         sentence_mlm / label_mlm: mask that tower's inputs and return its MLM labels. Turn one off when its MLM
             weight is 0: masked tokens would otherwise corrupt the contrastive inputs with no MLM loss to learn from.
         seed: base seed of the per-batch generators (see the module docstring).
@@ -73,6 +76,7 @@ class SaconPretrainingCollator:
     seed: int = 0
     sentence_mlm: bool = True
     label_mlm: bool = True
+    label_negatives: int = 0
     calls: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
@@ -87,6 +91,9 @@ class SaconPretrainingCollator:
         ids = list(self.relation_to_id.values())
         if len(set(ids)) != len(ids):
             raise ValueError("relation_to_id gives the same id to two relations")
+        if self.label_negatives < 0:
+            raise ValueError(f"label_negatives must be >= 0, got {self.label_negatives}")
+        self._negative_pool = [r for r in self.relation_to_id if r in self.label_table]
 
     # -- validation -----------------------------------------------------------------------------------------------
 
@@ -120,6 +127,15 @@ class SaconPretrainingCollator:
         self.calls += 1
         return torch.Generator().manual_seed(derive_seed(*entropy))
 
+    def draw_label_negatives(self, distinct: Sequence[str], generator: torch.Generator) -> list[str]:
+        """`label_negatives` relations outside the batch (fewer if the corpus has fewer), in a seeded random order."""
+        if not self.label_negatives:
+            return []
+        taken = set(distinct)
+        pool = [r for r in self._negative_pool if r not in taken]
+        order = torch.randperm(len(pool), generator=generator)[: self.label_negatives]
+        return [pool[i] for i in order.tolist()]
+
     def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         if not features:
             raise ValueError("cannot collate an empty batch")
@@ -134,7 +150,8 @@ class SaconPretrainingCollator:
         sentences = self.processor.encode_instances(
             features, blank_head=blanks[:, 0].tolist(), blank_tail=blanks[:, 1].tolist(), names=names
         )
-        label_inputs = self.processor.encode_labels([tuple(self.label_table[r]) for r in distinct])
+        label_rows = distinct + self.draw_label_negatives(distinct, generator)
+        label_inputs = self.processor.encode_labels([tuple(self.label_table[r]) for r in label_rows])
         batch = {
             "input_ids": sentences["input_ids"],
             "attention_mask": sentences["attention_mask"],
@@ -142,7 +159,7 @@ class SaconPretrainingCollator:
             "label_input_ids": label_inputs["input_ids"],
             "label_attention_mask": label_inputs["attention_mask"],
             "labels": torch.tensor([row_of[r] for r in relations], dtype=torch.long),
-            "label_relation_ids": torch.tensor([self.relation_to_id[r] for r in distinct], dtype=torch.long),
+            "label_relation_ids": torch.tensor([self.relation_to_id[r] for r in label_rows], dtype=torch.long),
         }
         if self.sentence_mlm:
             batch["input_ids"], batch["mlm_labels"] = self.processor.mask_tokens(

@@ -535,8 +535,9 @@ class RelationBalancedBatchSampler(torch.utils.data.Sampler[list[int]]):
     P131; instances are drawn without replacement within a batch. With ``longtail_share`` set,
     relations with fewer than ``dense_min_instances`` instances form a long tail that supplies
     exactly ``round(M * longtail_share)`` of each batch's relations (the rest drawn uniformly from
-    the dense ones); left ``None``, all relations are drawn alike, so a corpus of 105 dense and
-    807 long-tail relations would fill most of every batch with the tail. A relation with
+    the dense ones). With ``longtail_share=None``, ``dense_min_instances=0``, or a corpus whose
+    relations are all dense (or all long tail), every relation is drawn alike: a corpus of 105 dense
+    and 807 long-tail relations would then fill most of every batch with the tail. A relation with
     fewer than ``n`` instances contributes all of them plus repeats drawn with replacement, so
     every batch keeps the fixed ``M * n`` shape the loss relies on. Rows are relation-major:
     ``batch[k*n:(k+1)*n]`` share a relation.
@@ -585,11 +586,12 @@ class RelationBalancedBatchSampler(torch.utils.data.Sampler[list[int]]):
             if not 0.0 <= self.longtail_share <= 1.0:
                 raise ValueError(f"longtail_share must be in [0, 1] or None, got {self.longtail_share}")
             tail, dense = self.tail_relations_per_batch, self.relations_per_batch - self.tail_relations_per_batch
-            if tail > len(self._tail) or dense > len(self._dense):
+            if self._mixes and (tail > len(self._tail) or dense > len(self._dense)):
                 raise ValueError(
                     f"longtail_share {self.longtail_share} asks for {dense} dense + {tail} long-tail relations per batch, "
                     f"but the data has {len(self._dense)} relations with >= {self.dense_min_instances} instances "
-                    f"(dense_min_instances) and {len(self._tail)} with fewer"
+                    f"(dense_min_instances) and {len(self._tail)} with fewer; change longtail_share, or set "
+                    "dense_min_instances 0 to draw every relation alike"
                 )
         if self.num_replicas < 1:
             raise ValueError(f"num_replicas must be >= 1, got {self.num_replicas}")
@@ -625,14 +627,18 @@ class RelationBalancedBatchSampler(torch.utils.data.Sampler[list[int]]):
         return np.concatenate([rng.permutation(pool), repeats])
 
     @property
+    def _mixes(self) -> bool:
+        return self.longtail_share is not None and len(self._tail) > 0 and len(self._dense) > 0
+
+    @property
     def tail_relations_per_batch(self) -> int:
         """Long-tail relations in each batch (0 without ``longtail_share`` or without a long tail)."""
-        if self.longtail_share is None or len(self._tail) == 0:
+        if not self._mixes:
             return 0
         return int(round(self.relations_per_batch * self.longtail_share))
 
     def _draw_batch(self, rng: np.random.Generator) -> list[int]:
-        if self.longtail_share is None or len(self._tail) == 0:
+        if not self._mixes:
             chosen = rng.choice(len(self._pools), size=self.relations_per_batch, replace=False)
         else:
             tail = self.tail_relations_per_batch

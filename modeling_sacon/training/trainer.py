@@ -122,6 +122,16 @@ class SaconTrainingArguments(TrainingArguments):
     batches_per_epoch: int | None = field(
         default=None, metadata={"help": "Balanced batches per epoch (default: rows // global batch size)."}
     )
+    longtail_share: float = field(
+        default=0.125,
+        metadata={"help": "Share of each balanced batch's relations drawn from the long tail (relations with fewer than "
+                  "dense_min_instances sentences); without a long tail (or without dense relations) it has no effect."},
+    )
+    dense_min_instances: int = field(
+        default=20,
+        metadata={"help": "Relations with fewer sentences than this form the long tail (see longtail_share); 0: no long "
+                  "tail, every relation drawn alike."},
+    )
     fewrel_eval_settings: str = field(default="5-1", metadata={"help": "Comma-separated FewRel settings scored by evaluate()."})
     fewrel_eval_episodes: int = field(default=500, metadata={"help": "Seeded episodes per setting in evaluate()."})
     fewrel_eval_seed: int = field(default=0, metadata={"help": "Seed of the evaluation episodes (fixed across evaluations)."})
@@ -256,7 +266,8 @@ class SaconTrainer(Trainer):
             n = _option(self.args, "instances_per_relation")
             return RelationBalancedBatchSampler(
                 self._train_relations(), balanced_batch_shape(batch_size, n), n, seed=self._data_seed(),
-                num_batches=num_batches,
+                num_batches=num_batches, longtail_share=_option(self.args, "longtail_share"),
+                dense_min_instances=_option(self.args, "dense_min_instances"),
             )
         return ShuffledBatchSampler(rows, batch_size, seed=self._data_seed(), num_batches=num_batches)
 
