@@ -196,8 +196,8 @@ class SaconProcessor(ProcessorMixin):
             raise ValueError("give sentences (with marked head and tail entities) and/or relation labels")
         encoding = {}
         if sentences is not None:
-            names = sentence_names(len(sentences), names)
             instances = self.to_instances(sentences, names)
+            names = sentence_names(len(instances), names)
             encoding.update(self.encode_instances(instances, names=names, return_tensors=return_tensors))
         if labels is not None:
             batch = self.encode_labels(labels, return_tensors=return_tensors)

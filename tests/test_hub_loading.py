@@ -1,4 +1,5 @@
-"""Loading `org/sacon-base` from a Hugging Face cache snapshot, offline: with the package, and with remote code only."""
+"""Loading `org/sacon-base` from a Hugging Face cache snapshot, offline: model, processor and pipeline, with the package
+and with remote code only."""
 
 import json
 import subprocess
