@@ -194,7 +194,7 @@ CPU = Budget(
     finetune_steps=100,
     finetune_batch_size=2,
     eval_episodes=10_000,
-    ablation_steps=40,
+    ablation_steps=300,  # the main runs' length (issue 9: no longer 40 steps)
     ablation_batch_sizes=(16, 32, 64),
     ablation_episodes=2_000,
     ablation_pool_per_relation=100,
@@ -278,7 +278,7 @@ def estimate(budget: Budget, plan: Planning = CPU_PLANNING) -> dict[str, float]:
     step = plan.pretrain_step_s * budget.pretrain_batch_size / 32
     seeds = len(budget.seeds)
     ablation_batches = [budget.pretrain_batch_size] * 6 + [b for b in budget.ablation_batch_sizes if b != budget.pretrain_batch_size]
-    ablation_batches.append(budget.pretrain_batch_size)  # shuffled batches
+    ablation_batches += [budget.pretrain_batch_size] * 4  # the authors' batches, the 3 data-scaling corpora
     ablation_eval = (encode(budget.ablation_pool_per_relation, False)
                      + score(len(budget.ablation_settings.split(",")), budget.ablation_episodes) + plan.model_load_s)
     sorted_encode = encode(budget.speed_pool_per_relation, False)

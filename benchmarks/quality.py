@@ -34,7 +34,6 @@ MAIN_COLUMNS = [
     ("pubmed/5-5", "val_pubmed 5-5"),
 ]
 ABLATION_COLUMNS = [("5-1", "val_wiki 5-1"), ("zs-5", "val_wiki zero-shot 5-way")]
-TARGET_POINTS = 15.0
 
 
 @dataclass(frozen=True)
@@ -42,17 +41,21 @@ class Ablation:
     name: str
     description: str
     args: tuple[str, ...]
+    group: str = "ablation"  # "ablation" or "data" (the data-scaling block: same recipe, another corpus)
 
 
 def ablations_for(budget: Budget) -> list[Ablation]:
+    """One-seed variants of the default recipe (`full`), at `budget.ablation_steps`, and the data-scaling block."""
     variants = [
-        Ablation("full", "full loss: sentence- + label-anchored InfoNCE, both MLM; sum reduction, learned temperature, "
-                 f"batch {budget.pretrain_batch_size}, relation-balanced", ()),
+        Ablation("full", "the default recipe (examples/pretrain.py's defaults: both anchored InfoNCE terms, sum "
+                 f"reduction, learned temperature, batch {budget.pretrain_batch_size} relation-balanced, v2 corpus with "
+                 "its long-tail share, MLM only with a pretrained head)", ()),
         Ablation("sentence_anchored_only", "sentence-anchored InfoNCE only (label_anchored_weight 0)",
                  ("--label_anchored_weight", "0")),
         Ablation("label_anchored_only", "label-anchored InfoNCE only (sentence_anchored_weight 0)",
                  ("--sentence_anchored_weight", "0")),
-        Ablation("no_mlm", "without MLM (both MLM weights 0)", ("--sentence_mlm_weight", "0", "--label_mlm_weight", "0")),
+        Ablation("new_mlm_heads", "MLM on both towers through new heads (both MLM weights 1; the backbone has none)",
+                 ("--sentence_mlm_weight", "1", "--label_mlm_weight", "1")),
         Ablation("mean_reduction", "label-anchored reduction mean (full: sum)", ("--label_anchored_reduction", "mean")),
         Ablation("fixed_temperature", "temperature fixed at 0.07 (full: learned from 0.07)", ("--learn_temperature", "False")),
     ]
@@ -60,8 +63,14 @@ def ablations_for(budget: Budget) -> list[Ablation]:
         if size != budget.pretrain_batch_size:
             variants.append(Ablation(f"batch_{size}", f"batch size {size} (full: {budget.pretrain_batch_size})",
                                      ("--per_device_train_batch_size", str(size))))
-    variants.append(Ablation("shuffled_batches", "plain shuffled batches (full: relation-balanced)",
+    variants.append(Ablation("authors_batches", "the authors' batches: plain shuffled (full: relation-balanced)",
                              ("--balanced_batches", "False")))
+    variants += [
+        Ablation("corpus_v1", "the earlier corpus: 82 relations, 16,329 sentences", ("--corpus", "v1"), "data"),
+        Ablation("corpus_v2_dense", "v2 dense only: 105 relations, 36,354 sentences", ("--corpus", "v2_dense"), "data"),
+        Ablation("corpus_v2_uniform", "v2 dense + long tail, all 912 relations drawn alike (no long-tail share)",
+                 ("--dense_min_instances", "0"), "data"),
+    ]
     return variants
 
 
@@ -496,23 +505,30 @@ def _small_metrics(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
+# (target name, column, eligible rows, target, stretch goal): the transfer targets of issue 9 (strict protocol, mean of
+# the pre-training seeds); zero-shot columns of the (e) rows repeat (c)/(d), so (e) is not eligible there.
+QUALITY_TARGETS = (
+    ("val_wiki zero-shot 5-way", "val_wiki zero-shot 5-way", ("c", "d"), 86.0, 88.5),
+    ("val_wiki 5-1, prototypes (c)", "val_wiki 5-1", ("c",), 78.0, 80.0),
+    ("val_wiki 5-1, label-augmented (e) on (c)", "val_wiki 5-1", ("e_c",), 85.0, 88.0),
+    ("val_pubmed 5-1", "val_pubmed 5-1", ("c", "d", "e_c", "e_d"), 63.0, 65.0),
+)
+
+
 def quality_targets(rows: dict) -> dict:
-    """Best SaCon row >= +15 points over (a) on val_wiki 5-1 and zero-shot 5-way, and above (a) on val_pubmed."""
-    sacon = [r for r in ("c", "d", "e_c", "e_d") if rows.get(r, {}).get("columns")]
+    """Each target's best eligible SaCon row against its absolute target (and stretch goal), with row (a) beside it."""
     base = rows.get("a", {}).get("columns", {})
     targets = {}
-    for title, margin in (("val_wiki 5-1", TARGET_POINTS), ("val_wiki zero-shot 5-way", TARGET_POINTS),
-                          ("val_pubmed 5-1", 0.0), ("val_pubmed 5-5", 0.0)):
-        eligible = [r for r in sacon if not (r.startswith("e_") and "zero-shot" in title)]  # (e) repeats (c)/(d) there
-        candidates = [(rows[r]["columns"][title]["mean"], r) for r in eligible if title in rows[r]["columns"]]
-        if title not in base or not candidates:
-            targets[title] = {"met": None}
+    for name, title, eligible, target, stretch in QUALITY_TARGETS:
+        candidates = [(rows[r]["columns"][title]["mean"], r) for r in eligible if title in rows.get(r, {}).get("columns", {})]
+        if not candidates:
+            targets[name] = {"met": None}
             continue
         best, row = max(candidates)
-        gain = 100 * (best - base[title]["mean"])
-        targets[title] = {
-            "baseline_a": base[title]["mean"], "best": best, "best_row": row, "gain_points": gain,
-            "required_points": f">= +{margin:g}" if margin else "> 0", "met": gain >= margin if margin else gain > 0,
+        targets[name] = {
+            "baseline_a": base.get(title, {}).get("mean"), "best": best, "best_row": row,
+            "gain_points": None if title not in base else 100 * (best - base[title]["mean"]),
+            "target": target, "stretch": stretch, "met": 100 * best >= target, "stretch_met": 100 * best >= stretch,
         }
     return targets
 
@@ -562,7 +578,7 @@ def run_ablations(budget: Budget, output_dir: Path, store: UnitStore, compute: b
                 *evaluation(unit, entry["finished"]),
                 lambda path=unit["run_dir"]: evaluate_model("sacon", path, methods=["prototype"], **eval_common), compute,
             )
-        row = {"description": variant.description, "args": list(variant.args), "columns": {}}
+        row = {"description": variant.description, "args": list(variant.args), "group": variant.group, "columns": {}}
         if entry is not None:
             row["pretrain_wall_s"] = entry["result"]["wall_s"]
             row["final_metrics"] = _small_metrics(entry["result"].get("metrics", {}))

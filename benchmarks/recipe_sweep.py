@@ -1,0 +1,130 @@
+#!/usr/bin/env python
+"""Tune the pre-training recipe on val_wiki: one pre-training run per named recipe, then prototypes (5-1), zero-shot
+(5-way) and label-augmented (5-1) scoring on the same seeded episodes, in a table.
+
+    python benchmarks/recipe_sweep.py                                   # the recipes below, seed 1
+    python benchmarks/recipe_sweep.py --only b64,b64_neg32              # a subset
+    python benchmarks/recipe_sweep.py --recipe "mine=--max_steps 200 --learning_rate 1e-4"
+
+Every run is `examples/pretrain.py`'s `main(argv)` in its own subprocess (peak RSS from `os.wait4`), on top of the
+script's defaults, and every evaluation goes through `evaluate_fewrel.py`'s code path (`quality.evaluate_model`):
+exactly what the benchmark table measures, on val_wiki only (tuning never looks at the hidden test relations, and
+val_pubmed is left for the final table). Units are cached under `--output_dir/units/`: rerunning resumes.
+Writes `sweep.json` and `sweep.md` there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from common import UnitStore, log, run_worker, write_json
+from quality import evaluate_model
+
+# name -> (extra pretrain.py arguments, what it tests). Base: examples/pretrain.py's defaults at 300 steps.
+RECIPES: dict[str, tuple[str, str]] = {
+    "b32": ("", "defaults (v2 corpus, long-tail share 0.125, no MLM without a pretrained head), batch 32"),
+    "b32_uniform": ("--dense_min_instances 0", "all 912 relations drawn alike"),
+    "b32_dense": ("--corpus v2_dense", "the 105 dense relations only"),
+    "b32_neg32": ("--label_negatives 32", "+32 label-side negatives per batch"),
+    "b64": ("--per_device_train_batch_size 64", "batch 64 (32 relations x 2)"),
+    "b64_neg32": ("--per_device_train_batch_size 64 --label_negatives 32", "batch 64, +32 label-side negatives"),
+    "b64_lr1e-4": ("--per_device_train_batch_size 64 --learning_rate 1e-4", "batch 64, learning rate 1e-4"),
+}
+SETTINGS = "5-1,zs-5"
+COLUMNS = (("prototype", "5-1", "5-1 prototypes"), ("prototype", "zs-5", "zero-shot 5-way"),
+           ("label_augmented", "5-1", "5-1 label-augmented"))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--output_dir", default="benchmarks/results/sweep", type=Path)
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--episodes", type=int, default=10_000)
+    parser.add_argument("--pool_per_relation", type=int, default=None, help="episodes from the first N sentences per relation")
+    parser.add_argument("--only", default="", help="comma-separated recipe names")
+    parser.add_argument("--recipe", action="append", default=[], help="NAME=ARGS: an extra recipe")
+    return parser.parse_args(argv)
+
+
+def recipes_from(args: argparse.Namespace) -> dict[str, tuple[str, str]]:
+    recipes = dict(RECIPES)
+    for item in args.recipe:
+        name, sep, extra = item.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"--recipe {item!r}: expected NAME=ARGS")
+        recipes[name] = (extra, f"custom: {extra}")
+    if args.only:
+        wanted = [name.strip() for name in args.only.split(",") if name.strip()]
+        unknown = [name for name in wanted if name not in recipes]
+        if unknown:
+            raise SystemExit(f"unknown recipe(s) {unknown}; known: {sorted(recipes)}")
+        recipes = {name: recipes[name] for name in wanted}
+    return recipes
+
+
+def run_recipe(name: str, extra: str, args: argparse.Namespace, store: UnitStore) -> dict | None:
+    run_dir = args.output_dir / "runs" / name
+    argv = ["--output_dir", str(run_dir), "--overwrite_output_dir", "True", "--seed", str(args.seed),
+            "--max_steps", str(args.steps), "--save_strategy", "no", "--eval_fewrel", "none", "--report_to", "none",
+            "--disable_tqdm", "True", "--logging_steps", "25", *shlex.split(extra)]
+    spec = {"script": "pretrain", "argv": argv}
+
+    def train() -> dict:
+        result_path = args.output_dir / "units" / f"{name}.train-result.json"
+        info = run_worker([{"name": name, "script": "pretrain", "argv": argv, "result_path": str(result_path)}],
+                          args.output_dir / "logs" / f"{name}.log", args.output_dir / "specs" / f"{name}.json")
+        return info
+
+    trained = store.run(f"train-{name}", spec, train)
+    if trained is None:
+        return None
+    eval_spec = {"model": name, "trained": trained["finished"], "settings": SETTINGS, "episodes": args.episodes,
+                 "pool_per_relation": args.pool_per_relation}
+    scored = store.run(f"eval-{name}", eval_spec, lambda: evaluate_model(
+        "sacon", str(run_dir), settings=SETTINGS, pubmed_settings=None, methods=["prototype", "label_augmented"],
+        episodes=args.episodes, seed=0, batch_size=128, pool_per_relation=args.pool_per_relation, device="cpu"))
+    if scored is None:
+        return None
+    methods = scored["result"]["methods"]
+    cells = {title: methods[method].get(setting) for method, setting, title in COLUMNS}
+    return {"args": extra, "pretrain_wall_s": trained["result"]["process_wall_s"],
+            "peak_rss_mb": trained["result"]["process_peak_rss_mb"],
+            "columns": {title: None if c is None else {"accuracy": c["accuracy"], "ci95": c["ci95"]} for title, c in cells.items()}}
+
+
+def render(rows: dict, args: argparse.Namespace, recipes: dict) -> str:
+    titles = [title for _, _, title in COLUMNS]
+    lines = [f"Recipe sweep: `python benchmarks/recipe_sweep.py` ({args.steps} steps, seed {args.seed}; val_wiki, "
+             f"{args.episodes:,} episodes, episode seed 0; ± 95% CI over episodes)", "",
+             "| recipe | arguments | " + " | ".join(titles) + " | pre-training |", "|---|---|" + "---:|" * (len(titles) + 1)]
+    for name, row in rows.items():
+        cells = [("—" if row["columns"][t] is None else f"{100 * row['columns'][t]['accuracy']:.2f} ± {100 * row['columns'][t]['ci95']:.2f}")
+                 for t in titles]
+        lines.append(f"| `{name}`: {recipes[name][1]} | `{row['args'] or '(defaults)'}` | " + " | ".join(cells)
+                     + f" | {row['pretrain_wall_s'] / 60:.1f} min |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    recipes = recipes_from(args)
+    store = UnitStore(args.output_dir)
+    rows = {}
+    for name, (extra, _) in recipes.items():
+        row = run_recipe(name, extra, args, store)
+        if row is not None:
+            rows[name] = row
+            log(f"{name}: " + ", ".join(f"{t} {100 * c['accuracy']:.2f}" for t, c in row["columns"].items() if c))
+    write_json(args.output_dir / "sweep.json", {"steps": args.steps, "seed": args.seed, "rows": rows})
+    (args.output_dir / "sweep.md").write_text(render(rows, args, recipes))
+    if store.failed:
+        sys.exit(f"failed: {sorted(store.failed)}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
