@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
+import torch
 import transformers
 from transformers import AutoTokenizer, HfArgumentParser, TrainerState, set_seed
 from transformers.trainer import TRAINER_STATE_NAME
@@ -51,7 +52,7 @@ from modeling_sacon.data import (
 )
 from modeling_sacon.utils.defaults import default_backbone_path
 from modeling_sacon.data.episodes import parse_settings
-from modeling_sacon.training.model_card import EMBEDDED_CORPUS_DESCRIPTION
+from modeling_sacon.training.model_card import EMBEDDED_CORPUS_DESCRIPTIONS
 from modeling_sacon.training.trainer import SaconTrainer, SaconTrainingArguments, check_batch_shape
 
 logger = logging.getLogger("pretrain")
@@ -76,9 +77,21 @@ class ModelArguments:
     )
     sentence_anchored_weight: float = field(default=1.0, metadata={"help": "Weight of the sentence-anchored InfoNCE."})
     label_anchored_weight: float = field(default=1.0, metadata={"help": "Weight of the label-anchored InfoNCE."})
-    sentence_mlm_weight: float = field(default=1.0, metadata={"help": "Weight of the sentence encoder's MLM (0: off)."})
-    label_mlm_weight: float = field(default=1.0, metadata={"help": "Weight of the label encoder's MLM (0: off)."})
+    sentence_mlm_weight: float | None = field(
+        default=None,
+        metadata={"help": "Weight of the sentence encoder's MLM (0: off, and its inputs are not masked). Default: 1 when "
+                  "the checkpoint has a pretrained MLM head (bert-base-uncased), else 0 (all-MiniLM-L6-v2: MLM through a "
+                  "new head cost transfer in the README's ablation)."},
+    )
+    label_mlm_weight: float | None = field(
+        default=None, metadata={"help": "Weight of the label encoder's MLM; default as --sentence_mlm_weight."}
+    )
     mlm_probability: float = field(default=0.15, metadata={"help": "Share of maskable tokens chosen for MLM."})
+    label_negatives: int = field(
+        default=0,
+        metadata={"help": "Relation descriptions of other corpus relations added to each batch as extra negatives of "
+                  "the sentence-anchored softmax (no sentences of their own)."},
+    )
     temperature: float = field(default=0.07, metadata={"help": "Initial temperature (logit_scale = log(1 / temperature))."})
     learn_temperature: bool = field(default=True, metadata={"help": "Learn logit_scale (--logit_scale_learning_rate)."})
 
@@ -99,6 +112,11 @@ class DataArguments:
         metadata={"help": "Label tables {relation: [name, description]}, later files win (default for --train_files: "
                   "fewrel/pid2name.json + pretrain/labels.json, overridden by texts the rows carry: cpdata.json's "
                   "rname / rstate). rel2scope.json holds row ranges, not texts."},
+    )
+    corpus: str = field(
+        default="v2",
+        metadata={"help": "The embedded corpus used without --train_files / --dataset_name: v2 (912 relations: 105 dense + "
+                  "807 long-tail), v2_dense (the 105) or v1 (the earlier 82 relations)."},
     )
     label_fallback: bool = field(
         default=False, metadata={"help": "Name relations without label text after themselves ('_' read as a space)."}
@@ -159,11 +177,12 @@ def load_training_data(data_args: DataArguments):
             table = {**load_label_table(list(PRETRAIN_LABEL_FILES)), **carried}
         card = {"corpus_description": f"Relation-corpus files: {', '.join(f'`{Path(p).name}`' for p in data_args.train_files)}."}
     else:
-        source = "the embedded pre-training corpus"
-        dataset, table = load_pretraining_corpus()
+        source = f"the embedded pre-training corpus ({data_args.corpus})"
+        dataset, table = load_pretraining_corpus(corpus=data_args.corpus)
         if data_args.label_files:
             table = {**table, **load_label_table(data_args.label_files)}
-        card = {"corpus_description": EMBEDDED_CORPUS_DESCRIPTION, "datasets": ["thunlp/few_rel", "thunlp/docred"]}
+        card = {"corpus_description": EMBEDDED_CORPUS_DESCRIPTIONS[data_args.corpus],
+                "datasets": ["thunlp/few_rel", "thunlp/docred"]}
     if data_args.max_train_samples is not None:
         dataset = dataset.select(range(min(data_args.max_train_samples, len(dataset))))
     unlabelled = sum(1 for relation in dataset["relation"] if not relation)
@@ -191,6 +210,22 @@ def check_training_options(training_args: SaconTrainingArguments, relations: lis
     parse_settings(training_args.fewrel_eval_settings)  # raises naming the bad setting
 
 
+def use_all_cores(training_args: SaconTrainingArguments) -> None:
+    """Give torch this process's share of the CPU cores when training on the CPU.
+
+    `accelerate launch` exports OMP_NUM_THREADS=1 to a single CPU process (unless told
+    `--num_cpu_threads_per_process`), so torch would use one core of many. On GPUs nothing changes.
+    """
+    if training_args.device.type != "cpu" or "ACCELERATE_MIXED_PRECISION" not in os.environ:
+        return  # not on the CPU, or not started by `accelerate launch`: torch's own default stands
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    threads = max(1, cores // local_processes)
+    if torch.get_num_threads() < threads:
+        logger.info(f"torch threads {torch.get_num_threads()} -> {threads} ({cores} cores, {local_processes} local process(es))")
+        torch.set_num_threads(threads)
+
+
 def checkpoint_is_finished(checkpoint: str, training_args: SaconTrainingArguments) -> bool:
     state_file = os.path.join(checkpoint, TRAINER_STATE_NAME)
     if training_args.max_steps <= 0 or not os.path.isfile(state_file):
@@ -216,6 +251,20 @@ def seen_relation_names(labels: dict[str, tuple[str, str]]) -> list[str]:
 # Model
 
 
+def resolve_mlm_weight(model_args: ModelArguments, tower: str, loading_info: dict | None) -> float:
+    """The given `--{tower}_mlm_weight`, else 1 with a pretrained MLM head and 0 (logged) without one."""
+    weight = getattr(model_args, f"{tower}_mlm_weight")
+    if weight is not None or loading_info is None:
+        return 1.0 if weight is None else weight
+    if loading_info["pretrained_mlm_heads"][tower]:
+        return 1.0
+    logger.warning(
+        f"{tower} tower: no pretrained MLM head, so its MLM term is off ({tower}_mlm_weight 0, inputs unmasked); "
+        f"pass --{tower}_mlm_weight 1 to train a new head"
+    )
+    return 0.0
+
+
 def build_model_and_processor(model_args: ModelArguments, data_args: DataArguments):
     sentence_path = model_args.sentence_model_name_or_path or default_backbone_path()
     label_path = model_args.label_model_name_or_path or sentence_path
@@ -227,9 +276,10 @@ def build_model_and_processor(model_args: ModelArguments, data_args: DataArgumen
                 "read one tokenizer (the entity markers are added to it)"
             )
     processor = SaconProcessor(tokenizer, max_length=data_args.max_seq_length, label_max_length=data_args.label_max_length)
-    model = SaconDualEncoderModel.from_encoders_pretrained(
+    model, loading_info = SaconDualEncoderModel.from_encoders_pretrained(
         sentence_path,
         None if model_args.share_encoders else label_path,
+        output_loading_info=True,
         vocab_size=len(processor.tokenizer),
         share_encoders=model_args.share_encoders,
         projection_dim=model_args.projection_dim,
@@ -237,9 +287,9 @@ def build_model_and_processor(model_args: ModelArguments, data_args: DataArgumen
         label_anchored_reduction=model_args.label_anchored_reduction,
         sentence_anchored_weight=model_args.sentence_anchored_weight,
         label_anchored_weight=model_args.label_anchored_weight,
-        sentence_mlm_weight=model_args.sentence_mlm_weight,
-        label_mlm_weight=model_args.label_mlm_weight,
-        mlm_probability=model_args.mlm_probability,
+        sentence_mlm_weight=resolve_mlm_weight(model_args, "sentence", loading_info=None),
+        label_mlm_weight=resolve_mlm_weight(model_args, "label", loading_info=None),
+        label_negatives=model_args.label_negatives,
         logit_scale_init_value=math.log(1.0 / model_args.temperature),
         learn_logit_scale=model_args.learn_temperature,
         head_markers=processor.head_markers,
@@ -248,6 +298,8 @@ def build_model_and_processor(model_args: ModelArguments, data_args: DataArgumen
         max_length=data_args.max_seq_length,
         label_max_length=data_args.label_max_length,
     )
+    for tower in ("sentence", "label"):  # defaults follow whether the checkpoint brought a pretrained head
+        setattr(model.config, f"{tower}_mlm_weight", resolve_mlm_weight(model_args, tower, loading_info))
     base_model = None
     if model_args.sentence_model_name_or_path is None:
         base_model = DEFAULT_BACKBONE_HUB_ID
@@ -280,6 +332,7 @@ def main(args: list[str] | None = None) -> dict[str, float]:
         f"process {training_args.process_index} of {training_args.world_size}, device {training_args.device}, "
         f"bf16 {training_args.bf16}, fp16 {training_args.fp16}"
     )
+    use_all_cores(training_args)
     set_seed(training_args.seed)
 
     # 3. Data: training corpus and its label texts, evaluation rows; all checked before a model is built.
@@ -312,6 +365,8 @@ def main(args: list[str] | None = None) -> dict[str, float]:
     collator = SaconPretrainingCollator(
         processor, labels, relation_to_id={relation: i for i, relation in enumerate(relations)},
         blank_probability=data_args.blank_probability, mlm_probability=model_args.mlm_probability,
+        sentence_mlm=model.config.sentence_mlm_weight > 0, label_mlm=model.config.label_mlm_weight > 0,
+        label_negatives=model.config.label_negatives,
         seed=training_args.data_seed if training_args.data_seed is not None else training_args.seed,
     )
 
