@@ -25,7 +25,8 @@ from modeling_sacon import SaconDualEncoderModel, SaconProcessor
 from modeling_sacon.data import load_fewrel_json, load_label_table, resolve_data_path
 from modeling_sacon.utils.defaults import default_backbone_path
 from modeling_sacon.data.episodes import parse_settings
-from modeling_sacon.fewshot.evaluation import METHODS, FewShotEvaluator, MeanPoolingEncoder
+from modeling_sacon.fewshot.evaluation import FewShotEvaluator, MeanPoolingEncoder
+from modeling_sacon.scoring import FEWSHOT_METHODS, check_method
 
 logger = logging.getLogger("evaluate_fewrel")
 ENCODERS = ("sacon", "marker", "mean_pooling")
@@ -48,7 +49,9 @@ class EvalArguments:
     pubmed_settings: str = field(default="5-1,5-5")
     episodes: int = field(default=10_000, metadata={"help": "episodes per setting"})
     seed: int = field(default=0)
-    method: str = field(default="prototype", metadata={"help": f"one of {METHODS} (zero-shot settings use zero_shot)"})
+    method: str = field(
+        default="prototype", metadata={"help": f"one of {FEWSHOT_METHODS} (zero-shot settings use zero_shot)"}
+    )
     similarity: str = field(default="cosine", metadata={"help": "cosine or euclidean"})
     batch_size: int = field(default=128)
     output_json: str | None = field(default=None)
@@ -60,8 +63,7 @@ def build_evaluator_factory(args: EvalArguments):
     """Loads the model once; returns a function making an evaluator for a (dataset, label table) pair."""
     if args.encoder not in ENCODERS:
         raise ValueError(f"--encoder {args.encoder!r} is unknown; choose one of {ENCODERS}")
-    if args.method not in METHODS:
-        raise ValueError(f"--method {args.method!r} is unknown; choose one of {METHODS}")
+    check_method(args.method)
     path = args.model_name_or_path or default_backbone_path()
     if args.encoder == "mean_pooling":
         model, tokenizer = AutoModel.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)

@@ -8,6 +8,8 @@ import math
 from transformers import AutoConfig, PretrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
+from .scoring import check_method, check_similarity
+
 POOLING_CHOICES = ("entity_start",)
 LABEL_POOLING_CHOICES = ("cls_mean", "cls", "mean")
 LABEL_ANCHORED_REDUCTIONS = ("sum", "mean")
@@ -40,10 +42,16 @@ class SaconConfig(PretrainedConfig):
             (SupCon-style).
         sentence_anchored_weight / label_anchored_weight (`float`): weights inside the contrastive term.
         sentence_mlm_weight / label_mlm_weight (`float`): weights of the two MLM terms (0 disables one).
-        mlm_probability (`float`): share of maskable tokens chosen for MLM (80% [MASK], 10% random, 10% kept).
         head_markers / tail_markers (`list[str]`): entity marker strings written around head and tail.
         blank_token (`str`): the token that replaces a blanked entity mention.
         max_length / label_max_length (`int`): tokenisation lengths of sentences and label texts.
+        fewshot_method (`str`): how `SaconForFewShotRelationClassification` builds a relation's prototype:
+            `"prototype"` (mean support [h ; t]), `"zero_shot"` (the label embedding) or `"label_augmented"` (both
+            summed, as SimpleFSRE uses SaCon); see `scoring.py`.
+        fewshot_similarity (`str`): `"cosine"` or `"euclidean"` (negative squared distance), times exp(logit_scale).
+        fewshot_nota (`bool`): append a none-of-the-above column (label N) to the few-shot logits.
+        fewshot_nota_init (`float`, *optional*): initial NOTA threshold in the similarity's units; `None`: 0.5 for
+            cosine, -1.0 (the same point of unit vectors, |a - b|^2 = 2 - 2 cos) for euclidean.
         custom_pipelines (`dict`): the `relation-classification` pipeline's entry (`CUSTOM_PIPELINES`), read by
             `transformers.pipeline`.
         pack_label_texts (`bool`): run the label tower on the batch's label texts packed end to end (block-diagonal
@@ -72,13 +80,16 @@ class SaconConfig(PretrainedConfig):
     label_anchored_weight: float = 1.0
     sentence_mlm_weight: float = 1.0
     label_mlm_weight: float = 1.0
-    mlm_probability: float = 0.15
     head_markers: list[str] | None = None
     tail_markers: list[str] | None = None
     blank_token: str = "[BLANK]"
     max_length: int = 64
     label_max_length: int = 64
     pack_label_texts: bool = True
+    fewshot_method: str = "prototype"
+    fewshot_similarity: str = "cosine"
+    fewshot_nota: bool = False
+    fewshot_nota_init: float | None = None
     initializer_range: float = 0.02
     tie_word_embeddings: bool = True
     custom_pipelines: dict | None = None
@@ -110,8 +121,8 @@ class SaconConfig(PretrainedConfig):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or value < 0 or math.isnan(value):
                 raise ValueError(f"{name} must be a non-negative number, got {value!r}")
-        if not 0.0 <= self.mlm_probability < 1.0:
-            raise ValueError(f"mlm_probability must be in [0, 1), got {self.mlm_probability}")
+        check_method(self.fewshot_method)
+        check_similarity(self.fewshot_similarity)
         if self.projection_dim is not None and self.projection_dim <= 0:
             raise ValueError(f"projection_dim must be a positive int or None, got {self.projection_dim}")
         if self.logit_scale_init_value > self.logit_scale_max:

@@ -10,14 +10,9 @@
   `SaconDualEncoderModel` (the prefix is stripped; `nota_threshold` is reported unexpected), so a fine-tuned model is
   still a SaCon checkpoint for `SaconRelationClassifier` and the evaluator.
 
-The few-shot options are extra attributes of `SaconConfig`, saved in `config.json` (defaults below when absent):
-
-* `fewshot_method`: `"prototype"` (mean support [h ; t]), `"zero_shot"` (label embeddings only) or
-  `"label_augmented"` (mean support + label embedding, as SimpleFSRE uses SaCon);
-* `fewshot_similarity`: `"cosine"` (x exp(logit_scale)) or `"euclidean"` (x exp(logit_scale) x -squared distance);
-* `fewshot_nota`: append a none-of-the-above column (label N);
-* `fewshot_nota_init`: initial `nota_threshold`, in the similarity's units (a cosine, or a negative squared distance
-  of unit vectors); `None` -> 0.5 for cosine, -1.0 (the same point: |a - b|^2 = 2 - 2 cos) for euclidean.
+The few-shot options are fields of `SaconConfig` (`fewshot_method`, `fewshot_similarity`, `fewshot_nota`,
+`fewshot_nota_init`; documented and validated there), saved in `config.json`; a checkpoint saved before they existed
+loads with their defaults.
 
 The NOTA column is `exp(logit_scale) * nota_threshold`: a virtual prototype at a fixed similarity. Keeping the
 parameter in similarity units (not logits) lets it move meaningfully at fine-tuning learning rates.
@@ -34,36 +29,18 @@ from transformers.utils import ModelOutput, logging
 
 from .configuration_sacon import SaconConfig
 from .modeling_sacon import SaconDualEncoderModel, SaconPreTrainedModel
-from .scoring import FEWSHOT_METHODS, SIMILARITIES, prototype_logits
+from .scoring import check_method, check_similarity, prototype_logits
 
 logger = logging.get_logger(__name__)
 
-FEWSHOT_DEFAULTS = {
-    "fewshot_method": "prototype",
-    "fewshot_similarity": "cosine",
-    "fewshot_nota": False,
-    "fewshot_nota_init": None,
-}
 _NEEDS_LABELS = ("zero_shot", "label_augmented")
 
 
-def fewshot_options(config: SaconConfig) -> dict:
-    """The few-shot options of a config, defaults filled in, validated."""
-    options = {key: getattr(config, key, default) for key, default in FEWSHOT_DEFAULTS.items()}
-    if options["fewshot_method"] not in FEWSHOT_METHODS:
-        raise ValueError(f"fewshot_method={options['fewshot_method']!r} is unknown; choose one of {FEWSHOT_METHODS}")
-    if options["fewshot_similarity"] not in SIMILARITIES:
-        raise ValueError(
-            f"fewshot_similarity={options['fewshot_similarity']!r} is unknown; choose one of {SIMILARITIES}"
-        )
-    return options
-
-
 def default_nota_init(config: SaconConfig) -> float:
-    value = getattr(config, "fewshot_nota_init", None)
-    if value is not None:
-        return float(value)
-    return 0.5 if getattr(config, "fewshot_similarity", "cosine") == "cosine" else -1.0
+    """`config.fewshot_nota_init`, else the similarity's 0.5-cosine point (0.5, or -1.0 for euclidean)."""
+    if config.fewshot_nota_init is not None:
+        return float(config.fewshot_nota_init)
+    return 0.5 if config.fewshot_similarity == "cosine" else -1.0
 
 
 @dataclass
@@ -182,10 +159,11 @@ class SaconForFewShotRelationClassification(SaconPreTrainedModel):
             "fewshot_nota": fewshot_nota,
             "fewshot_nota_init": fewshot_nota_init,
         }
-        for key, default in FEWSHOT_DEFAULTS.items():  # written into the config, so saved checkpoints keep them
-            value = overrides[key]
-            setattr(config, key, value if value is not None else getattr(config, key, default))
-        fewshot_options(config)
+        for key, value in overrides.items():  # written into the config, so saved checkpoints keep them
+            if value is not None:
+                setattr(config, key, value)
+        check_method(config.fewshot_method)
+        check_similarity(config.fewshot_similarity)
         if dual_encoder is not None and dual_encoder.config is not config:
             raise ValueError("dual_encoder must share the config object: use from_dual_encoder(model)")
         self.sacon = dual_encoder if dual_encoder is not None else SaconDualEncoderModel(config)
@@ -246,7 +224,7 @@ class SaconForFewShotRelationClassification(SaconPreTrainedModel):
 
     @property
     def fewshot_method(self) -> str:
-        return fewshot_options(self.config)["fewshot_method"]
+        return self.config.fewshot_method
 
     def nota_logit(self) -> torch.Tensor:
         """The NOTA column's value: exp(logit_scale) * nota_threshold."""
@@ -254,9 +232,7 @@ class SaconForFewShotRelationClassification(SaconPreTrainedModel):
 
     def check_method(self, method: str, has_label_inputs: bool) -> None:
         """Clear errors for a scoring method the inputs or the model cannot serve."""
-        if method not in FEWSHOT_METHODS:
-            raise ValueError(f"fewshot_method={method!r} is unknown; choose one of {FEWSHOT_METHODS}")
-        if method in _NEEDS_LABELS:
+        if check_method(method) in _NEEDS_LABELS:
             if not self.label_encoder_loaded:
                 raise ValueError(
                     f"fewshot_method={method!r} needs a trained label encoder, but this model's checkpoint had no "
@@ -297,9 +273,8 @@ class SaconForFewShotRelationClassification(SaconPreTrainedModel):
         return_embeddings: also return the query / support / label features.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        options = fewshot_options(self.config)
-        method = fewshot_method or options["fewshot_method"]
-        use_nota = options["fewshot_nota"] if nota is None else bool(nota)
+        method = fewshot_method or self.config.fewshot_method
+        use_nota = self.config.fewshot_nota if nota is None else bool(nota)
         n_way, k_shot = _as_int(n_way, "n_way"), _as_int(k_shot, "k_shot")
         if query_input_ids is None:
             raise ValueError("query_input_ids are required")
@@ -337,7 +312,7 @@ class SaconForFewShotRelationClassification(SaconPreTrainedModel):
 
         scale = self.sacon.logit_scale_value().exp()
         logits = prototype_logits(
-            query, support, label, method, options["fewshot_similarity"], scale,
+            query, support, label, method, self.config.fewshot_similarity, scale,
             self.nota_logit() if use_nota else None,
         )  # [E, Q, N (+1)]
 
@@ -359,4 +334,4 @@ class SaconForFewShotRelationClassification(SaconPreTrainedModel):
         return out if return_dict else out.to_tuple()
 
 
-__all__ = ["FEWSHOT_DEFAULTS", "SaconFewShotOutput", "SaconForFewShotRelationClassification", "fewshot_options"]
+__all__ = ["SaconFewShotOutput", "SaconForFewShotRelationClassification"]

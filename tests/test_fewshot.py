@@ -315,3 +315,18 @@ def test_finetune_script_end_to_end_on_a_tiny_checkpoint(processor, tiny_model, 
     model = SaconForFewShotRelationClassification.from_pretrained(out)
     assert model.config.fewshot_method == "label_augmented"
     assert (out / "tokenizer.json").is_file() and (out / "finetune_results.json").is_file()
+
+
+def test_config_from_before_the_fewshot_fields_loads_with_their_defaults(tiny_model, tmp_path):
+    """A config.json written before the few-shot options were SaconConfig fields: defaults, validated on load."""
+    tiny_model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    old = {key: value for key, value in config.items() if not key.startswith("fewshot_")}
+    assert len(old) == len(config) - 4
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    model = SaconForFewShotRelationClassification.from_pretrained(tmp_path)
+    assert (model.config.fewshot_method, model.config.fewshot_similarity, model.config.fewshot_nota) == ("prototype", "cosine", False)
+    assert model.nota_threshold.item() == pytest.approx(0.5)
+    (tmp_path / "config.json").write_text(json.dumps({**old, "fewshot_method": "nearest"}))
+    with pytest.raises(ValueError, match="fewshot_method='nearest' is unknown"):
+        SaconForFewShotRelationClassification.from_pretrained(tmp_path)

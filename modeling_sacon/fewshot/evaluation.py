@@ -21,9 +21,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from ..data.corpus import label_texts
 from ..data.episodes import Episode, EpisodeSampler, EvalSetting, mean_and_ci95, parse_setting
 from ..processing_sacon import SaconProcessor, encode_in_length_order, entity_indices
-from ..scoring import prototype_logits
-
-METHODS = ("prototype", "zero_shot", "label_augmented")
+from ..scoring import check_method, prototype_logits
 
 
 class SaconEncoder:
@@ -221,8 +219,7 @@ class FewShotEvaluator:
         return accuracies
 
     def _method_for(self, setting: EvalSetting, method: str) -> str:
-        if method not in METHODS:
-            raise ValueError(f"method={method!r} is unknown; choose one of {METHODS}")
+        check_method(method)
         return "zero_shot" if setting.zero_shot else method
 
     def _calibrate_nota(self, setting: EvalSetting, method: str, similarity: str, seed: int, num_episodes: int) -> float:
