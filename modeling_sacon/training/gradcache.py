@@ -39,6 +39,7 @@ SENTENCE_KEYS = ("input_ids", "attention_mask", "entity_positions", "token_type_
 LABEL_KEYS = ("label_input_ids", "label_attention_mask", "label_token_type_ids", "label_mlm_labels")
 BATCH_KEYS = ("labels", "label_relation_ids")
 NOT_TOKEN_ALIGNED = ("entity_positions",)
+IGNORED_KEYS = ("return_loss", "return_dict", "gather_across_processes")  # forward options the cached step sets itself
 
 __all__ = ["RandContext", "cached_contrastive_step", "split_rows", "synchronize_gradients"]
 
@@ -73,7 +74,8 @@ def split_rows(inputs: Mapping[str, torch.Tensor], keys: Sequence[str], size: in
     for start in range(0, inputs[present[0]].shape[0], size):
         chunk = {k: inputs[k][start : start + size] for k in present}
         if mask_key is not None:
-            length = int(chunk[mask_key].bool().any(0).nonzero().max()) + 1
+            used = chunk[mask_key].bool().any(0).nonzero()
+            length = int(used.max()) + 1 if used.numel() else 1
             chunk = {k: v if k in NOT_TOKEN_ALIGNED else v[:, :length] for k, v in chunk.items()}
         chunks.append(chunk)
     return chunks
@@ -108,7 +110,7 @@ def cached_contrastive_step(
     """
     if mini_batch_size < 1:
         raise ValueError(f"contrastive_mini_batch_size must be >= 1, got {mini_batch_size}")
-    unknown = sorted(set(inputs) - {*SENTENCE_KEYS, *LABEL_KEYS, *BATCH_KEYS, "return_loss", "return_dict", "gather_across_processes"})
+    unknown = sorted(set(inputs) - {*SENTENCE_KEYS, *LABEL_KEYS, *BATCH_KEYS, *IGNORED_KEYS})
     if unknown:
         raise ValueError(f"cached contrastive step: unexpected batch keys {unknown}")
     for key in ("input_ids", "entity_positions", "label_input_ids", "labels"):
@@ -124,17 +126,20 @@ def cached_contrastive_step(
         label_inputs["label_mlm_labels"] = inputs["label_mlm_labels"].masked_fill(~keep.unsqueeze(1), -100)
     label_chunks = split_rows(label_inputs, LABEL_KEYS, mini_batch_size)
 
-    def encode_sentences(chunk):
-        return model._encode_sentences(chunk["input_ids"], chunk.get("attention_mask"), chunk["entity_positions"], chunk.get("token_type_ids"))
+    def encode_sentences(chunk: dict) -> tuple[torch.Tensor, torch.Tensor]:  # (hidden states, embeddings)
+        return model._encode_sentences(
+            chunk["input_ids"], chunk.get("attention_mask"), chunk["entity_positions"], chunk.get("token_type_ids")
+        )
 
-    def encode_labels(chunk):
+    def encode_labels(chunk: dict) -> tuple[torch.Tensor, torch.Tensor]:
         return model._encode_labels(chunk["label_input_ids"], chunk.get("label_attention_mask"), chunk.get("label_token_type_ids"))
 
     # 1. embeddings without a graph, one RNG snapshot per mini-batch
     rng_states: list[RandContext | None] = []
     sentence_embeds, label_embeds = [], []
     with torch.no_grad(), forward_context():
-        for chunks, encode, out in ((sentence_chunks, encode_sentences, sentence_embeds), (label_chunks, encode_labels, label_embeds)):
+        for chunks, encode, out in ((sentence_chunks, encode_sentences, sentence_embeds),
+                                    (label_chunks, encode_labels, label_embeds)):
             for chunk in chunks:
                 rng_states.append(RandContext(*chunk.values()) if preserve_rng_state else None)
                 out.append(encode(chunk)[1])
