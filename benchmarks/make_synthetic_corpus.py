@@ -6,7 +6,8 @@ here, so its scale is measured on a stand-in built by resampling an embedded cor
 
 * relation ``k`` draws its sentences from source relation ``k mod S`` (the S source relations in a seeded order);
   its id is ``<source id>.<k // S>`` and its label text the source's, name suffixed ``#<k // S>``;
-* relation sizes are long-tailed (seeded log-normal weights, at least 2 sentences each, summing to N exactly);
+* relation sizes are long-tailed like the authors' (seeded, capped log-normal weights; at least 2 sentences each,
+  summing to N exactly; see :func:`relation_sizes`);
 * each sentence is a source sentence of its relation, its head and tail names each swapped (probability 1/2) with
   those of another sentence of the same relation, and its context tokens (all outside the two entity mentions)
   shuffled (probability 1/2); only the first mention of each entity is kept.
@@ -36,11 +37,18 @@ from modeling_sacon.data import label_texts, load_fewrel_json, load_label_table,
 FORMATS = ("cp", "jsonl")
 
 
-def relation_sizes(total: int, relations: int, rng: random.Random, sigma: float = 1.2) -> list[int]:
-    """Long-tailed sizes (log-normal weights), each >= 2 (a relation needs a positive pair), summing to ``total``."""
+def relation_sizes(
+    total: int, relations: int, rng: random.Random, sigma: float = 2.0, cap: float = 40.0
+) -> list[int]:
+    """Long-tailed sizes, each >= 2 (a relation needs a positive pair), summing to ``total``.
+
+    Log-normal weights (``sigma``), capped at ``cap`` times the median weight: at 800k sentences and 700 relations
+    the median relation has ~250 sentences, the largest ~10k and ~60 have fewer than 20 -- the shape of the
+    authors' ``rel2scope.json`` (2 to ~9k sentences per relation).
+    """
     if total < 2 * relations:
         raise ValueError(f"--num_sentences {total} is below 2 per relation ({relations} relations)")
-    weights = [math.exp(rng.gauss(0.0, sigma)) for _ in range(relations)]
+    weights = [min(math.exp(rng.gauss(0.0, sigma)), cap) for _ in range(relations)]
     spare = total - 2 * relations
     scale = spare / sum(weights)
     sizes = [2 + int(w * scale) for w in weights]

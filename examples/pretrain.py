@@ -185,10 +185,11 @@ def load_training_data(data_args: DataArguments):
                 "datasets": ["thunlp/few_rel", "thunlp/docred"]}
     if data_args.max_train_samples is not None:
         dataset = dataset.select(range(min(data_args.max_train_samples, len(dataset))))
-    unlabelled = sum(1 for relation in dataset["relation"] if not relation)
+    relation_column = dataset["relation"][:]  # one list: iterating a Dataset column reads it row by row (~35 us a row)
+    unlabelled = sum(1 for relation in relation_column if not relation)
     if unlabelled:
         raise ValueError(f"{source}: {unlabelled} rows have no relation (unlabelled data cannot be pre-trained on)")
-    relations = list(dict.fromkeys(dataset["relation"]))
+    relations = list(dict.fromkeys(relation_column))
     labels = label_texts(relations, table, fallback=data_args.label_fallback, source=source)  # names every missing one
     return dataset, labels, {**card, "source": source}
 

@@ -440,7 +440,7 @@ def label_texts(
 
 
 def _unique_relations(dataset: datasets.Dataset) -> list[str]:
-    return list(dict.fromkeys(dataset["relation"]))
+    return list(dict.fromkeys(dataset["relation"][:]))  # [:]: the whole column at once, not row by row
 
 
 def first_per_relation(dataset: datasets.Dataset, count: int | None) -> datasets.Dataset:
@@ -452,7 +452,7 @@ def first_per_relation(dataset: datasets.Dataset, count: int | None) -> datasets
         return dataset
     seen: dict[str, int] = {}
     keep = []
-    for index, relation in enumerate(dataset["relation"]):
+    for index, relation in enumerate(dataset["relation"][:]):
         seen[relation] = seen.get(relation, 0) + 1
         if seen[relation] <= count:
             keep.append(index)

@@ -246,7 +246,7 @@ class SaconTrainer(Trainer):
     def _train_relations(self) -> list[str]:
         dataset = self.train_dataset
         if hasattr(dataset, "column_names"):
-            return list(dataset["relation"])
+            return list(dataset["relation"][:])  # [:] reads the column at once; iterating it goes row by row
         return [row["relation"] for row in dataset]
 
     # -- data -----------------------------------------------------------------------------------------------------
