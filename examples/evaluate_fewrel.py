@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 from transformers import AutoModel, AutoTokenizer, HfArgumentParser
 
-from modeling_sacon import SaconDualEncoderModel, SaconProcessor
 from modeling_sacon.data import load_fewrel_json, load_label_table, resolve_data_path
 from modeling_sacon.utils.defaults import default_backbone_path
+from modeling_sacon.utils.loading import load_sacon_model
 from modeling_sacon.data.episodes import parse_settings
 from modeling_sacon.fewshot.evaluation import FewShotEvaluator, MeanPoolingEncoder
 from modeling_sacon.scoring import FEWSHOT_METHODS, check_method
@@ -69,13 +69,11 @@ def build_evaluator_factory(args: EvalArguments):
         model, tokenizer = AutoModel.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
         encoder, processor = MeanPoolingEncoder(model, tokenizer), None
     elif args.encoder == "marker":
-        processor = SaconProcessor.from_pretrained(path)
-        encoder = SaconDualEncoderModel.from_encoders_pretrained(path, vocab_size=len(processor.tokenizer)).eval()
+        encoder, processor = load_sacon_model(path, compose=True)
     else:
         if args.model_name_or_path is None:
             raise ValueError("--encoder sacon needs --model_name_or_path (a SaCon checkpoint); try --encoder marker")
-        processor = SaconProcessor.from_pretrained(path)
-        encoder = SaconDualEncoderModel.from_pretrained(path).eval()
+        encoder, processor = load_sacon_model(path)
 
     def make(dataset, label_table, label_fallback: bool, source: str) -> FewShotEvaluator:
         return FewShotEvaluator(

@@ -28,9 +28,8 @@ import numpy as np
 import torch
 from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArguments, set_seed
 
-from modeling_sacon import SaconDualEncoderModel, SaconProcessor
 from modeling_sacon.data import load_fewrel_json, load_label_table
-from modeling_sacon.utils.defaults import default_backbone_path
+from modeling_sacon.utils.loading import load_sacon_model
 from modeling_sacon.data.episodes import parse_setting
 from modeling_sacon.data.episodic import EpisodeCollator, EpisodicDataset
 from modeling_sacon.modeling_sacon_fewshot import SaconForFewShotRelationClassification
@@ -128,17 +127,7 @@ def load_model(model_args: ModelArguments):
         "fewshot_similarity": model_args.fewshot_similarity,
         "fewshot_nota": model_args.fewshot_nota,
     }
-    if model_args.model_name_or_path:
-        processor = SaconProcessor.from_pretrained(model_args.model_name_or_path)
-        model = SaconForFewShotRelationClassification.from_pretrained(model_args.model_name_or_path, **options)
-        if model.get_input_embeddings().num_embeddings < len(processor.tokenizer):
-            model.resize_token_embeddings(len(processor.tokenizer))
-    else:
-        backbone = default_backbone_path()
-        processor = SaconProcessor.from_pretrained(backbone)
-        dual = SaconDualEncoderModel.from_encoders_pretrained(backbone, vocab_size=len(processor.tokenizer))
-        model = SaconForFewShotRelationClassification.from_dual_encoder(dual, **options)
-    return model, processor
+    return load_sacon_model(model_args.model_name_or_path, model_class=SaconForFewShotRelationClassification, **options)
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:

@@ -1,26 +1,18 @@
-"""Plot SaCon sentence and relation-label embeddings in 2-D, and (optionally) a run's training curves.
+"""Plot SaCon sentence and relation-label embeddings in 2-D (a run's training curves: plot_training_curves.py).
 
     python examples/plot_embeddings.py                                        # untrained MiniLM composition
     python examples/plot_embeddings.py --model_name_or_path outputs/sacon-minilm --output sacon.png
-    python examples/plot_embeddings.py --model_name_or_path outputs/sacon-minilm \
-        --trainer_state outputs/sacon-minilm --curves_output curves.png
 
 `--per_relation` sentences of every relation of `--data_file` (a seeded selection) are encoded as the evaluator does
 ([h ; t] at the entity-start markers) and the relation texts of `--label_file` with the label tower ([CLS ; mean]);
 both are L2-normalised and projected *jointly* to 2-D (PCA), so the plot shows whether sentences cluster by relation
 and whether each relation's label (a star) lies in its cluster: what SaCon's anchored contrastive loss trains for.
-
-`--trainer_state` (a Trainer `trainer_state.json`, or an output / checkpoint directory holding one) also plots every
-numeric key of its `log_history` against the step (losses, loss terms, temperature, eval metrics, ...).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import math
-import re
 import sys
 import textwrap
 from collections.abc import Mapping, Sequence
@@ -38,17 +30,12 @@ import torch.nn.functional as F  # noqa: E402
 
 from modeling_sacon import SaconDualEncoderModel, SaconProcessor  # noqa: E402
 from modeling_sacon.data import label_texts, load_fewrel_json, load_label_table, resolve_data_path  # noqa: E402
-from modeling_sacon.utils.defaults import default_backbone_path  # noqa: E402
+from modeling_sacon.utils.loading import load_sacon_model  # noqa: E402
 from modeling_sacon.fewshot.evaluation import SaconEncoder, encode_length_sorted  # noqa: E402
 
 logger = logging.getLogger("plot_embeddings")
 
 PROJECTIONS = ("pca",)
-TRAINER_STATE_NAME = "trainer_state.json"
-# log_history keys that are bookkeeping rather than curves (the x axis, throughput, totals)
-CURVE_SKIP_KEYS = frozenset({"step", "epoch", "total_flos"})
-CURVE_SKIP_SUFFIXES = ("_runtime", "_per_second")
-SUMMARY_KEY = "train_runtime"  # marks the Trainer's final summary entry of log_history
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
 
 
@@ -92,16 +79,11 @@ def project_2d(x: torch.Tensor | np.ndarray, projection: str = "pca") -> torch.T
 
 def load_model(model_name_or_path: str | None) -> tuple[SaconDualEncoderModel, SaconProcessor, str]:
     """A SaCon checkpoint, or (default) SaCon composed untrained from the packaged MiniLM; also a display name."""
-    if model_name_or_path:
-        processor = SaconProcessor.from_pretrained(model_name_or_path)
-        model = SaconDualEncoderModel.from_pretrained(model_name_or_path)
-        name = Path(model_name_or_path).name or str(model_name_or_path)
-    else:
-        backbone = default_backbone_path()
-        processor = SaconProcessor.from_pretrained(backbone)
-        model = SaconDualEncoderModel.from_encoders_pretrained(backbone, vocab_size=len(processor.tokenizer))
-        name = "all-MiniLM-L6-v2, untrained SaCon composition"
-    return model.eval(), processor, name
+    model, processor = load_sacon_model(model_name_or_path)
+    name = (Path(model_name_or_path).name or str(model_name_or_path)) if model_name_or_path else (
+        "all-MiniLM-L6-v2, untrained SaCon composition"
+    )
+    return model, processor, name
 
 
 def select_instances(dataset, per_relation: int, seed: int = 0) -> list[dict]:
@@ -281,86 +263,6 @@ def _spread_annotations(fig, ax, annotations: list, iterations: int = 2000, marg
         annotation.xyann = tuple(offset * to_points)
 
 
-# --------------------------------------------------------------------------- training curves
-
-
-def find_trainer_state(path: str | Path) -> Path:
-    """`trainer_state.json` itself, the one in a directory, or else the one of its latest `checkpoint-*`."""
-    path = Path(path)
-    if path.is_file():
-        return path
-    if path.is_dir():
-        if (path / TRAINER_STATE_NAME).is_file():
-            return path / TRAINER_STATE_NAME
-        checkpoints = [
-            (int(m.group(1)), c) for c in path.glob("checkpoint-*")
-            if (m := re.fullmatch(r"checkpoint-(\d+)", c.name)) and (c / TRAINER_STATE_NAME).is_file()
-        ]
-        if checkpoints:
-            return max(checkpoints)[1] / TRAINER_STATE_NAME
-    raise FileNotFoundError(f"no {TRAINER_STATE_NAME} at {path} (nor in a checkpoint-* directory under it)")
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def curve_series(log_history: Sequence[Mapping]) -> dict[str, tuple[list[float], list[float]]]:
-    """{key: (steps, values)} for every numeric, finite value of `log_history`, keys in first-seen order.
-
-    Skipped: the x axis (`step`) and `epoch`, throughput / runtime / FLOP bookkeeping, and the final summary entry.
-    """
-    series: dict[str, tuple[list[float], list[float]]] = {}
-    for i, entry in enumerate(log_history):
-        if SUMMARY_KEY in entry:  # the Trainer's end-of-training summary (train_loss = the run's mean): no curve
-            continue
-        step = entry.get("step", i)
-        if not _is_number(step):
-            step = i
-        for key, value in entry.items():
-            if key in CURVE_SKIP_KEYS or key.endswith(CURVE_SKIP_SUFFIXES) or not _is_number(value):
-                continue
-            steps, values = series.setdefault(key, ([], []))
-            steps.append(step)
-            values.append(float(value))
-    return series
-
-
-def plot_training_curves(log_history: Sequence[Mapping], path: str | Path, title: str = "training curves") -> list[str]:
-    """One panel per numeric `log_history` key (loss terms, temperature, learning rate, eval metrics...) vs step.
-
-    Returns the plotted keys; an empty history still writes a figure saying so.
-    """
-    series = curve_series(log_history)
-    keys = list(series)
-    ncols = min(3, max(1, len(keys)))
-    nrows = max(1, math.ceil(len(keys) / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 3.4 * nrows + 0.4), dpi=100, squeeze=False,
-                             layout="constrained")
-    all_steps = [step for steps, _ in series.values() for step in steps]
-    for ax, key in zip(axes.flat, keys):
-        steps, values = series[key]
-        ax.plot(steps, values, marker="o" if len(values) <= 30 else None, markersize=3, linewidth=1.4,
-                color="tab:orange" if key.startswith("eval") else "tab:blue")
-        ax.set_title(key, fontsize=10)
-        ax.set_xlabel("step", fontsize=8)
-        ax.tick_params(labelsize=8)
-        ax.grid(alpha=0.3)
-        if min(all_steps) < max(all_steps):  # one step range for every panel: train and eval curves line up
-            pad = 0.02 * (max(all_steps) - min(all_steps))
-            ax.set_xlim(min(all_steps) - pad, max(all_steps) + pad)
-    for ax in list(axes.flat)[len(keys):]:
-        ax.axis("off")
-    if not keys:
-        axes.flat[0].text(0.5, 0.5, "no numeric entries in log_history", ha="center", va="center")
-    fig.suptitle(title, fontsize=12)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return keys
-
-
 # --------------------------------------------------------------------------- CLI
 
 
@@ -379,30 +281,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--output", default="embeddings.png", help="embedding plot (PNG)")
     parser.add_argument("--title", default=None, help="plot title (default: names the model and data)")
-    parser.add_argument("--trainer_state", default=None,
-                        help="trainer_state.json, or an output/checkpoint dir holding one: also plot training curves")
-    parser.add_argument("--curves_output", default="training_curves.png", help="training-curve plot (PNG)")
-    parser.add_argument("--skip_embeddings", action="store_true", help="only plot the training curves")
     return parser
 
 
 @torch.no_grad()  # inference only; a decorator, not a global switch, so callers keep autograd
-def main(argv: Sequence[str] | None = None) -> dict[str, str]:
-    """Returns {"embeddings": png path, "curves": png path} for what was written."""
+def main(argv: Sequence[str] | None = None) -> str:
+    """Returns the path of the PNG written."""
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     args = build_parser().parse_args(argv)
-    if args.skip_embeddings and not args.trainer_state:
-        raise SystemExit("--skip_embeddings leaves nothing to plot without --trainer_state")
-    written: dict[str, str] = {}
-    if args.trainer_state:  # cheap, and fails fast on a wrong path before the model is loaded
-        state_path = find_trainer_state(args.trainer_state)
-        history = json.loads(state_path.read_text()).get("log_history", [])
-        keys = plot_training_curves(history, args.curves_output, title=f"training curves: {state_path.parent.name}")
-        logger.info("wrote %s (%d curves: %s)", args.curves_output, len(keys), ", ".join(keys))
-        written["curves"] = str(args.curves_output)
-    if args.skip_embeddings:
-        return written
-
     data_path = resolve_data_path(args.data_file)
     instances = select_instances(load_fewrel_json(data_path), args.per_relation, args.seed)
     relations = [row["relation"] for row in instances]
@@ -430,8 +316,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, str]:
     plot_embeddings(sentences, relations, args.output, labels, distinct if labels is not None else None, names, title,
                     args.projection)
     logger.info("wrote %s", args.output)
-    written["embeddings"] = str(args.output)
-    return written
+    return str(args.output)
 
 
 if __name__ == "__main__":

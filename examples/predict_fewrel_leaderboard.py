@@ -28,7 +28,7 @@ import torch
 
 from modeling_sacon import SaconDualEncoderModel, SaconProcessor
 from modeling_sacon.data import label_texts, load_label_table, resolve_data_path
-from modeling_sacon.utils.defaults import default_backbone_path
+from modeling_sacon.utils.loading import load_sacon_model
 from modeling_sacon.data.episodes import load_test_episodes, prediction_filename, write_predictions
 from modeling_sacon.fewshot.evaluation import SaconEncoder, encode_length_sorted, sentence_key
 from modeling_sacon.scoring import FEWSHOT_METHODS, SIMILARITIES, prototype_logits
@@ -103,14 +103,10 @@ def predict_episodes(
 
 
 def load_model(model_name_or_path: str | None) -> tuple[SaconDualEncoderModel, SaconProcessor]:
-    if model_name_or_path:
-        return SaconDualEncoderModel.from_pretrained(model_name_or_path).eval(), SaconProcessor.from_pretrained(model_name_or_path)
-    logger.warning("no --model_name_or_path: composing an UNTRAINED SaCon from the packaged MiniLM (a smoke test, "
-                   "not a submission)")
-    backbone = default_backbone_path()
-    processor = SaconProcessor.from_pretrained(backbone)
-    model = SaconDualEncoderModel.from_encoders_pretrained(backbone, vocab_size=len(processor.tokenizer))
-    return model.eval(), processor
+    if not model_name_or_path:
+        logger.warning("no --model_name_or_path: composing an UNTRAINED SaCon from the packaged MiniLM (a smoke test, "
+                       "not a submission)")
+    return load_sacon_model(model_name_or_path)
 
 
 def build_parser() -> argparse.ArgumentParser:

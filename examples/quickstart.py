@@ -13,9 +13,8 @@ import argparse
 
 import torch
 
-from modeling_sacon import SaconDualEncoderModel, SaconProcessor
 from modeling_sacon.data import get_data_dir, label_texts, load_fewrel_json, load_label_table
-from modeling_sacon.utils.defaults import default_backbone_path
+from modeling_sacon.utils.loading import load_sacon_model
 
 
 def main() -> None:
@@ -26,14 +25,7 @@ def main() -> None:
     args = parser.parse_args()
 
     # 1. Model and processor: a SaCon checkpoint, or two copies of the offline backbone composed on the spot.
-    if args.model_name_or_path:
-        processor = SaconProcessor.from_pretrained(args.model_name_or_path)
-        model = SaconDualEncoderModel.from_pretrained(args.model_name_or_path)
-    else:
-        backbone = default_backbone_path()
-        processor = SaconProcessor.from_pretrained(backbone)
-        model = SaconDualEncoderModel.from_encoders_pretrained(backbone, vocab_size=len(processor.tokenizer))
-    model.eval()
+    model, processor = load_sacon_model(args.model_name_or_path)
 
     # 2. Data: FewRel val_wiki sentences and the label texts of its 16 relations.
     data = load_fewrel_json(get_data_dir() / "fewrel" / "val_wiki.json")

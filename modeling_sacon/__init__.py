@@ -7,7 +7,7 @@ Importing the package registers `SaconConfig` / `SaconDualEncoderModel` / `Sacon
 
 from importlib import import_module
 
-from transformers import AutoConfig, AutoModel, AutoModelForMultipleChoice, AutoProcessor
+from transformers import AutoConfig, AutoModel, AutoProcessor
 from transformers.pipelines import PIPELINE_REGISTRY
 
 from .configuration_sacon import SaconConfig
@@ -22,9 +22,8 @@ AutoConfig.register(SaconConfig.model_type, SaconConfig, exist_ok=True)
 AutoModel.register(SaconConfig, SaconDualEncoderModel, exist_ok=True)
 SaconConfig.register_for_auto_class()
 SaconDualEncoderModel.register_for_auto_class("AutoModel")
-# Episodes are multiple choice: logits [batch, N choices], the label is the right choice's index, cross-entropy.
-AutoModelForMultipleChoice.register(SaconConfig, SaconForFewShotRelationClassification, exist_ok=True)
-SaconForFewShotRelationClassification.register_for_auto_class("AutoModelForMultipleChoice")
+# SaconForFewShotRelationClassification has no Auto class: its episodes are not AutoModelForMultipleChoice's
+# [batch, choices, length] inputs. Its checkpoints name the dual encoder for AutoModel (see its save_pretrained).
 AutoProcessor.register(SaconConfig, SaconProcessor, exist_ok=True)
 SaconProcessor.register_for_auto_class()  # save_pretrained writes processing_sacon.py (+ the pipeline) and auto_map
 # pipeline("relation-classification", model=model, processor=processor) with loaded objects; a checkpoint's config

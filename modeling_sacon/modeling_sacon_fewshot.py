@@ -20,11 +20,13 @@ parameter in similarity units (not logits) lets it move meaningfully at fine-tun
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from transformers import initialization as init
+from transformers.dynamic_module_utils import custom_object_save
 from transformers.utils import ModelOutput, logging
 
 from .configuration_sacon import SaconConfig
@@ -204,14 +206,12 @@ class SaconForFewShotRelationClassification(SaconPreTrainedModel):
         return (model, info) if want_info else model
 
     def save_pretrained(self, save_directory, *args, **kwargs):
-        """`PreTrainedModel.save_pretrained`; with auto classes registered, `auto_map` also names the dual encoder
-        (`AutoModel`), so `AutoModel.from_pretrained(dir, trust_remote_code=True)` reads this checkpoint as SaCon."""
-        dual_auto_class = SaconDualEncoderModel._auto_class
-        if self._auto_class is not None and dual_auto_class is not None:
-            auto_map = dict(getattr(self.config, "auto_map", None) or {})
-            module = SaconDualEncoderModel.__module__.split(".")[-1]
-            auto_map.setdefault(dual_auto_class, f"{module}.{SaconDualEncoderModel.__name__}")
-            self.config.auto_map = auto_map
+        """`PreTrainedModel.save_pretrained`, plus the dual encoder's code and its `auto_map` entry (`AutoModel`, when
+        registered): `AutoModel.from_pretrained(dir, trust_remote_code=True)` and the `relation-classification`
+        pipeline then read this checkpoint as the SaCon dual encoder it holds, without the package."""
+        if SaconDualEncoderModel._auto_class is not None and kwargs.get("is_main_process", True):
+            os.makedirs(save_directory, exist_ok=True)
+            custom_object_save(self.sacon, save_directory, config=self.config)  # the same config object
         return super().save_pretrained(save_directory, *args, **kwargs)
 
     # -- helpers ----------------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""examples/predict_fewrel_leaderboard.py and examples/plot_embeddings.py on tiny saved SaCon models."""
+"""examples/predict_fewrel_leaderboard.py, plot_embeddings.py and plot_training_curves.py on tiny saved SaCon models
+and synthetic Trainer histories."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from transformers import AutoTokenizer
 
 from modeling_sacon import SaconConfig, SaconDualEncoderModel
 from modeling_sacon.data.episodes import load_test_episodes
+from modeling_sacon.utils.defaults import default_backbone_path
 
 from conftest import tiny_bert_config
 
@@ -171,6 +174,12 @@ def plots():
     return load_example("plot_embeddings")
 
 
+@pytest.fixture(scope="module")
+def curves():
+    pytest.importorskip("matplotlib")
+    return load_example("plot_training_curves")
+
+
 def assert_png(path: Path, min_bytes: int = 2000) -> None:
     data = Path(path).read_bytes()
     assert data[:8] == PNG_MAGIC
@@ -181,17 +190,23 @@ def test_plot_embeddings_on_a_tiny_checkpoint(plots, tiny_checkpoint, val_wiki, 
     small = {relation: val_wiki[relation][:12] for relation in list(val_wiki)[:6]}
     data_file = tmp_path / "small.json"
     data_file.write_text(json.dumps(small))
+    output = tmp_path / "emb.png"
+    written = plots.main(["--model_name_or_path", str(tiny_checkpoint), "--data_file", str(data_file),
+                          "--per_relation", "5", "--output", str(output)])
+    assert written == str(output)
+    assert_png(output, 10_000)
+
+
+def test_plot_training_curves_of_a_run(curves, tmp_path):
     state = {"log_history": [{"loss": 3.0 - 0.1 * s, "contrastive_loss": 2.0 - 0.1 * s, "step": s, "epoch": s / 10}
                              for s in range(1, 6)]}
     (tmp_path / "run" / "checkpoint-5").mkdir(parents=True)
     (tmp_path / "run" / "checkpoint-5" / "trainer_state.json").write_text(json.dumps(state))
-    output, curves = tmp_path / "emb.png", tmp_path / "curves.png"
-    written = plots.main(["--model_name_or_path", str(tiny_checkpoint), "--data_file", str(data_file),
-                          "--per_relation", "5", "--output", str(output), "--trainer_state", str(tmp_path / "run"),
-                          "--curves_output", str(curves)])
-    assert written == {"embeddings": str(output), "curves": str(curves)}
-    assert_png(output, 10_000)
-    assert_png(curves)
+    output = tmp_path / "curves.png"
+    assert curves.main([str(tmp_path / "run"), "--output", str(output)]) == str(output)
+    assert_png(output)
+    with pytest.raises(FileNotFoundError, match="no trainer_state.json"):
+        curves.main([str(tmp_path / "elsewhere")])
 
 
 def test_select_instances_is_seeded(plots, val_wiki, tmp_path):
@@ -207,7 +222,7 @@ def test_select_instances_is_seeded(plots, val_wiki, tmp_path):
     assert len(plots.select_instances(dataset, 50)) == 60  # fewer than asked: all of them
 
 
-def test_plot_training_curves_on_a_synthetic_history(plots, tmp_path):
+def test_plot_training_curves_on_a_synthetic_history(curves, tmp_path):
     history = [
         {"loss": 4.0 / s, "contrastive_loss": 2.0 / s, "sentence_anchored_loss": 1.0 / s, "label_anchored_loss": 1.5 / s,
          "sentence_mlm_loss": 3.0, "label_mlm_loss": 2.5, "temperature": 0.07, "learning_rate": 1e-5, "grad_norm": 1.0,
@@ -218,27 +233,27 @@ def test_plot_training_curves_on_a_synthetic_history(plots, tmp_path):
     history.append({"loss": float("nan"), "grad_norm": float("inf"), "flag": True, "note": "text", "step": 205})
     history.append({"train_runtime": 100.0, "train_loss": 1.0, "total_flos": 1e12, "epoch": 1.0, "step": 200})
     path = tmp_path / "nested" / "curves.png"
-    keys = plots.plot_training_curves(history, path)
+    keys = curves.plot_training_curves(history, path)
     assert_png(path)
     assert keys[:7] == ["loss", "contrastive_loss", "sentence_anchored_loss", "label_anchored_loss", "sentence_mlm_loss",
                         "label_mlm_loss", "temperature"]
     assert {"eval_5-1_accuracy", "eval_loss", "grad_norm", "learning_rate"} <= set(keys)
     assert len(keys) == 11  # not step, epoch, runtimes, the final summary (train_loss...), NaN, bools or strings
-    assert plots.curve_series(history)["eval_loss"] == ([50], [1.2])
-    assert plots.plot_training_curves([], tmp_path / "empty.png") == []
+    assert curves.curve_series(history)["eval_loss"] == ([50], [1.2])
+    assert curves.plot_training_curves([], tmp_path / "empty.png") == []
     assert_png(tmp_path / "empty.png")
 
 
-def test_find_trainer_state(plots, tmp_path):
+def test_find_trainer_state(curves, tmp_path):
     for step in (5, 40, 100):
         (tmp_path / f"checkpoint-{step}").mkdir()
         (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
-    assert plots.find_trainer_state(tmp_path) == tmp_path / "checkpoint-100" / "trainer_state.json"  # numeric, not str
+    assert curves.find_trainer_state(tmp_path) == tmp_path / "checkpoint-100" / "trainer_state.json"  # numeric, not str
     (tmp_path / "trainer_state.json").write_text("{}")
-    assert plots.find_trainer_state(tmp_path) == tmp_path / "trainer_state.json"
-    assert plots.find_trainer_state(tmp_path / "trainer_state.json") == tmp_path / "trainer_state.json"
+    assert curves.find_trainer_state(tmp_path) == tmp_path / "trainer_state.json"
+    assert curves.find_trainer_state(tmp_path / "trainer_state.json") == tmp_path / "trainer_state.json"
     with pytest.raises(FileNotFoundError):
-        plots.find_trainer_state(tmp_path / "missing")
+        curves.find_trainer_state(tmp_path / "missing")
 
 
 def test_project_2d_shape_and_determinism(plots):
@@ -257,3 +272,35 @@ def test_project_2d_shape_and_determinism(plots):
     assert plots.project_2d(torch.randn(5, 1)).shape == (5, 2)
     with pytest.raises(ValueError):
         plots.project_2d(torch.randn(3, 4, 5))
+
+
+# --------------------------------------------------------------------------- the examples' loading helper
+
+
+def test_load_sacon_model_loads_or_composes(tiny_checkpoint, processor, tmp_path):
+    from transformers import BertModel
+
+    from modeling_sacon.modeling_sacon_fewshot import SaconForFewShotRelationClassification
+    from modeling_sacon.utils.loading import load_sacon_model
+
+    saved = SaconDualEncoderModel.from_pretrained(tiny_checkpoint).state_dict()
+    model, loaded_processor = load_sacon_model(str(tiny_checkpoint))
+    assert not model.training and loaded_processor.tokenizer.get_vocab() == processor.tokenizer.get_vocab()
+    assert all(torch.equal(saved[name], tensor) for name, tensor in model.state_dict().items())
+
+    fewshot, _ = load_sacon_model(str(tiny_checkpoint), model_class=SaconForFewShotRelationClassification,
+                                  fewshot_method="zero_shot")
+    assert fewshot.config.fewshot_method == "zero_shot" and torch.equal(fewshot.sacon.logit_scale, model.logit_scale)
+
+    # a plain encoder, composed: both towers start as copies of it, the markers added to its vocabulary
+    torch.manual_seed(1)
+    plain = BertModel(tiny_bert_config(len(processor.tokenizer) - 5), add_pooling_layer=False)
+    plain.save_pretrained(tmp_path / "plain")
+    AutoTokenizer.from_pretrained(default_backbone_path()).save_pretrained(tmp_path / "plain")
+    composed, composed_processor = load_sacon_model(str(tmp_path / "plain"), compose=True)
+    assert type(composed) is SaconDualEncoderModel and len(composed_processor.tokenizer) == len(processor.tokenizer)
+    layer = "encoder.layer.1.output.dense.weight"
+    for tower in (composed.sentence_encoder, composed.label_encoder):
+        assert torch.equal(tower.state_dict()[layer], plain.state_dict()[layer])
+    wrapped, _ = load_sacon_model(str(tmp_path / "plain"), compose=True, model_class=SaconForFewShotRelationClassification)
+    assert type(wrapped) is SaconForFewShotRelationClassification and wrapped.config.fewshot_method == "prototype"

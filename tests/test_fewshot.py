@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import AutoModelForMultipleChoice, Trainer, TrainingArguments
+from transformers import Trainer, TrainingArguments
 
 from modeling_sacon import SaconConfig, SaconDualEncoderModel
 from modeling_sacon.data import load_fewrel_json, load_label_table
@@ -251,12 +251,12 @@ def test_stock_trainer_reduces_loss_and_checkpoint_round_trips(processor, val_ro
     assert config["fewshot_method"] == "label_augmented" and config["fewshot_nota"] is True
     assert "nota_threshold" in load_file(tmp_path / "fewshot" / "model.safetensors")
     reloaded = SaconForFewShotRelationClassification.from_pretrained(tmp_path / "fewshot").eval()
-    AutoModelForMultipleChoice.register(SaconConfig, SaconForFewShotRelationClassification, exist_ok=True)
-    auto = AutoModelForMultipleChoice.from_pretrained(tmp_path / "fewshot").eval()
-    assert type(auto) is SaconForFewShotRelationClassification
     with torch.no_grad():
         assert torch.equal(reloaded(**batch).logits, reference)
-        assert torch.equal(auto(**batch).logits, reference)
+    # from the Hub alone, AutoModel reads it as the dual encoder it holds (code and auto_map saved beside it)
+    assert config["auto_map"] == {"AutoConfig": "configuration_sacon.SaconConfig",
+                                  "AutoModel": "modeling_sacon.SaconDualEncoderModel"}
+    assert {"modeling_sacon.py", "configuration_sacon.py", "losses.py"} <= {p.name for p in (tmp_path / "fewshot").glob("*.py")}
     # the fine-tuned checkpoint is still a SaCon checkpoint: its sacon.* weights load into the dual encoder
     dual = SaconDualEncoderModel.from_pretrained(tmp_path / "fewshot").eval()
     with torch.no_grad():

@@ -1,1 +1,2 @@
-"""Helpers shared by the examples and benchmarks (the offline default backbone)."""
+"""Helpers shared by the examples and benchmarks: the offline default backbone (`defaults`), and loading a SaCon
+checkpoint or composing one from a plain encoder (`loading`)."""
