@@ -37,7 +37,8 @@ What it adds to the stock Trainer (transformers 5.x):
   `fewrel_eval_pool_per_relation` sentences of each relation (default 50: 800 sentences of val_wiki to encode), a
   fixed pool, so that evaluating during a CPU run costs seconds, not minutes. `metric_for_best_model=
   "fewrel_5_1_accuracy"` with `load_best_model_at_end` works. Every process computes the same (seeded) episodes; no
-  collective is needed.
+  collective is needed. (Not a callback: `on_evaluate` runs after `evaluate` has logged its metrics, too late for
+  `log_history`, the reporters and the best-model choice.)
 * **Model card.** `create_model_card` renders `hub_cards/sacon_model_card.md` (see `modeling_sacon.training.model_card`)
   instead of the Trainer's generic card; `HubCheckpointCardCallback` puts the model code files and the card beside
   every checkpoint push (`on_push_begin`).
