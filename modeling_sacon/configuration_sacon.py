@@ -42,6 +42,9 @@ class SaconConfig(PretrainedConfig):
             (SupCon-style).
         sentence_anchored_weight / label_anchored_weight (`float`): weights inside the contrastive term.
         sentence_mlm_weight / label_mlm_weight (`float`): weights of the two MLM terms (0 disables one).
+        label_negatives (`int`): relation descriptions added to each pre-training batch beyond its own relations
+            (drawn from the corpus's other relations by the collator): extra negatives of the sentence-anchored
+            softmax, never anchors of the label-anchored term. 0 (the paper): only the batch's relations.
         head_markers / tail_markers (`list[str]`): entity marker strings written around head and tail.
         blank_token (`str`): the token that replaces a blanked entity mention.
         max_length / label_max_length (`int`): tokenisation lengths of sentences and label texts.
@@ -80,6 +83,7 @@ class SaconConfig(PretrainedConfig):
     label_anchored_weight: float = 1.0
     sentence_mlm_weight: float = 1.0
     label_mlm_weight: float = 1.0
+    label_negatives: int = 0
     head_markers: list[str] | None = None
     tail_markers: list[str] | None = None
     blank_token: str = "[BLANK]"
@@ -121,6 +125,8 @@ class SaconConfig(PretrainedConfig):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or value < 0 or math.isnan(value):
                 raise ValueError(f"{name} must be a non-negative number, got {value!r}")
+        if not isinstance(self.label_negatives, int) or self.label_negatives < 0:
+            raise ValueError(f"label_negatives must be a non-negative int, got {self.label_negatives!r}")
         check_method(self.fewshot_method)
         check_similarity(self.fewshot_similarity)
         if self.projection_dim is not None and self.projection_dim <= 0:
