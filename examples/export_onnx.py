@@ -30,7 +30,7 @@ from torch.export import Dim
 from transformers import BatchEncoding, HfArgumentParser
 
 from modeling_sacon import SaconDualEncoderModel, SaconProcessor
-from modeling_sacon.utils.defaults import default_backbone_path
+from modeling_sacon.utils.loading import load_sacon_model
 
 logger = logging.getLogger("export_onnx")
 
@@ -153,14 +153,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     logger.setLevel(logging.INFO)
     (args,) = HfArgumentParser(ExportArguments).parse_args_into_dataclasses(args=argv)
 
-    # 1. Model and processor: a SaCon checkpoint, or two copies of the offline backbone composed on the spot.
-    if args.model_name_or_path:
-        processor = SaconProcessor.from_pretrained(args.model_name_or_path)
-        model = SaconDualEncoderModel.from_pretrained(args.model_name_or_path)
-    else:
-        backbone = default_backbone_path()
-        processor = SaconProcessor.from_pretrained(backbone)
-        model = SaconDualEncoderModel.from_encoders_pretrained(backbone, vocab_size=len(processor.tokenizer))
+    # 1. Model and processor: a SaCon checkpoint (in float32, however it was saved), or two copies of the offline
+    #    backbone composed on the spot.
+    model, processor = load_sacon_model(args.model_name_or_path, dtype=torch.float32)
 
     # 2. Export both towers with their pooling, and the processor beside them.
     paths = export_onnx(model, processor, args.output_dir, args.opset_version)
