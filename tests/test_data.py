@@ -56,7 +56,8 @@ def val_wiki_ds(shared_data: Path) -> datasets.Dataset:
 
 @pytest.fixture(scope="module")
 def corpus(shared_data: Path) -> tuple[datasets.Dataset, dict[str, tuple[str, str]]]:
-    return load_pretraining_corpus(shared_data)
+    """The earlier embedded corpus, v1 (its composition is checked here; v2's in test_transfer.py)."""
+    return load_pretraining_corpus(shared_data, corpus="v1")
 
 
 def _raw(path: Path) -> dict:
@@ -321,10 +322,10 @@ def test_pretraining_corpus_rejects_val_wiki_relation(tmp_path: Path) -> None:
     _write(tmp_path / "fewrel/pid2name.json", {"P177": ["crosses", "d"]})
     _write(tmp_path / "fewrel/val_wiki.json", {"P177": [_instance()]})
     with pytest.raises(ValueError, match=r"evaluation relation\(s\) \['P177'\]"):
-        load_pretraining_corpus(tmp_path)
+        load_pretraining_corpus(tmp_path, corpus="v1")
 
     _write(tmp_path / "pretrain/docred_sentences.json", {"P6": [_instance()]})
-    dataset, labels = load_pretraining_corpus(tmp_path)
+    dataset, labels = load_pretraining_corpus(tmp_path, corpus="v1")
     assert dataset["relation"] == ["P6", "P6"]
     assert labels == {"P6": ("head of government", "d")}
 
