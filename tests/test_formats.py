@@ -82,6 +82,9 @@ def test_formats_are_detected_from_content(files, tmp_path):
         "fewrel": "fewrel", "cp": "cp", "jsonl": "jsonl"}
     renamed = write(tmp_path / "cp.jsonl", files["cp"].read_text(encoding="utf-8"))  # the name plays no part
     assert detect_corpus_format(renamed) == "cp"
+    rows = [{"rname": "country", **row} for row in cp_rows()[:2]]  # first key: an instance field, not a relation
+    assert detect_corpus_format(write(tmp_path / "rows", "\n".join(map(json.dumps, rows)))) == "jsonl"
+    assert detect_corpus_format(write(tmp_path / "empty_fewrel.json", "{}")) == "fewrel"
     with pytest.raises(DataFormatError, match=r"not_corpus\.json: not a relation corpus.*found '\"'"):
         detect_corpus_format(write(tmp_path / "not_corpus.json", '"text"'))
     with pytest.raises(DataFormatError, match=r"empty\.json: empty file"):

@@ -4,7 +4,8 @@ Three layouts hold the same instances (``tokens`` + head ``h`` + tail ``t`` + a 
 
 * ``fewrel``: ``{relation: [{"tokens", "h": [name, id, mentions], "t": [...]}, ...]}`` (FewRel, the embedded corpus);
 * ``cp``: the authors' layout (CP's ``cpdata.json``, SaCon's 773k-sentence corpus), one JSON list of
-  ``{"tokens", "h": {"name", "id", "pos": [[...]]}, "t": {...}, "r": "P..."}``;
+  ``{"tokens", "h": {"name", "id", "pos": [[...]]}, "t": {...}, "r": "P..."}``, the authors' rows with their
+  relation's text as ``"rname"`` (name) and ``"rstate"`` (description);
 * ``jsonl``: JSON Lines, one instance per line, in CP form or FewRel-instance form, with the relation under
   ``"r"`` or ``"relation"``.
 
@@ -53,7 +54,7 @@ FEWREL, CP, JSONL = "fewrel", "cp", "jsonl"
 CORPUS_FORMATS = (FEWREL, CP, JSONL)
 
 #: Keys of one instance; a top-level object whose first key is one of them is a JSON Lines row, not a FewRel file.
-_INSTANCE_KEYS = frozenset({"tokens", "h", "t", "r", "relation"})
+_INSTANCE_KEYS = frozenset({"tokens", "h", "t", "r", "relation", "rname", "rstate"})
 _RELATION_KEYS = ("r", "relation")
 _CACHE_SUBDIR = "sacon_relation_corpus"
 _CHUNK_CHARS = 1 << 20
@@ -71,7 +72,8 @@ def detect_corpus_format(path: PathLike) -> str:
     """``"fewrel"``, ``"cp"`` or ``"jsonl"``, from the first characters of the file (its name plays no part).
 
     A list is ``cp``; an object whose first key is an instance field (``tokens``, ``h``, ``t``, ``r``,
-    ``relation``) is the first line of ``jsonl``; any other object is ``fewrel`` (its keys are relation ids).
+    ``relation``, ``rname``, ``rstate``) is the first line of ``jsonl``; any other object is ``fewrel`` (its keys
+    are relation ids).
     """
     path = Path(path)
     try:
