@@ -10,7 +10,6 @@ from transformers.configuration_utils import SubConfigSpec
 
 from .scoring import check_method, check_similarity
 
-POOLING_CHOICES = ("entity_start",)
 LABEL_POOLING_CHOICES = ("cls_mean", "cls", "mean")
 LABEL_ANCHORED_REDUCTIONS = ("sum", "mean")
 # The pipeline a checkpoint declares: `pipeline(RELATION_CLASSIFICATION_TASK, model=repo, trust_remote_code=True)` runs
@@ -32,9 +31,9 @@ class SaconConfig(PretrainedConfig):
         share_encoders (`bool`): use one encoder for sentences and labels (the paper uses two).
         projection_dim (`int`, *optional*): size of optional linear projections; `None` (the paper) uses the raw
             2 x hidden representations.
-        sentence_pooling (`str`): `"entity_start"`, the hidden states at the head-start and tail-start markers.
         label_pooling (`str`): `"cls_mean"` ([CLS ; masked mean], the paper), `"cls"` or `"mean"` (repeated twice
-            so both towers keep the same width).
+            so both towers keep the same width). Sentences are always [h ; t], the hidden states at the head-start
+            and tail-start markers.
         logit_scale_init_value (`float`): initial log scale, log(1 / 0.07) as in the paper.
         logit_scale_max (`float`): the scale is clamped to at most this log value (log 100, as CLIP).
         learn_logit_scale (`bool`): whether `logit_scale` receives gradients.
@@ -73,7 +72,6 @@ class SaconConfig(PretrainedConfig):
     label_config: dict | PretrainedConfig | None = None
     share_encoders: bool = False
     projection_dim: int | None = None
-    sentence_pooling: str = "entity_start"
     label_pooling: str = "cls_mean"
     logit_scale_init_value: float = math.log(1 / 0.07)
     logit_scale_max: float = math.log(100.0)
@@ -112,8 +110,6 @@ class SaconConfig(PretrainedConfig):
 
     def _validate(self) -> None:
         """Fail at construction time, with the option's name, rather than deep inside a forward pass."""
-        if self.sentence_pooling not in POOLING_CHOICES:
-            raise ValueError(f"sentence_pooling={self.sentence_pooling!r} is unknown; choose one of {POOLING_CHOICES}")
         if self.label_pooling not in LABEL_POOLING_CHOICES:
             raise ValueError(f"label_pooling={self.label_pooling!r} is unknown; choose one of {LABEL_POOLING_CHOICES}")
         if self.label_anchored_reduction not in LABEL_ANCHORED_REDUCTIONS:

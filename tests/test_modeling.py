@@ -228,7 +228,6 @@ def processor_data_path(name):
 @pytest.mark.parametrize(
     "options, message",
     [
-        ({"sentence_pooling": "cls"}, "sentence_pooling='cls' is unknown"),
         ({"label_pooling": "max"}, "label_pooling='max' is unknown"),
         ({"label_anchored_reduction": "avg"}, "label_anchored_reduction='avg' is unknown"),
         ({"label_mlm_weight": -0.5}, "label_mlm_weight must be a non-negative number"),
