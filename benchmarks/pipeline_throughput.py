@@ -15,8 +15,9 @@ Steps (each measured in a fresh child process, so wall time and peak RSS are tha
 3. the same data path without a model, phase by phase (load, label texts, sampler, processor, first batch);
 4. collation throughput of one worker (one torch thread): ``SaconPretrainingCollator`` at the default length
    (64 tokens), batch 256 (128 relations x 2), rows fetched from the memory-mapped dataset as a DataLoader worker
-   does; the best of ``--repeats`` repeats (the cores are shared, so the best is the least disturbed), and from it
-   the workers that a 40 ms GPU step at batch 256 (6,400 sentences/s) needs.
+   does, after ``--warmup_batches``; per wall-second and per CPU-second (the cores are shared: CPU time is what a
+   worker with a core of its own would spend), the best of ``--repeats`` repeats, and from it the workers that a
+   40 ms GPU step at batch 256 (6,400 sentences/s) needs; then the same without the processor's word-piece cache.
 """
 
 from __future__ import annotations
@@ -98,6 +99,9 @@ def child_collate(args: argparse.Namespace) -> dict[str, Any]:
     dataset = load_relation_corpus(args.corpus)
     labels = load_label_table(args.labels)
     processor = SaconProcessor.from_pretrained(default_backbone_path())
+    if args.child == "collate_uncached":  # the reference: every word tokenised again in every batch
+        tokenizer = processor.tokenizer
+        processor._word_pieces = lambda words: tokenizer(words, add_special_tokens=False)["input_ids"] if words else []
     collator = SaconPretrainingCollator(processor, labels, relation_to_id={r: i for i, r in enumerate(labels)})
     sampler = RelationBalancedBatchSampler(dataset["relation"][:], BATCH // INSTANCES_PER_RELATION,
                                            INSTANCES_PER_RELATION, seed=0)
@@ -221,6 +225,7 @@ def machine() -> dict[str, Any]:
 
 def render_markdown(result: dict[str, Any]) -> str:
     c, s, d, m, mach = result["corpus"], result["startup"], result["data_path"], result["collation"], result["machine"]
+    u = result["collation_without_word_piece_cache"]
     warm_ok = s["warm"]["wall_s"] < 60
     rss_ok = max(s["cold"]["peak_rss_mb"], s["warm"]["peak_rss_mb"]) < 4096
     lines = [
@@ -255,6 +260,8 @@ def render_markdown(result: dict[str, Any]) -> str:
         f"sentences/s: **{m['workers_needed']} dataloader workers** on cores of their own "
         f"(`--dataloader_num_workers {m['workers_needed']}`; {m['workers_needed_at_wall_rate']} at the wall rate "
         "measured here).",
+        f"Without `SaconProcessor`'s word-piece cache (every word tokenised again in every batch): "
+        f"{u['best_fetch_collate_sentences_per_cpu_s']:,} sentences per CPU-second, {u['workers_needed']} workers.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -274,7 +281,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--repeats", type=int, default=5, help="Collation repeats (the best is reported).")
     parser.add_argument("--batches", type=int, default=4, help="Batches of 256 per collation repeat.")
     parser.add_argument("--warmup_batches", type=int, default=20, help="Batches collated before the repeats.")
-    parser.add_argument("--child", choices=["data_path", "collate"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["data_path", "collate", "collate_uncached"], help=argparse.SUPPRESS)
     parser.add_argument("--corpus", help=argparse.SUPPRESS)
     parser.add_argument("--labels", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -302,6 +309,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result["startup"] = {"cold": startup(args, work, tiny, env, "cold"), "warm": startup(args, work, tiny, env, "warm")}
     result["data_path"] = child_result("data_path", args, env)
     result["collation"] = child_result("collate", args, env)
+    result["collation_without_word_piece_cache"] = child_result("collate_uncached", args, env)
 
     results = Path(args.results_dir)
     results.mkdir(parents=True, exist_ok=True)
