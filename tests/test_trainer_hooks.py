@@ -48,7 +48,7 @@ def fewrel_part(metrics: dict) -> dict:
     return {key: value for key, value in metrics.items() if "_fewrel_" in key}
 
 
-def test_evaluate_logs_and_returns_the_fewrel_metrics(processor, data, evaluation, tmp_path):
+def test_evaluate_logs_and_returns_the_fewrel_metrics(processor, data, evaluation, tmp_path, one_thread):
     """Evaluation at steps 2 and 4 of a tiny run, then `trainer.evaluate()` by hand (also with a named split): the
     FewRel metrics logged and returned are the evaluator's, under the former names, plus the Trainer's speed metrics."""
     args = arguments(tmp_path, max_steps=4, eval_strategy="steps", eval_steps=2, save_strategy="no", **FEWREL)
@@ -71,7 +71,7 @@ def test_evaluate_logs_and_returns_the_fewrel_metrics(processor, data, evaluatio
     assert fewrel_part(named) == reference_metrics(trainer.model, processor, evaluation, prefix="eval_wiki")
 
 
-def test_best_fewrel_checkpoint_is_loaded_at_the_end(processor, data, evaluation, tmp_path):
+def test_best_fewrel_checkpoint_is_loaded_at_the_end(processor, data, evaluation, tmp_path, one_thread):
     """`metric_for_best_model="fewrel_5_1_accuracy"` with `load_best_model_at_end`: the Trainer picks the best logged
     accuracy (first of ties) and ends with that checkpoint's weights."""
     args = arguments(
