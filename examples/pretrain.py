@@ -337,7 +337,8 @@ def main(args: list[str] | None = None) -> dict[str, float]:
     set_seed(training_args.seed)
 
     # 3. Data: training corpus and its label texts, evaluation rows; all checked before a model is built.
-    train_dataset, labels, card_facts = load_training_data(data_args)
+    with training_args.main_process_first(desc="training corpus"):  # one process per node writes the Arrow cache
+        train_dataset, labels, card_facts = load_training_data(data_args)
     eval_dataset, eval_labels = load_eval_data(data_args)
     relations = list(labels)
     leaked = check_relation_leakage(
