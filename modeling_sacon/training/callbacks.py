@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 import torch
-from transformers import TrainerCallback
+from transformers import Trainer, TrainerCallback
 from transformers.dynamic_module_utils import custom_object_save
 
 __all__ = ["HubCheckpointCardCallback", "LogitScaleClampCallback"]
@@ -40,7 +40,7 @@ class HubCheckpointCardCallback(TrainerCallback):
         trainer: the `SaconTrainer` whose pending push to wait for and whose `create_model_card` writes the card.
     """
 
-    def __init__(self, trainer):
+    def __init__(self, trainer: Trainer):
         self.trainer = trainer
 
     def on_push_begin(self, args, state, control, model=None, **kwargs):
