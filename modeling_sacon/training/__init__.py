@@ -1,1 +1,2 @@
-"""Pre-training: the `SaconTrainer` (a `transformers.Trainer`) and the model card it writes."""
+"""Pre-training: the `SaconTrainer` (a `transformers.Trainer` extended through public hooks), its callbacks (`callbacks`)
+and the model card it writes (`model_card`)."""
