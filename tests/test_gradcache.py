@@ -18,7 +18,7 @@ import torch
 from modeling_sacon import SaconConfig, SaconDualEncoderModel
 from modeling_sacon.data.collator import SaconPretrainingCollator
 from modeling_sacon.losses import masked_lm_loss
-from modeling_sacon.training.gradcache import LABEL_KEYS, SENTENCE_KEYS, cached_contrastive_step, split_rows
+from modeling_sacon.training.gradcache import LABEL_KEYS, SENTENCE_KEYS, cached_contrastive_step, length_order, split_rows
 from modeling_sacon.training.trainer import LOSS_TERMS, SaconTrainer, SaconTrainingArguments
 
 from conftest import tiny_bert_config
@@ -109,21 +109,22 @@ def test_one_mini_batch_replays_the_dropout_masks_of_the_model_forward(processor
 
 def one_graph_over_mini_batches(model, batch, size: int):
     """The uncached objective with every mini-batch forward kept in one graph and one backward: the exact gradient
-    under the dropout masks that these forwards (in pass 1's order: sentences, then labels) draw."""
+    under the dropout masks that these forwards (in pass 1's order: sentences longest first, then labels) draw."""
     config = model.config
-    sentences = [
-        model._encode_sentences(c["input_ids"], c["attention_mask"], c["entity_positions"])
-        for c in split_rows(batch, SENTENCE_KEYS, size)
-    ]
-    labels = [model._encode_labels(c["label_input_ids"], c["label_attention_mask"]) for c in split_rows(batch, LABEL_KEYS, size)]
+    order = length_order(batch["attention_mask"], size)
+    assert order is not None and not torch.equal(order, torch.arange(len(order)))  # the reordering is exercised
+    sorted_batch = {**batch, **{k: batch[k][order] for k in SENTENCE_KEYS if k in batch}, "labels": batch["labels"][order]}
+    sentence_chunks, label_chunks = split_rows(sorted_batch, SENTENCE_KEYS, size), split_rows(batch, LABEL_KEYS, size)
+    sentences = [model._encode_sentences(c["input_ids"], c["attention_mask"], c["entity_positions"]) for c in sentence_chunks]
+    labels = [model._encode_labels(c["label_input_ids"], c["label_attention_mask"]) for c in label_chunks]
     contrastive, s_loss, l_loss, _, _ = model.contrastive_loss(
-        torch.cat([e for _, e in sentences]), torch.cat([e for _, e in labels]), batch["labels"], model.logit_scale_value()
+        torch.cat([e for _, e in sentences]), torch.cat([e for _, e in labels]), sorted_batch["labels"], model.logit_scale_value()
     )
 
     def mlm(head, parts, key):
-        chunks = split_rows(batch, SENTENCE_KEYS if key == "mlm_labels" else LABEL_KEYS, size)
+        chunks = sentence_chunks if key == "mlm_labels" else label_chunks
         hidden = torch.cat([h[c[key] != -100] for (h, _), c in zip(parts, chunks)])
-        return masked_lm_loss(head(hidden), batch[key][batch[key] != -100])
+        return masked_lm_loss(head(hidden), torch.cat([c[key][c[key] != -100] for c in chunks]))
 
     s_mlm, l_mlm = mlm(model.sentence_mlm_head, sentences, "mlm_labels"), mlm(model.label_mlm_head, labels, "label_mlm_labels")
     loss = contrastive + config.sentence_mlm_weight * s_mlm + config.label_mlm_weight * l_mlm
@@ -151,6 +152,19 @@ def test_dropout_on_gives_the_exact_gradients_of_the_first_pass_masks(processor,
     torch.manual_seed(2)
     cached_contrastive_step(unreplayed, batch, 4, preserve_rng_state=False)
     assert max_grad_diff(grads(reference), grads(unreplayed))[0] > 1e-2
+
+
+def test_longest_first_mini_batches_carry_less_padding(batch):
+    order = length_order(batch["attention_mask"], 4)
+    lengths = batch["attention_mask"].sum(1)
+    assert sorted(order.tolist()) == list(range(16)) and (lengths[order].diff() <= 0).all()
+    assert length_order(batch["attention_mask"], 16) is None  # one mini-batch: the batch order stands
+
+    def padded_slots(chunks):
+        return sum(c["attention_mask"].numel() for c in chunks)
+
+    reordered = {k: batch[k][order] for k in SENTENCE_KEYS if k in batch}
+    assert padded_slots(split_rows(reordered, SENTENCE_KEYS, 4)) < padded_slots(split_rows(batch, SENTENCE_KEYS, 4))
 
 
 def test_split_rows_partitions_rows_and_trims_only_padding(batch):

@@ -5,7 +5,8 @@ A contrastive loss couples every sentence with every label of the batch, so the 
 independent micro-batches (gradient accumulation would shrink the set of negatives). But the loss depends on the
 encoders only through the embeddings. One step therefore runs in three stages:
 
-1. embed the whole (per-process) batch in mini-batches without a graph, saving the RNG state before each one;
+1. embed the whole (per-process) batch in mini-batches without a graph, saving the RNG state before each one
+   (sentences longest first, so that a mini-batch carries little padding: the loss ignores their order);
 2. compute both anchored losses on the concatenated embeddings -- gathered across processes and with labels
    deduplicated, exactly as `SaconContrastiveLoss` does in the plain forward -- and their gradients with respect to
    the embeddings and `logit_scale`;
@@ -41,7 +42,7 @@ BATCH_KEYS = ("labels", "label_relation_ids")
 NOT_TOKEN_ALIGNED = ("entity_positions",)
 IGNORED_KEYS = ("return_loss", "return_dict", "gather_across_processes")  # forward options the cached step sets itself
 
-__all__ = ["RandContext", "cached_contrastive_step", "split_rows", "synchronize_gradients"]
+__all__ = ["RandContext", "cached_contrastive_step", "length_order", "split_rows", "synchronize_gradients"]
 
 
 class RandContext:
@@ -81,6 +82,15 @@ def split_rows(inputs: Mapping[str, torch.Tensor], keys: Sequence[str], size: in
     return chunks
 
 
+def length_order(attention_mask: torch.Tensor | None, size: int) -> torch.Tensor | None:
+    """Sentence rows longest first when they fill more than one mini-batch, so each mini-batch holds rows of similar
+    length and carries little padding (the loss does not depend on the order of the sentences); None: keep the
+    batch order (one mini-batch gains nothing)."""
+    if attention_mask is None or attention_mask.shape[0] <= size:
+        return None
+    return torch.argsort(attention_mask.sum(1), descending=True, stable=True)
+
+
 def _mlm_denominator(mlm_labels: torch.Tensor, gather: bool) -> torch.Tensor | None:
     """The whole batch's masked-token count (the model's `_mlm_loss` rule): global count / world size when
     gathering across processes, so that DDP's average reproduces the global mean; None when nothing is masked."""
@@ -105,8 +115,8 @@ def cached_contrastive_step(
     `accelerator.backward` for mixed-precision scaling; divide inside it for gradient accumulation); the forwards
     and the loss run under `forward_context()` (autocast), the backwards outside it. Returns the
     loss terms (detached) as the plain forward would: `loss`, `contrastive_loss`, both anchored losses, both MLM
-    losses, `logits_per_sentence` / `logits_per_label`. `preserve_rng_state=False` skips the RNG replay (only
-    correct without dropout; kept to show what the replay buys).
+    losses (no logits: sentences are encoded longest first, see `length_order`). `preserve_rng_state=False` skips
+    the RNG replay (only correct without dropout; kept to show what the replay buys).
     """
     if mini_batch_size < 1:
         raise ValueError(f"contrastive_mini_batch_size must be >= 1, got {mini_batch_size}")
@@ -118,7 +128,10 @@ def cached_contrastive_step(
             raise ValueError(f"cached contrastive step: the batch has no {key!r} (keys: {sorted(inputs)})")
     config = model.config
     gather = gather_across_processes and world_size() > 1
-    sentence_chunks = split_rows(inputs, SENTENCE_KEYS, mini_batch_size)
+    order = length_order(inputs.get("attention_mask"), mini_batch_size)
+    sentence_inputs = {k: inputs[k] if order is None else inputs[k][order] for k in SENTENCE_KEYS if inputs.get(k) is not None}
+    labels = inputs["labels"] if order is None else inputs["labels"][order]
+    sentence_chunks = split_rows(sentence_inputs, SENTENCE_KEYS, mini_batch_size)
     label_inputs = dict(inputs)
     if gather and inputs.get("label_mlm_labels") is not None:
         # one MLM row per relation of the global batch: the row the contrastive deduplication keeps (as the forward)
@@ -149,8 +162,8 @@ def cached_contrastive_step(
         sentence_leaf = torch.cat(sentence_embeds).requires_grad_()
         label_leaf = torch.cat(label_embeds).requires_grad_()
         scale_leaf = model.logit_scale_value().detach().requires_grad_(model.logit_scale.requires_grad)
-        contrastive, s_loss, l_loss, logits, _ = model.contrastive_loss(
-            sentence_leaf, label_leaf, inputs["labels"], scale_leaf, inputs.get("label_relation_ids"), gather
+        contrastive, s_loss, l_loss, _, _ = model.contrastive_loss(
+            sentence_leaf, label_leaf, labels, scale_leaf, inputs.get("label_relation_ids"), gather
         )
         leaves = [sentence_leaf, label_leaf] + ([scale_leaf] if scale_leaf.requires_grad else [])
         grads = torch.autograd.grad(contrastive, leaves)
@@ -166,7 +179,7 @@ def cached_contrastive_step(
     mlm_totals: dict[str, torch.Tensor] = {}
     states = iter(rng_states)
     for key, weight, head, chunks, cached_grads, encode in towers:
-        whole = label_inputs.get(key)
+        whole = (sentence_inputs if key == "mlm_labels" else label_inputs).get(key)
         denominator = _mlm_denominator(whole, gather) if whole is not None and weight > 0 else None
         if whole is not None and weight > 0:
             mlm_totals[key] = torch.zeros((), device=contrastive.device)
@@ -185,8 +198,7 @@ def cached_contrastive_step(
             backward(surrogate)
 
     out = SaconOutput(
-        contrastive_loss=contrastive.detach(), sentence_anchored_loss=s_loss.detach(), label_anchored_loss=l_loss.detach(),
-        logits_per_sentence=logits.detach(), logits_per_label=logits.detach().t(),
+        contrastive_loss=contrastive.detach(), sentence_anchored_loss=s_loss.detach(), label_anchored_loss=l_loss.detach()
     )
     loss = contrastive.detach()
     if "mlm_labels" in mlm_totals:
