@@ -114,8 +114,11 @@ def test_longtail_share_fixes_the_tail_relations_of_every_batch():
     uniform = RelationBalancedBatchSampler(relations, 8, 2, seed=3, num_batches=200)
     tail_share = sum(relations[i].startswith("tail") for batch in uniform for i in batch) / (200 * 16)
     assert tail_share > 0.6  # without the option the 20 tail relations crowd out the 6 dense ones (20/26 expected)
-    with pytest.raises(ValueError, match="longtail_share 0.9 asks for 1 dense \\+ 7 long-tail"):
-        RelationBalancedBatchSampler(relations[:180] + relations[180:195], 8, 2, longtail_share=0.9)
+    small_tail = relations[:180] + relations[180:195]  # 6 dense relations, 5 long-tail ones
+    assert RelationBalancedBatchSampler(small_tail, 8, 2, longtail_share=0.9).tail_relations_per_batch == 5  # all it has
+    assert RelationBalancedBatchSampler(small_tail, 8, 2, longtail_share=0.0).tail_relations_per_batch == 2  # dense short
+    for batch in RelationBalancedBatchSampler(small_tail, 8, 2, longtail_share=0.9, num_batches=5):
+        assert len({small_tail[i] for i in batch}) == 8
 
 
 def test_the_embedded_v2_corpus(data_dir):

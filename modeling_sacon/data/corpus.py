@@ -534,8 +534,8 @@ class RelationBalancedBatchSampler(torch.utils.data.Sampler[list[int]]):
     Relations are drawn uniformly (not by frequency), so a rare relation is seen as often as
     P131; instances are drawn without replacement within a batch. With ``longtail_share`` set,
     relations with fewer than ``dense_min_instances`` instances form a long tail that supplies
-    exactly ``round(M * longtail_share)`` of each batch's relations (the rest drawn uniformly from
-    the dense ones). With ``longtail_share=None``, ``dense_min_instances=0``, or a corpus whose
+    ``round(M * longtail_share)`` of each batch's relations (the rest drawn uniformly from the
+    dense ones; see :attr:`tail_relations_per_batch` when a group is too small). With ``longtail_share=None``, ``dense_min_instances=0``, or a corpus whose
     relations are all dense (or all long tail), every relation is drawn alike: a corpus of 105 dense
     and 807 long-tail relations would then fill most of every batch with the tail. A relation with
     fewer than ``n`` instances contributes all of them plus repeats drawn with replacement, so
@@ -585,14 +585,6 @@ class RelationBalancedBatchSampler(torch.utils.data.Sampler[list[int]]):
         if self.longtail_share is not None:
             if not 0.0 <= self.longtail_share <= 1.0:
                 raise ValueError(f"longtail_share must be in [0, 1] or None, got {self.longtail_share}")
-            tail, dense = self.tail_relations_per_batch, self.relations_per_batch - self.tail_relations_per_batch
-            if self._mixes and (tail > len(self._tail) or dense > len(self._dense)):
-                raise ValueError(
-                    f"longtail_share {self.longtail_share} asks for {dense} dense + {tail} long-tail relations per batch, "
-                    f"but the data has {len(self._dense)} relations with >= {self.dense_min_instances} instances "
-                    f"(dense_min_instances) and {len(self._tail)} with fewer; change longtail_share, or set "
-                    "dense_min_instances 0 to draw every relation alike"
-                )
         if self.num_replicas < 1:
             raise ValueError(f"num_replicas must be >= 1, got {self.num_replicas}")
         if not 0 <= self.rank < self.num_replicas:
@@ -632,10 +624,15 @@ class RelationBalancedBatchSampler(torch.utils.data.Sampler[list[int]]):
 
     @property
     def tail_relations_per_batch(self) -> int:
-        """Long-tail relations in each batch (0 without ``longtail_share`` or without a long tail)."""
+        """Long-tail relations in each batch: ``round(M * longtail_share)``, within what each group can supply.
+
+        A tail of fewer relations gives all of them (the dense ones fill the batch), a dense group of fewer than
+        ``M - tail`` relations gives all of its own (the tail fills the rest); 0 without ``longtail_share``.
+        """
         if not self._mixes:
             return 0
-        return int(round(self.relations_per_batch * self.longtail_share))
+        wanted = int(round(self.relations_per_batch * self.longtail_share))
+        return max(min(wanted, len(self._tail)), self.relations_per_batch - len(self._dense))
 
     def _draw_batch(self, rng: np.random.Generator) -> list[int]:
         if not self._mixes:
