@@ -127,7 +127,11 @@ def test_smoke_budget_end_to_end_and_resume(tmp_path, data_dir):
                                capture_output=True, text=True, timeout=300)
     assert breakdown.returncode == 0, breakdown.stderr[-4000:]
     lines = breakdown.stdout.strip().splitlines()
-    assert len(lines) == 4 and lines[0].endswith("(comparator)") and "+0.0%" in lines[0], lines
+    # a header, then per clock (wall, cpu) a title and one line per arm, the comparator first at +0.0%
+    assert len(lines) == 1 + 2 * 7 and lines[0].startswith("threads "), lines
+    for title in (1, 8):
+        assert lines[title].startswith(("wall time", "cpu time")), lines
+        assert lines[title + 1].endswith("(comparator)") and "+0.0%" in lines[title + 1], lines
 
 
 def test_budgets():
