@@ -93,9 +93,9 @@ class SaconTrainingArguments(TrainingArguments):
     per_device_eval_batch_size: int = field(default=64, metadata={"help": "Sentences per encoding batch in evaluation."})
     learning_rate: float = field(default=5e-5, metadata={"help": "Peak learning rate of the encoders and heads."})
     warmup_steps: float = field(default=0.1, metadata={"help": "Warm-up steps (a value below 1 is a share of max_steps)."})
-    max_steps: int = field(default=100, metadata={"help": "Optimizer steps (100: about 6 minutes on 2 CPU cores)."})
+    max_steps: int = field(default=300, metadata={"help": "Optimizer steps (300 of batch 32: minutes on 2 CPU cores)."})
     logging_steps: float = field(default=10, metadata={"help": "Log the loss terms every this many steps."})
-    save_steps: float = field(default=50, metadata={"help": "Save (and push, with --push_to_hub) every this many steps."})
+    save_steps: float = field(default=100, metadata={"help": "Save (and push, with --push_to_hub) every this many steps."})
     save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints kept in output_dir."})
     hub_always_push: bool = field(
         default=True, metadata={"help": "Push every saved checkpoint (waiting for the previous upload to finish first)."}
@@ -133,7 +133,11 @@ class SaconTrainingArguments(TrainingArguments):
         metadata={"help": "Relations with fewer sentences than this form the long tail (see longtail_share); 0: no long "
                   "tail, every relation drawn alike."},
     )
-    fewrel_eval_settings: str = field(default="5-1", metadata={"help": "Comma-separated FewRel settings scored by evaluate()."})
+    fewrel_eval_settings: str = field(
+        default="5-1",
+        metadata={"help": "Comma-separated FewRel settings scored by evaluate(); zs-N (zero-shot) needs label texts of the "
+                  "evaluation relations."},
+    )
     fewrel_eval_episodes: int = field(default=500, metadata={"help": "Seeded episodes per setting in evaluate()."})
     fewrel_eval_seed: int = field(default=0, metadata={"help": "Seed of the evaluation episodes (fixed across evaluations)."})
     fewrel_eval_method: str = field(default="prototype", metadata={"help": "prototype, zero_shot or label_augmented."})
@@ -474,7 +478,7 @@ class SaconTrainer(Trainer):
                     split = prefix.split("_", 1)[1] if "_" in prefix else self.model_card_fields.get("eval_split", "val_wiki")
                     latest[stem] = {
                         "setting": setting, "accuracy": value, "ci95": entry.get(f"{stem}_ci95"), "split": split,
-                        "method": _option(self.args, "fewrel_eval_method"),
+                        "method": "zero_shot" if setting.startswith("zs") else _option(self.args, "fewrel_eval_method"),
                         "episodes": _option(self.args, "fewrel_eval_episodes"),
                         "pool": _option(self.args, "fewrel_eval_pool_per_relation") or None,
                     }
