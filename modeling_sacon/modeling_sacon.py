@@ -426,10 +426,13 @@ class SaconDualEncoderModel(SaconPreTrainedModel):
             towers.append(("label", model.label_mlm_head, label_head, label_path))
         for tower, head, state, path in towers:
             if state is None:
-                logger.warning(
-                    f"{path} has no masked-LM head: the {tower} tower's MLM head is newly initialised (its MLM loss "
-                    f"starts at chance; {tower}_mlm_weight=0 trains without it)"
-                )
+                if getattr(config, f"{tower}_mlm_weight") > 0:
+                    logger.warning(
+                        f"{path} has no masked-LM head: the {tower} tower's MLM head is newly initialised (its MLM loss "
+                        f"starts at chance; {tower}_mlm_weight=0 trains without it)"
+                    )
+                else:
+                    logger.info(f"{path} has no masked-LM head: the {tower} tower's MLM head is new (and unused: weight 0)")
                 continue
             head.load_state_dict(state, strict=False)  # the decoder weight stays tied to the word embeddings
             logger.info(f"{tower} tower: MLM head (transform, LayerNorm, output bias) carried over from {path}")
