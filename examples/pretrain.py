@@ -253,10 +253,11 @@ def seen_relation_names(labels: dict[str, tuple[str, str]]) -> list[str]:
 
 
 def resolve_mlm_weight(model_args: ModelArguments, tower: str, loading_info: dict | None) -> float:
-    """The given `--{tower}_mlm_weight`, else 1 with a pretrained MLM head and 0 (logged) without one."""
+    """The given `--{tower}_mlm_weight`, else 1 with a pretrained MLM head and 0 (logged) without one (0 until the
+    checkpoint has been read: `loading_info` None)."""
     weight = getattr(model_args, f"{tower}_mlm_weight")
     if weight is not None or loading_info is None:
-        return 1.0 if weight is None else weight
+        return 0.0 if weight is None else weight
     if loading_info["pretrained_mlm_heads"][tower]:
         return 1.0
     logger.warning(
