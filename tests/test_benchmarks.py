@@ -138,7 +138,7 @@ def test_budgets():
     cpu = budgets.CPU
     assert set(budgets.BUDGETS) == {"smoke", "cpu", "gpu"}
     assert cpu.eval_episodes == 10_000 and len(cpu.seeds) == 3
-    assert cpu.ablation_steps == cpu.pretrain_steps and cpu.ablation_episodes < cpu.eval_episodes  # main length
+    assert 2 * cpu.ablation_steps >= cpu.pretrain_steps and cpu.ablation_episodes < cpu.eval_episodes  # >= half length
     # the CPU budget's own arithmetic (planning constants in budgets.py) stays within 4 hours
     assert budgets.estimate(cpu)["total"] <= 4 * 3600
     resized = cpu.with_overrides({"pretrain_steps": "200", "seeds": "1,2", "ablation_pool_per_relation": "none"})

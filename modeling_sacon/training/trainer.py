@@ -93,7 +93,7 @@ class SaconTrainingArguments(TrainingArguments):
     per_device_eval_batch_size: int = field(default=64, metadata={"help": "Sentences per encoding batch in evaluation."})
     learning_rate: float = field(default=5e-5, metadata={"help": "Peak learning rate of the encoders and heads."})
     warmup_steps: float = field(default=0.1, metadata={"help": "Warm-up steps (a value below 1 is a share of max_steps)."})
-    max_steps: int = field(default=300, metadata={"help": "Optimizer steps (300 of batch 32: minutes on 2 CPU cores)."})
+    max_steps: int = field(default=500, metadata={"help": "Optimizer steps (500 of batch 32: about 12 minutes on 2 CPU cores)."})
     logging_steps: float = field(default=10, metadata={"help": "Log the loss terms every this many steps."})
     save_steps: float = field(default=100, metadata={"help": "Save (and push, with --push_to_hub) every this many steps."})
     save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints kept in output_dir."})
