@@ -275,12 +275,11 @@ def seen_relation_names(labels: dict[str, tuple[str, str]]) -> list[str]:
 # Model
 
 
-def resolve_mlm_weight(model_args: ModelArguments, tower: str, loading_info: dict | None) -> float:
-    """The given `--{tower}_mlm_weight`, else 1 with a pretrained MLM head and 0 (logged) without one (0 until the
-    checkpoint has been read: `loading_info` None)."""
+def resolve_mlm_weight(model_args: ModelArguments, tower: str, loading_info: dict) -> float:
+    """The given `--{tower}_mlm_weight`, else 1 with a pretrained MLM head and 0 (logged) without one."""
     weight = getattr(model_args, f"{tower}_mlm_weight")
-    if weight is not None or loading_info is None:
-        return 0.0 if weight is None else weight
+    if weight is not None:
+        return weight
     if loading_info["pretrained_mlm_heads"][tower]:
         return 1.0
     logger.warning(
@@ -312,8 +311,8 @@ def build_model_and_processor(model_args: ModelArguments, data_args: DataArgumen
         label_anchored_reduction=model_args.label_anchored_reduction,
         sentence_anchored_weight=model_args.sentence_anchored_weight,
         label_anchored_weight=model_args.label_anchored_weight,
-        sentence_mlm_weight=resolve_mlm_weight(model_args, "sentence", loading_info=None),
-        label_mlm_weight=resolve_mlm_weight(model_args, "label", loading_info=None),
+        sentence_mlm_weight=model_args.sentence_mlm_weight or 0.0,  # resolved below, once the checkpoint is read
+        label_mlm_weight=model_args.label_mlm_weight or 0.0,
         label_negatives=model_args.label_negatives,
         logit_scale_init_value=math.log(1.0 / model_args.temperature),
         learn_logit_scale=model_args.learn_temperature,
