@@ -10,56 +10,35 @@ Three budgets:
 
 CPU budget arithmetic
 ---------------------
-Planning constants for 2 *idle* cores (`CPU_PLANNING` below). They were measured while the 2 cores were shared with
-other jobs (load average 2.5-5), which inflates 2-thread timings erratically (OpenMP threads wait for descheduled
-siblings: a MiniLM pre-training step took 10-15 s with 2 threads, 3.2-3.7 s with 1 thread, 1.6-1.9 s with 2 threads
-in a quieter minute), so the constants are the *1-thread* measurements divided by 1.8 for two threads:
+Planning constants for 2 *idle* cores (`CPU_PLANNING` below), from the units of the 2026-11-28 run (commit eec9ee0,
+2 torch threads, nothing else running; per-unit wall times are in `benchmarks/results/cpu.json`):
 
-    measured, 1 thread, shared machine                                   -> planning constant, 2 idle cores
-    pre-training step, MiniLM x 2 towers, batch 32 (32 x 64 sentence       3.2-3.7 s  -> 2.0 s/step
-      tokens + 16 distinct label texts x ~49), fwd + bwd + AdamW
-    episodic fine-tuning step, 2 episodes 5-way 1-shot                     1.7 s      -> 1.0 s/step
-    encoding (no grad, length-sorted batches of 128) incl. tokenisation    65 sent/s  -> 115 sentences/s
+    measured, 2 threads, idle machine                                      -> planning constant
+    pre-training step, MiniLM x 2 towers, batch 32 (16 relations x 2;     1.06-1.20 s (500 steps in 556-620 s,
+      v2 corpus, no MLM: the backbone has no MLM head), fwd + bwd + AdamW   250 in 286 s) -> 1.2 s/step
+    episodic fine-tuning step, 2 episodes 5-way 1-shot                     0.45-0.57 s -> 0.6 s/step
+    encoding (no grad, length-sorted batches of 128) incl. tokenisation    -> 200 sentences/s
       (val_pubmed sentences are longer: x1.3 per sentence)
-    scoring one setting, 10,000 cached episodes (numpy episode sampling)   ~6 s (2 threads, shared) -> 4 s
-    re-encoding one 5-way 1-shot episode (10 sentences)                    0.15 s     -> 0.085 s
-    naive padded encoding / length-sorted encoding                         x1.22 (x1.72 once batches were sorted by
-                                                                             token counts, commit acf2094)
-    subprocess start (imports) + corpus load + model build + save          ~20 s (measured 17-22 s)
+    scoring one setting, 10,000 cached episodes                            -> 1.5 s
+    one full-split evaluation (11,200 + 1,000 sentences, 9-16 settings)     77-88 s
+    re-encoding one 5-way 1-shot episode (10 sentences)                    -> 0.085 s
+    subprocess start (imports) + corpus load + model build + save          ~20 s
 
-    unit                                           count  each                                       total
-    (a), (b) untrained baselines                     2    11,200 + 1,000 x 1.3 sentences (109 s)
-                                                            + 9 settings x 4 s + 3 s load            ~300 s
-    (c) pre-training, seeds 1, 2, 3                  3    300 steps x 2.0 s + 20 s                   ~1,860 s (10 min each)
-    (d) episodic fine-tuning                         3    100 steps x 1.0 s + 20 s                   ~360 s
-    (c), (d) evaluations, incl. (e) on the          6    109 s + (9 + 7) settings x 4 s + 3 s       ~1,050 s
-      same embeddings (label-augmented: 7 settings, zero-shot ones are label-only and not re-scored)
-    ablation pre-training, 9 variants                9    40 steps x 2.0 s x batch/32 + 20 s         ~940 s
-      (batch 16 and 64 cost 0.5x and 2x a batch-32 step: 9.5 batch-32 equivalents)
-    ablation evaluations                             9    1,600 sentences (14 s) + 2 x 0.8 s + 3 s   ~170 s
-    speed: 12 steps x 3 variants (~70 s), val_wiki length-sorted (97 s) and naive (119 s), 1,000
-      re-encoded episodes (85 s), model loads                                                   ~400 s
-    -----------------------------------------------------------------------------------------------------------
-    total                                                                                        ~5,070 s = 84 min
+`estimate(CPU)` turns them into the time per part (`run_all.py` prints it at start): 3 pre-training runs of 500 steps
+(the main job's length), 3 fine-tuning runs, 2 baseline and 6 trained full-split evaluations, 13 ablation and
+data-scaling runs of 250 steps (half the main length: batch 16 and 64 cost 0.5x and 2x a batch-32 step, so 12.5
+batch-32 equivalents), and the speed section. The run stays within 4 hours on 2 cores (`tests/test_benchmarks.py`
+checks the arithmetic) and, with 250-step ablations, within one 3-hour working session (at 500 steps: ~3 h).
+Measured end to end on 2026-11-28: 111.9 min on 2 idle cores (quality 45 min, ablations 63 min, speed 4 min),
+against 120 min estimated.
+If the cores turn out slower or faster than planned, resize with `--set pretrain_steps=N` or
+`--set ablation_steps=N`; units the change does not affect are kept.
 
-(`estimate(CPU)` recomputes this table; `run_all.py` prints it at start.) 6 minutes of slack against the 90-minute
-target. Measured on 2026-11-24: 83.3 min end to end at commit acf2094 (idle machine; pre-training runs 11.5-15.6 min,
-2.3-3.1 s/step in the Trainer, fine-tuning 1.4-2.6 min, each full-split evaluation 1.8-2.9 min, ablation runs 0.6-2.2
-min, speed 7.6 min), and 61.4 min from a fresh clone at commit 1c4990a on a faster host (pre-training 7.9-8.1 min,
-fine-tuning 1.3-1.4 min, speed 5.6 min). The main-table evaluation (8 encodings of val_wiki + val_pubmed, ~23 min) is the fixed cost: 10,000 episodes
-on the full splits. The pre-training runs are `examples/pretrain.py` at its default sizes (batch 32, 16 relations x 2)
-but 300 steps instead of its 100, seeded.
-If the cores turn out slower or faster than planned, resize with `--set pretrain_steps=N` (each step: 6 s over the
-three seeds) or `--set ablation_steps=N` (each step: 19 s over the nine variants); units the change does not affect
-are kept. Quality at that length is not known in advance: a 60-step probe (seed 1, batch 32, shared machine) scored
-70.5% val_wiki 5-1 / 73.7% zero-shot 5-way / 55.7% val_pubmed 5-1 on 2,000 episodes over the first 100 sentences per
-relation, against 62.2% / 73.8% / 51.0% for row (a) on the same episodes (40 steps: 70.0% / 72.7% / 55.1%).
-
-Ablations are shorter than the main runs (40 vs 300 steps, one seed; the learning-rate schedule decays over the 40
-steps) and are scored on 2,000 episodes drawn from the first 100 sentences of each val_wiki relation (1,600
-sentences), not on all 700 per relation: they rank the variants against each other; the main table is the quality
-claim. On the speed side the two val_wiki encoding arms run once each (minutes each, where timer noise is
-negligible); pre-training steps and cached scoring are medians of repeats.
+Ablations run at half the main runs' length with one seed (the learning-rate schedule decays over their 250 steps)
+and are scored on 2,000 episodes drawn from the first 100 sentences of each val_wiki relation (1,600 sentences), not
+on all 700 per relation: they rank the variants against each other; the main table is the quality claim. On the speed
+side the two val_wiki encoding arms run once each (minutes each, where timer noise is negligible); pre-training steps
+and cached scoring are medians of repeats.
 """
 
 from __future__ import annotations
@@ -194,7 +173,9 @@ CPU = Budget(
     finetune_steps=100,
     finetune_batch_size=2,
     eval_episodes=10_000,
-    ablation_steps=250,  # half the main runs' length: 13 variants at 500 steps would exceed 4 hours on 2 cores
+    # half the main runs' length: the whole run then takes ~2 h on 2 idle cores and fits one 3-hour working session;
+    # at 500 it is ~3 h (`--set ablation_steps=500`), within the 4-hour budget but not one session
+    ablation_steps=250,
     ablation_batch_sizes=(16, 32, 64),
     ablation_episodes=2_000,
     ablation_pool_per_relation=100,
@@ -238,11 +219,11 @@ BUDGETS = {budget.name: budget for budget in (SMOKE, CPU, GPU)}
 class Planning:
     """Per-unit costs on the budget's machine (CPU_PLANNING: MiniLM on 2 idle cores)."""
 
-    pretrain_step_s: float = 2.0  # at batch 32; scales linearly with the batch
-    finetune_step_s: float = 1.0  # at 2 episodes per step
-    encode_sentences_per_s: float = 115.0
+    pretrain_step_s: float = 1.2  # at batch 32; scales linearly with the batch
+    finetune_step_s: float = 0.6  # at 2 episodes per step
+    encode_sentences_per_s: float = 200.0
     pubmed_sentence_cost: float = 1.3
-    scoring_s_per_setting: float = 4.0  # at 10,000 episodes; linear in episodes
+    scoring_s_per_setting: float = 1.5  # at 10,000 episodes; linear in episodes
     reencode_s_per_episode: float = 0.085  # 5-way 1-shot
     naive_encode_factor: float = 1.72
     model_load_s: float = 3.0
