@@ -17,7 +17,7 @@ Planning constants for 2 *idle* cores (`CPU_PLANNING` below), from the units of 
     pre-training step, MiniLM x 2 towers, batch 32 (16 relations x 2;     1.06-1.20 s (500 steps in 556-620 s,
       v2 corpus, no MLM: the backbone has no MLM head), fwd + bwd + AdamW   250 in 286 s) -> 1.2 s/step
     episodic fine-tuning step, 2 episodes 5-way 1-shot                     0.45-0.57 s -> 0.6 s/step
-    encoding (no grad, length-sorted batches of 128) incl. tokenisation    -> 200 sentences/s
+    encoding (no grad, length-sorted batches of 128) incl. tokenisation    247 sent/s (val_wiki, speed) -> 200
       (val_pubmed sentences are longer: x1.3 per sentence)
     scoring one setting, 10,000 cached episodes                            -> 1.5 s
     one full-split evaluation (11,200 + 1,000 sentences, 9-16 settings)     77-88 s
