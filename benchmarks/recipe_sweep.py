@@ -32,7 +32,8 @@ RECIPES: dict[str, tuple[str, str]] = {
     "b64": ("--per_device_train_batch_size 64", "batch 64 (32 relations x 2)"),
     "b64_neg32": ("--per_device_train_batch_size 64 --label_negatives 32", "batch 64, +32 label-side negatives"),
     "b64_lr1e-4": ("--per_device_train_batch_size 64 --learning_rate 1e-4", "batch 64, learning rate 1e-4"),
-    # the two changes the 250-step ablations favour (README Ablations, Data scaling), alone and with batch 64
+    # what the 250-step ablations favour (README Ablations, Data scaling): the dense corpus with shuffled batches,
+    # and the dense corpus with batch 64
     "b32_dense_shuffled": ("--corpus v2_dense --balanced_batches False", "dense relations only, plain shuffled batches"),
     "b64_dense": ("--per_device_train_batch_size 64 --corpus v2_dense", "batch 64, dense relations only"),
 }
