@@ -14,8 +14,9 @@ Planning constants for 2 *idle* cores (`CPU_PLANNING` below), from the units of 
 2 torch threads, nothing else running; per-unit wall times are in `benchmarks/results/cpu.json`):
 
     measured, 2 threads, idle machine                                      -> planning constant
-    pre-training step, MiniLM x 2 towers, batch 32 (16 relations x 2;     1.06-1.20 s (500 steps in 556-620 s,
-      v2 corpus, no MLM: the backbone has no MLM head), fwd + bwd + AdamW   250 in 286 s) -> 1.2 s/step
+    pre-training step, MiniLM x 2 towers, batch 32 (shuffled, ~28         1.32 s (500 steps in 679 s with start-up,
+      distinct relations; v2 corpus, no MLM: the backbone has no MLM head),  seed 1, 2026-11-28; relation-balanced
+      fwd + bwd + AdamW                                                    16 x 2: 1.06-1.20 s) -> 1.35 s/step
     episodic fine-tuning step, 2 episodes 5-way 1-shot                     0.45-0.57 s -> 0.6 s/step
     encoding (no grad, length-sorted batches of 128) incl. tokenisation    247 sent/s (val_wiki, speed) -> 200
       (val_pubmed sentences are longer: x1.3 per sentence)
@@ -25,17 +26,16 @@ Planning constants for 2 *idle* cores (`CPU_PLANNING` below), from the units of 
     subprocess start (imports) + corpus load + model build + save          ~20 s
 
 `estimate(CPU)` turns them into the time per part (`run_all.py` prints it at start): 3 pre-training runs of 500 steps
-(the main job's length), 3 fine-tuning runs, 2 baseline and 6 trained full-split evaluations, 13 ablation and
-data-scaling runs of 250 steps (half the main length: batch 16 and 64 cost 0.5x and 2x a batch-32 step, so 12.5
-batch-32 equivalents), and the speed section. The run stays within 4 hours on 2 cores (`tests/test_benchmarks.py`
-checks the arithmetic) and, with 250-step ablations, within one 3-hour working session (at 500 steps: ~3 h).
-Measured end to end on 2026-11-28: 111.9 min on 2 idle cores (quality 45 min, ablations 63 min, speed 4 min),
-against 120 min estimated.
+(the main job's length), 3 fine-tuning runs, 2 baseline and 6 trained full-split evaluations, 11 ablation and
+data-scaling runs of 500 steps (the main length: batch 16 and 64 cost 0.5x and 2x a batch-32 step, so 11.5 batch-32
+equivalents), and the speed section: about 3 h 10 min, within 4 hours on 2 cores (`tests/test_benchmarks.py` checks
+the arithmetic). That is more than one 3-hour working session: the units resume, so a run spans sessions where the
+output directory persists. The previous run (2026-11-28, relation-balanced default, 250-step ablations) took
+111.9 min end to end (quality 45 min, ablations 63 min, speed 4 min) against 120 min estimated.
 If the cores turn out slower or faster than planned, resize with `--set pretrain_steps=N` or
 `--set ablation_steps=N`; units the change does not affect are kept.
 
-Ablations run at half the main runs' length with one seed (the learning-rate schedule decays over their 250 steps)
-and are scored on 2,000 episodes drawn from the first 100 sentences of each val_wiki relation (1,600 sentences), not
+Ablations run at the main runs' length with one seed and are scored on 2,000 episodes drawn from the first 100 sentences of each val_wiki relation (1,600 sentences), not
 on all 700 per relation: they rank the variants against each other; the main table is the quality claim. On the speed
 side the two val_wiki encoding arms run once each (minutes each, where timer noise is negligible); pre-training steps
 and cached scoring are medians of repeats.
@@ -173,9 +173,9 @@ CPU = Budget(
     finetune_steps=100,
     finetune_batch_size=2,
     eval_episodes=10_000,
-    # half the main runs' length: the whole run then takes ~2 h on 2 idle cores and fits one 3-hour working session;
-    # at 500 it is ~3 h (`--set ablation_steps=500`), within the 4-hour budget but not one session
-    ablation_steps=250,
+    # the main runs' length (issue 9): the whole run takes ~3.5 h on 2 idle cores, within the 4-hour budget; its units
+    # resume, so it can span working sessions (`--set ablation_steps=250`: half length, ~2 h)
+    ablation_steps=500,
     ablation_batch_sizes=(16, 32, 64),
     ablation_episodes=2_000,
     ablation_pool_per_relation=100,
@@ -219,7 +219,7 @@ BUDGETS = {budget.name: budget for budget in (SMOKE, CPU, GPU)}
 class Planning:
     """Per-unit costs on the budget's machine (CPU_PLANNING: MiniLM on 2 idle cores)."""
 
-    pretrain_step_s: float = 1.2  # at batch 32; scales linearly with the batch
+    pretrain_step_s: float = 1.35  # at batch 32, shuffled batches; scales linearly with the batch
     finetune_step_s: float = 0.6  # at 2 episodes per step
     encode_sentences_per_s: float = 200.0
     pubmed_sentence_cost: float = 1.3
@@ -259,7 +259,7 @@ def estimate(budget: Budget, plan: Planning = CPU_PLANNING) -> dict[str, float]:
     step = plan.pretrain_step_s * budget.pretrain_batch_size / 32
     seeds = len(budget.seeds)
     ablation_batches = [budget.pretrain_batch_size] * 6 + [b for b in budget.ablation_batch_sizes if b != budget.pretrain_batch_size]
-    ablation_batches += [budget.pretrain_batch_size] * 4  # the authors' batches, the 3 data-scaling corpora
+    ablation_batches += [budget.pretrain_batch_size] * 3  # the other batch scheme, the 2 other embedded corpora
     ablation_eval = (encode(budget.ablation_pool_per_relation, False)
                      + score(len(budget.ablation_settings.split(",")), budget.ablation_episodes) + plan.model_load_s)
     sorted_encode = encode(budget.speed_pool_per_relation, False)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from budgets import Budget
 from common import EXAMPLES_DIR, UnitStore, fingerprint, load_average, log, mean_ci95, run_worker, write_json
+from train_worker import script_defaults
 
 # (result key, column title); result keys are evaluate_fewrel.py's ("pubmed/" prefix for val_pubmed)
 MAIN_COLUMNS = [
@@ -44,12 +45,27 @@ class Ablation:
     group: str = "ablation"  # "ablation" or "data" (the data-scaling block: same recipe, another corpus)
 
 
+# the embedded corpora of the data-scaling block (examples/pretrain.py --corpus)
+CORPORA = {
+    "v1": "the earlier corpus: 82 relations, 16,329 sentences",
+    "v2_dense": "v2 dense only: 105 relations, 36,354 sentences",
+    "v2": "v2 dense + long tail: 912 relations, 39,083 sentences",
+}
+
+
 def ablations_for(budget: Budget) -> list[Ablation]:
-    """One-seed variants of the default recipe (`full`), at `budget.ablation_steps`, and the data-scaling block."""
+    """One-seed variants of the default recipe (`full`: examples/pretrain.py's defaults), at `budget.ablation_steps`,
+    and the data-scaling block (the same recipe on each other embedded corpus). The batch-scheme variant is whichever
+    scheme the default is not, so the table always holds the authors' shuffled batches and ours."""
+    defaults = script_defaults("pretrain")
+    balanced, corpus = defaults["balanced_batches"], defaults["corpus"]
+    scheme = (f"relation-balanced ({budget.pretrain_batch_size // defaults['instances_per_relation']} relations x "
+              f"{defaults['instances_per_relation']}, long-tail share {defaults['longtail_share']})" if balanced
+              else "plain shuffled, the authors' scheme")
     variants = [
         Ablation("full", "the default recipe (examples/pretrain.py's defaults: both anchored InfoNCE terms, sum "
-                 f"reduction, learned temperature, batch {budget.pretrain_batch_size} relation-balanced, v2 corpus with "
-                 "its long-tail share, MLM only with a pretrained head)", ()),
+                 f"reduction, learned temperature, batch {budget.pretrain_batch_size} {scheme}, corpus {corpus}, "
+                 "MLM only with a pretrained head)", ()),
         Ablation("sentence_anchored_only", "sentence-anchored InfoNCE only (label_anchored_weight 0)",
                  ("--label_anchored_weight", "0")),
         Ablation("label_anchored_only", "label-anchored InfoNCE only (sentence_anchored_weight 0)",
@@ -63,14 +79,18 @@ def ablations_for(budget: Budget) -> list[Ablation]:
         if size != budget.pretrain_batch_size:
             variants.append(Ablation(f"batch_{size}", f"batch size {size} (full: {budget.pretrain_batch_size})",
                                      ("--per_device_train_batch_size", str(size))))
-    variants.append(Ablation("authors_batches", "the authors' batches: plain shuffled (full: relation-balanced)",
-                             ("--balanced_batches", "False")))
-    variants += [
-        Ablation("corpus_v1", "the earlier corpus: 82 relations, 16,329 sentences", ("--corpus", "v1"), "data"),
-        Ablation("corpus_v2_dense", "v2 dense only: 105 relations, 36,354 sentences", ("--corpus", "v2_dense"), "data"),
-        Ablation("corpus_v2_uniform", "v2 dense + long tail, all 912 relations drawn alike (no long-tail share)",
-                 ("--dense_min_instances", "0"), "data"),
-    ]
+    if balanced:
+        variants.append(Ablation("authors_batches", "the authors' batches: plain shuffled (full: relation-balanced)",
+                                 ("--balanced_batches", "False")))
+    else:
+        variants.append(Ablation(
+            "balanced_batches", f"relation-balanced batches: {budget.pretrain_batch_size // defaults['instances_per_relation']} "
+            f"relations x {defaults['instances_per_relation']}, long-tail share {defaults['longtail_share']} (full: shuffled)",
+            ("--balanced_batches", "True")))
+    variants += [Ablation(f"corpus_{name}", text, ("--corpus", name), "data") for name, text in CORPORA.items() if name != corpus]
+    if balanced and corpus == "v2":
+        variants.append(Ablation("corpus_v2_uniform", "v2 dense + long tail, all 912 relations drawn alike (no long-tail share)",
+                                 ("--dense_min_instances", "0"), "data"))
     return variants
 
 
@@ -210,7 +230,8 @@ def evaluate_model(
 
 
 def _train_spec(script: str, argv: list[str], depends: dict | None = None) -> dict:
-    return {"script": script, "argv": argv, "depends": depends or {}}
+    """A training unit's specification: its argv and the script defaults under it (`train_worker.script_defaults`)."""
+    return {"script": script, "argv": argv, "defaults": fingerprint(script_defaults(script)), "depends": depends or {}}
 
 
 def _prepare_output_dir(run_dir: Path, spec: dict, store: UnitStore, name: str) -> bool:

@@ -20,8 +20,9 @@ import shlex
 import sys
 from pathlib import Path
 
-from common import UnitStore, log, run_worker, write_json
+from common import UnitStore, fingerprint, log, run_worker, write_json
 from quality import evaluate_model
+from train_worker import script_defaults
 
 # name -> (extra pretrain.py arguments, what it tests). Base: examples/pretrain.py's defaults at 300 steps.
 RECIPES: dict[str, tuple[str, str]] = {
@@ -75,7 +76,7 @@ def run_recipe(name: str, extra: str, args: argparse.Namespace, store: UnitStore
     argv = ["--output_dir", str(run_dir), "--overwrite_output_dir", "True", "--seed", str(args.seed),
             "--max_steps", str(args.steps), "--save_strategy", "no", "--eval_fewrel", "none", "--report_to", "none",
             "--disable_tqdm", "True", "--logging_steps", "25", *shlex.split(extra)]
-    spec = {"script": "pretrain", "argv": argv}
+    spec = {"script": "pretrain", "argv": argv, "defaults": fingerprint(script_defaults("pretrain"))}
 
     def train() -> dict:
         result_path = args.output_dir / "units" / f"{name}.train-result.json"

@@ -9,6 +9,7 @@ allows it). `run_all.py` starts one worker per run (budgets cpu/gpu: crash isola
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import resource
@@ -19,13 +20,34 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load_script(name: str):
+def load_script(name: str):
+    """`examples/<name>.py` as a module (once per process)."""
+    if f"_benchmark_{name}" in sys.modules:
+        return sys.modules[f"_benchmark_{name}"]
     path = REPO_ROOT / "examples" / f"{name}.py"
     spec = importlib.util.spec_from_file_location(f"_benchmark_{name}", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
     spec.loader.exec_module(module)
     return module
+
+
+def script_defaults(name: str) -> dict:
+    """The defaults of `examples/<name>.py`'s argument dataclasses (`*Arguments`), by field.
+
+    A training unit's specification holds them beside its argv: a run stored under earlier defaults (a recipe changed
+    in the script, not on the command line) is then not reused as if it had run under today's.
+    """
+    module = load_script(name)
+    defaults = {}
+    for cls in vars(module).values():
+        if isinstance(cls, type) and dataclasses.is_dataclass(cls) and cls.__name__.endswith("Arguments"):
+            for f in dataclasses.fields(cls):
+                if f.default is not dataclasses.MISSING:
+                    defaults[f.name] = f.default
+                elif f.default_factory is not dataclasses.MISSING:
+                    defaults[f.name] = f.default_factory()
+    return defaults
 
 
 def _reset_peak_rss() -> bool:
@@ -54,7 +76,7 @@ def main(spec_path: str) -> None:
         print(f"=== unit {unit['name']}: {unit['script']} {' '.join(unit['argv'])}", flush=True)
         reset = _reset_peak_rss()
         if unit["script"] not in modules:
-            modules[unit["script"]] = _load_script(unit["script"])
+            modules[unit["script"]] = load_script(unit["script"])
         start, cpu = time.perf_counter(), time.process_time()
         metrics = modules[unit["script"]].main(list(unit["argv"]))
         result = {

@@ -37,8 +37,9 @@ MAIN_COLUMNS = {
 }
 ABLATIONS = {
     "full", "sentence_anchored_only", "label_anchored_only", "new_mlm_heads", "mean_reduction", "fixed_temperature",
-    "batch_4", "batch_16", "authors_batches",  # smoke batch sizes 4 / 8 / 16 (cpu: 16 / 32 / 64)
-    "corpus_v1", "corpus_v2_dense", "corpus_v2_uniform",  # the data-scaling block
+    "batch_4", "batch_16",  # smoke batch sizes 4 / 8 / 16 (cpu: 16 / 32 / 64)
+    "balanced_batches",  # the default is the authors' shuffled scheme; ours is the variant
+    "corpus_v1", "corpus_v2_dense",  # the data-scaling block (full: v2, dense + long tail)
 }
 
 
@@ -145,6 +146,37 @@ def test_budgets():
     assert (resized.pretrain_steps, resized.seeds, resized.ablation_pool_per_relation) == (200, (1, 2), None)
     with pytest.raises(ValueError, match="unknown budget field"):
         cpu.with_overrides({"pretrain_step": "1"})
+
+
+@pytest.fixture
+def harness(monkeypatch):
+    """benchmarks/quality.py and its siblings importable by their plain names, as run_all.py imports them; removed
+    from sys.modules afterwards."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import budgets as plain_budgets
+    import quality
+    import train_worker
+
+    yield quality, train_worker, plain_budgets
+    for name in ("quality", "train_worker", "budgets", "common", "_benchmark_pretrain", "_benchmark_evaluate_fewrel"):
+        sys.modules.pop(name, None)
+
+
+def test_training_unit_specs_follow_script_defaults(harness, monkeypatch):
+    """A recipe changed in examples/pretrain.py's defaults (not on the command line) must not reuse runs stored under
+    the old one; and the batch-scheme ablation is whichever scheme the default is not."""
+    quality, worker, plain_budgets = harness
+    argv = ["--max_steps", "5"]
+    spec = quality._train_spec("pretrain", argv)
+    assert quality._train_spec("pretrain", argv) == spec
+    names = {a.name for a in quality.ablations_for(plain_budgets.CPU)}
+    field = worker.load_script("pretrain").SaconTrainingArguments.__dataclass_fields__["balanced_batches"]
+    monkeypatch.setattr(field, "default", not field.default)
+    assert quality._train_spec("pretrain", argv)["defaults"] != spec["defaults"]
+    flipped = {a.name for a in quality.ablations_for(plain_budgets.CPU)}
+    assert {"balanced_batches", "authors_batches"} & names and {"balanced_batches", "authors_batches"} & flipped
+    assert ("authors_batches" in names) != ("authors_batches" in flipped)
+    assert ("balanced_batches" in names) != ("balanced_batches" in flipped)
 
 
 def test_mean_ci95():

@@ -19,7 +19,7 @@ from transformers import TrainerCallback
 from modeling_sacon import SaconConfig, SaconDualEncoderModel
 from modeling_sacon.data.collator import SERVE_KEY, SaconPretrainingCollator, ServedDataset, ServeKeyedBatchSampler
 from modeling_sacon.data import DataFormatError, RelationBalancedBatchSampler, UnknownRelationError
-from modeling_sacon.training.trainer import LOSS_TERMS, SaconTrainer, SaconTrainingArguments
+from modeling_sacon.training.trainer import LOSS_TERMS, SaconTrainer, SaconTrainingArguments, ShuffledBatchSampler
 
 from conftest import tiny_bert_config
 from test_collator import synthetic_dataset
@@ -227,12 +227,14 @@ def test_accelerate_deals_disjoint_batches_to_processes(data):
     assert shards[0] == everything[0::2] and shards[1] == everything[1::2]
 
 
+@pytest.mark.parametrize("balanced", [False, True])
 @pytest.mark.parametrize("processes, skipped", [(1, 0), (1, 1), (2, 0), (2, 1)])
-def test_the_dataloaders_set_epoch_reaches_the_keyed_sampler(processor, data, tmp_path, processes, skipped):
+def test_the_dataloaders_set_epoch_reaches_the_keyed_sampler(processor, data, tmp_path, processes, skipped, balanced):
     """The Trainer calls `set_epoch` on its train dataloader before every epoch. It must reach the keyed sampler however
     accelerate wraps it: BatchSamplerShard under several processes, SkipBatchSampler over that when resuming (deeper
     than accelerate forwards to batch samplers; without it a resumed run replays epoch 0's batches)."""
-    loader = trainer_for(processor, data, tiny(processor, 0), arguments(tmp_path)).get_train_dataloader()
+    trainer = trainer_for(processor, data, tiny(processor, 0), arguments(tmp_path, balanced_batches=balanced))
+    loader = trainer.get_train_dataloader()
     if processes > 1:
         loader = prepare_data_loader(loader, num_processes=processes, process_index=0, put_on_device=False)
     if skipped:
@@ -240,7 +242,10 @@ def test_the_dataloaders_set_epoch_reaches_the_keyed_sampler(processor, data, tm
     loader.set_epoch(3)
     batches = list(loader.batch_sampler)  # of (row, epoch, batch index) keys
     assert {epoch for batch in batches for _, epoch, _ in batch} == {3}
-    epoch_3 = RelationBalancedBatchSampler(data[0]["relation"], 4, 2, seed=0, num_batches=12)  # 96 rows / 8
+    if balanced:
+        epoch_3 = RelationBalancedBatchSampler(data[0]["relation"], 4, 2, seed=0, num_batches=12)  # 96 rows / 8
+    else:
+        epoch_3 = ShuffledBatchSampler(96, 8, seed=0, num_batches=12)
     epoch_3.set_epoch(3)
     assert [[row for row, _, _ in batch] for batch in batches] == list(epoch_3)[::processes][skipped:]
 
@@ -337,11 +342,11 @@ def test_script_rejects_fewrel_evaluation_relations(pretrain, tmp_path, no_model
 @pytest.mark.parametrize(
     "options, message",
     [
-        (["--per_device_train_batch_size", "2", "--instances_per_relation", "2"],
+        (["--balanced_batches", "true", "--per_device_train_batch_size", "2", "--instances_per_relation", "2"],
          r"per_device_train_batch_size \(2\) / instances_per_relation \(2\) = 1: a contrastive batch needs at least two relations"),
-        (["--per_device_train_batch_size", "6", "--instances_per_relation", "2"],
+        (["--balanced_batches", "true", "--per_device_train_batch_size", "6", "--instances_per_relation", "2"],
          r"= 3 relations per batch, but the training data has only 2 relations"),
-        (["--per_device_train_batch_size", "5", "--instances_per_relation", "2"],
+        (["--balanced_batches", "true", "--per_device_train_batch_size", "5", "--instances_per_relation", "2"],
          r"per_device_train_batch_size \(5\) must be divisible by instances_per_relation \(2\)"),
         (["--balanced_batches", "false", "--per_device_train_batch_size", "1"], r"per_device_train_batch_size \(1\) must be >= 2"),
     ],
@@ -355,4 +360,5 @@ def test_script_rejects_batches_without_two_relations(pretrain, tmp_path, no_mod
 
 def test_trainer_rejects_a_batch_of_one_relation(processor, data, tmp_path):
     with pytest.raises(ValueError, match=r"instances_per_relation \(4\) = 1: a contrastive batch needs at least two"):
-        trainer_for(processor, data, tiny(processor, 0), arguments(tmp_path, per_device_train_batch_size=4, instances_per_relation=4))
+        trainer_for(processor, data, tiny(processor, 0), arguments(tmp_path, per_device_train_batch_size=4, instances_per_relation=4,
+                                                                     balanced_batches=True))

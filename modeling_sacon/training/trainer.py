@@ -23,8 +23,9 @@ What it adds to the stock Trainer (transformers 5.x):
 * **Optimizer.** Three parameter groups: weights with decay, biases/LayerNorm without (`get_decay_parameter_names`),
   and `logit_scale` alone, without decay, at `logit_scale_learning_rate` (at the encoders' 5e-5 the temperature
   barely moves in a short run). The scheduler scales every group's learning rate alike.
-* **Batches.** Relation-balanced (`RelationBalancedBatchSampler`: M relations x `instances_per_relation`) or plain
-  shuffled, seeded by `data_seed` (else `seed`). The sampler yields the *global* batch stream; under several
+* **Batches.** Plain shuffled (the default, as the authors': each relation appears at its share of the corpus) or
+  relation-balanced (`balanced_batches`: `RelationBalancedBatchSampler`, M relations x `instances_per_relation`, with
+  a long-tail share), seeded by `data_seed` (else `seed`). The sampler yields the *global* batch stream; under several
   processes accelerate's `BatchSamplerShard` deals its batches round-robin (process r takes batches r, r + W, ...),
   so processes see disjoint batches. Rows carry a serve key (epoch, global batch index): the collator's blanking
   and MLM draws are a pure function of it, so a resumed run (the Trainer skips the consumed batches without
@@ -115,7 +116,9 @@ class SaconTrainingArguments(TrainingArguments):
                   "mini-batch. None: off."},
     )
     balanced_batches: bool = field(
-        default=True, metadata={"help": "Relation-balanced batches (M relations x instances_per_relation); else shuffle."}
+        default=False,
+        metadata={"help": "Relation-balanced batches (M relations x instances_per_relation, long-tail share below); default: "
+                  "plain shuffled batches, the authors' scheme (ahead of balanced ones in the README's ablations)."},
     )
     instances_per_relation: int = field(
         default=2, metadata={"help": "Sentences per relation in a balanced batch (n); per_device_train_batch_size = M x n."}
