@@ -27,8 +27,8 @@ Planning constants for 2 *idle* cores (`CPU_PLANNING` below), from the units of 
 
 `estimate(CPU)` turns them into the time per part (`run_all.py` prints it at start): 3 pre-training runs of 500 steps
 (the main job's length), 3 fine-tuning runs, 2 baseline and 6 trained full-split evaluations, 11 ablation and
-data-scaling runs of 500 steps (the main length: batch 16 and 64 cost 0.5x and 2x a batch-32 step, so 11.5 batch-32
-equivalents), and the speed section: about 3 h 10 min, within 4 hours on 2 cores (`tests/test_benchmarks.py` checks
+data-scaling variants of 500 steps (the main length, so `full` is row (c)'s seed-1 run; the 10 others cost 10.5
+batch-32 runs: batch 16 and 64 cost 0.5x and 2x a batch-32 step), and the speed section: about 3 h, within 4 hours on 2 cores (`tests/test_benchmarks.py` checks
 the arithmetic). That is more than one 3-hour working session: the units resume, so a run spans sessions where the
 output directory persists. The previous run (2026-11-28, relation-balanced default, 250-step ablations) took
 111.9 min end to end (quality 45 min, ablations 63 min, speed 4 min) against 120 min estimated.
@@ -260,6 +260,9 @@ def estimate(budget: Budget, plan: Planning = CPU_PLANNING) -> dict[str, float]:
     seeds = len(budget.seeds)
     ablation_batches = [budget.pretrain_batch_size] * 6 + [b for b in budget.ablation_batch_sizes if b != budget.pretrain_batch_size]
     ablation_batches += [budget.pretrain_batch_size] * 3  # the other batch scheme, the 2 other embedded corpora
+    evaluated = len(ablation_batches)
+    if budget.ablation_steps == budget.pretrain_steps and budget.ablation_seed in budget.seeds:
+        ablation_batches.remove(budget.pretrain_batch_size)  # `full` is row (c)'s run of that seed (quality.py)
     ablation_eval = (encode(budget.ablation_pool_per_relation, False)
                      + score(len(budget.ablation_settings.split(",")), budget.ablation_episodes) + plan.model_load_s)
     sorted_encode = encode(budget.speed_pool_per_relation, False)
@@ -269,7 +272,7 @@ def estimate(budget: Budget, plan: Planning = CPU_PLANNING) -> dict[str, float]:
         "fine-tuning (d)": seeds * (budget.finetune_steps * plan.finetune_step_s * budget.finetune_batch_size / 2 + plan.process_s),
         "evaluations (c), (d), (e)": 2 * seeds * per_trained,
         "ablation pre-training": sum(budget.ablation_steps * plan.pretrain_step_s * b / 32 + plan.process_s for b in ablation_batches),
-        "ablation evaluations": len(ablation_batches) * ablation_eval,
+        "ablation evaluations": evaluated * ablation_eval,
         "speed": (
             (budget.speed_step_warmup + budget.speed_step_repeats) * step * (1 + 0.75 + 1.45)  # full, comparator, no dedup
             + budget.speed_encode_repeats * sorted_encode * (1 + plan.naive_encode_factor)

@@ -91,7 +91,9 @@ def ablations_for(budget: Budget) -> list[Ablation]:
     if balanced and corpus == "v2":
         variants.append(Ablation("corpus_v2_uniform", "v2 dense + long tail, all 912 relations drawn alike (no long-tail share)",
                                  ("--dense_min_instances", "0"), "data"))
-    return variants
+    # run order: `full`, the batch scheme and the data-scaling block first (issue 9's questions), then the rest
+    first = {"full", "authors_batches", "balanced_batches"}
+    return sorted(variants, key=lambda v: 0 if v.name in first else 1 if v.group == "data" else 2)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -559,8 +561,14 @@ def quality_targets(rows: dict) -> dict:
 
 
 def ablation_training_units(budget: Budget, backbone: str, output_dir: Path) -> list[dict]:
+    """One pre-training run per variant. `full` at the main length and a main seed is row (c)'s run of that seed (the
+    same argv bar the output directory): that unit is shared, not run twice."""
+    main_runs = {unit["seed"]: unit for unit in quality_training_units(budget, backbone, output_dir) if unit["row"] == "c"}
     units = []
     for variant in ablations_for(budget):
+        if not variant.args and budget.ablation_steps == budget.pretrain_steps and budget.ablation_seed in main_runs:
+            units.append({**main_runs[budget.ablation_seed], "variant": variant.name})
+            continue
         run_dir = output_dir / "runs" / f"ablation-{variant.name}"
         argv = pretrain_argv(budget, backbone, run_dir, budget.ablation_seed, budget.ablation_steps, variant.args)
         units.append({"name": f"ablations/pretrain-{variant.name}", "spec": _train_spec("pretrain", argv, {"backbone": budget.backbone}),

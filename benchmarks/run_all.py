@@ -105,6 +105,7 @@ def main(argv: list[str] | None = None) -> dict:
         backbone = backbone_path(budget, output_dir, store)
         units = quality_training_units(budget, backbone, output_dir) if "quality" in args.sections else []
         units += ablation_training_units(budget, backbone, output_dir) if "ablations" in args.sections else []
+        units = list({unit["name"]: unit for unit in units}.values())  # `full` may be a main run (one run, not two)
         if units:
             run_training_units(units, store, budget, output_dir, "training")
     results["quality"] = run_quality(budget, output_dir, store, "quality" in args.sections)

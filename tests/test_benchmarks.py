@@ -179,6 +179,19 @@ def test_training_unit_specs_follow_script_defaults(harness, monkeypatch):
     assert ("balanced_batches" in names) != ("balanced_batches" in flipped)
 
 
+def test_full_ablation_at_the_main_length_is_the_main_run(harness, tmp_path):
+    """`full` at the main length and a main seed shares row (c)'s run (same spec, same directory): one run, not two."""
+    quality, _, plain_budgets = harness
+    budget = plain_budgets.CPU.with_overrides({"ablation_steps": str(plain_budgets.CPU.pretrain_steps)})
+    main = {u["name"]: u for u in quality.quality_training_units(budget, "minilm", tmp_path)}
+    ablations = {u["variant"]: u for u in quality.ablation_training_units(budget, "minilm", tmp_path)}
+    full = ablations["full"]
+    assert full["name"] == f"quality/pretrain-seed{budget.ablation_seed}" and full["spec"] == main[full["name"]]["spec"]
+    assert all(u["name"].startswith("ablations/") for v, u in ablations.items() if v != "full")
+    half = plain_budgets.CPU.with_overrides({"ablation_steps": "250"})
+    assert {u["variant"]: u for u in quality.ablation_training_units(half, "minilm", tmp_path)}["full"]["name"] == "ablations/pretrain-full"
+
+
 def test_mean_ci95():
     mean, ci = common.mean_ci95([0.5, 0.6, 0.7])
     assert mean == pytest.approx(0.6) and ci == pytest.approx(4.303 * 0.1 / 3**0.5)
