@@ -61,7 +61,7 @@ def ablations_for(budget: Budget) -> list[Ablation]:
     balanced, corpus = defaults["balanced_batches"], defaults["corpus"]
     scheme = (f"relation-balanced ({budget.pretrain_batch_size // defaults['instances_per_relation']} relations x "
               f"{defaults['instances_per_relation']}, long-tail share {defaults['longtail_share']})" if balanced
-              else "plain shuffled, the authors' scheme")
+              else "plain shuffled (the authors' scheme)")
     variants = [
         Ablation("full", "the default recipe (examples/pretrain.py's defaults: both anchored InfoNCE terms, sum "
                  f"reduction, learned temperature, batch {budget.pretrain_batch_size} {scheme}, corpus {corpus}, "
@@ -250,8 +250,10 @@ def _prepare_output_dir(run_dir: Path, spec: dict, store: UnitStore, name: str) 
 
 def run_training_units(
     units: list[dict], store: UnitStore, budget: Budget, output_dir: Path, group: str, evaluation_stale=None,
+    train: bool = True,
 ) -> dict[str, dict]:
-    """Run the training units that are not stored yet (one subprocess each, or one per group on the smoke budget).
+    """Run the training units that are not stored yet (one subprocess each, or one per group on the smoke budget);
+    with `train=False` (`run_all.py --no_training`) start none: they are reported missing, the stored ones returned.
 
     units: [{name, spec, script, argv, run_dir, requires}] in dependency order (`requires`: units whose model the
     run starts from). A stored run is run again when a run it requires runs again, or when its model files are gone
@@ -285,6 +287,10 @@ def run_training_units(
             store.cached.append(name)
             log(f"{name}: cached")
     if not pending:
+        return entries
+    if not train:
+        store.missing.extend(unit["name"] for unit in pending if unit["name"] not in store.missing)
+        log(f"{group}: --no_training: {len(pending)} run(s) not stored, not started: {', '.join(u['name'] for u in pending)}")
         return entries
     batches = [pending] if budget.processes == "section" else [[unit] for unit in pending]
     for batch in batches:
@@ -413,7 +419,7 @@ def quality_training_units(budget: Budget, backbone: str, output_dir: Path) -> l
     return units
 
 
-def run_quality(budget: Budget, output_dir: Path, store: UnitStore, compute: bool) -> dict:
+def run_quality(budget: Budget, output_dir: Path, store: UnitStore, compute: bool, train: bool = True) -> dict:
     backbone = backbone_path(budget, output_dir, store, compute)
     eval_common = {
         "settings": budget.eval_settings, "pubmed_settings": budget.pubmed_settings, "episodes": budget.eval_episodes,
@@ -442,7 +448,7 @@ def run_quality(budget: Budget, output_dir: Path, store: UnitStore, compute: boo
         return store.fresh(eval_name, spec) is None
 
     if compute:
-        training = run_training_units(units, store, budget, output_dir, "quality-training", evaluation_stale)
+        training = run_training_units(units, store, budget, output_dir, "quality-training", evaluation_stale, train)
     else:
         training = stored_only(units, store)
     for unit in units:
@@ -576,7 +582,7 @@ def ablation_training_units(budget: Budget, backbone: str, output_dir: Path) -> 
     return units
 
 
-def run_ablations(budget: Budget, output_dir: Path, store: UnitStore, compute: bool) -> dict:
+def run_ablations(budget: Budget, output_dir: Path, store: UnitStore, compute: bool, train: bool = True) -> dict:
     backbone = backbone_path(budget, output_dir, store, compute)
     variants = ablations_for(budget)
     units = ablation_training_units(budget, backbone, output_dir)
@@ -595,7 +601,7 @@ def run_ablations(budget: Budget, output_dir: Path, store: UnitStore, compute: b
         return store.fresh(*evaluation(by_name[name], entry["finished"])) is None
 
     if compute:
-        training = run_training_units(units, store, budget, output_dir, "ablation-training", evaluation_stale)
+        training = run_training_units(units, store, budget, output_dir, "ablation-training", evaluation_stale, train)
     else:
         training = stored_only(units, store)
     results = {}

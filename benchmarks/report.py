@@ -55,7 +55,7 @@ def render(results: dict) -> str:
     if results["units"].get("failed"):
         lines += ["", f"**Failed units** (see `logs/`): {', '.join(results['units']['failed'])}.", ""]
     if results["units"].get("missing"):
-        lines += ["", f"Not computed in this run (use `--only` with their section): {', '.join(results['units']['missing'])}.", ""]
+        lines += ["", f"Not computed in this run (rerun with their section in `--only`, without `--no_training`): {', '.join(results['units']['missing'])}.", ""]
     return "\n".join(lines).rstrip() + "\n"
 
 

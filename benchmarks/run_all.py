@@ -5,6 +5,7 @@
     python benchmarks/run_all.py --budget gpu                  # bert-base-uncased, bf16, longer runs, one GPU
     python benchmarks/run_all.py --budget smoke --output_dir /tmp/bench   # tiny model: checks the harness (~1 min)
     python benchmarks/run_all.py --budget cpu --only speed     # one section (others are reused if stored)
+    python benchmarks/run_all.py --budget cpu --no_training    # evaluate and report the stored runs, start none
     python benchmarks/run_all.py --budget cpu --set pretrain_steps=150 --set seeds=1,2,3   # resize a budget
 
 Writes `results.json` and `results.md` (the Results section) to `--output_dir` (default
@@ -39,6 +40,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="comma-separated sections to compute (quality, ablations, speed); stored units of the "
                              "others are still reported")
     parser.add_argument("--force", action="store_true", help="recompute every unit of the selected sections")
+    parser.add_argument("--no_training", action="store_true",
+                        help="start no training run: evaluate the stored runs and report (a run cut short, e.g. by the "
+                             "end of a working session; rerun without it to continue)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a budget field (see benchmarks/budgets.py), e.g. pretrain_steps=150")
     args = parser.parse_args(argv)
@@ -98,7 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
         "estimate_s": {k: round(v) for k, v in plan.items()} if budget.name == "cpu" else None,
         "planning_constants": CPU_PLANNING.__dict__ if budget.name == "cpu" else None,
     }
-    if budget.processes == "section":
+    if budget.processes == "section" and not args.no_training:
         # smoke: every training run of the computed sections in one process (start-up would dominate), up front
         from quality import ablation_training_units, backbone_path, quality_training_units, run_training_units
 
@@ -108,8 +112,9 @@ def main(argv: list[str] | None = None) -> dict:
         units = list({unit["name"]: unit for unit in units}.values())  # `full` may be a main run (one run, not two)
         if units:
             run_training_units(units, store, budget, output_dir, "training")
-    results["quality"] = run_quality(budget, output_dir, store, "quality" in args.sections)
-    results["ablations"] = run_ablations(budget, output_dir, store, "ablations" in args.sections)
+    train = not args.no_training
+    results["quality"] = run_quality(budget, output_dir, store, "quality" in args.sections, train)
+    results["ablations"] = run_ablations(budget, output_dir, store, "ablations" in args.sections, train)
     results["speed"] = run_speed(budget, output_dir, store, "speed" in args.sections, results["quality"])
     results["units"] = {"computed": store.computed, "cached": store.cached, "missing": store.missing, "failed": store.failed}
     stored = [store.load(name) for name in store.computed + store.cached]

@@ -192,6 +192,19 @@ def test_full_ablation_at_the_main_length_is_the_main_run(harness, tmp_path):
     assert {u["variant"]: u for u in quality.ablation_training_units(half, "minilm", tmp_path)}["full"]["name"] == "ablations/pretrain-full"
 
 
+def test_no_training_starts_no_run(harness, tmp_path):
+    """`run_all.py --no_training`: a stored run is returned, a missing one is reported missing and not started."""
+    quality, _, plain_budgets = harness
+    store = sys.modules["common"].UnitStore(tmp_path)
+    units = [{"name": f"ablations/pretrain-{name}", "spec": {"argv": [name]}, "script": "pretrain", "argv": [name],
+              "run_dir": str(tmp_path / name)} for name in ("stored", "missing")]
+    store.save(units[0]["name"], units[0]["spec"], {"wall_s": 1.0}, 1.0)
+    store.computed.clear()
+    entries = quality.run_training_units(units, store, plain_budgets.SMOKE, tmp_path, "ablation-training", train=False)
+    assert list(entries) == ["ablations/pretrain-stored"] and entries["ablations/pretrain-stored"]["result"] == {"wall_s": 1.0}
+    assert store.missing == ["ablations/pretrain-missing"] and not (tmp_path / "missing").exists()
+
+
 def test_mean_ci95():
     mean, ci = common.mean_ci95([0.5, 0.6, 0.7])
     assert mean == pytest.approx(0.6) and ci == pytest.approx(4.303 * 0.1 / 3**0.5)
