@@ -349,6 +349,8 @@ def test_script_rejects_fewrel_evaluation_relations(pretrain, tmp_path, no_model
         (["--balanced_batches", "true", "--per_device_train_batch_size", "5", "--instances_per_relation", "2"],
          r"per_device_train_batch_size \(5\) must be divisible by instances_per_relation \(2\)"),
         (["--balanced_batches", "false", "--per_device_train_batch_size", "1"], r"per_device_train_batch_size \(1\) must be >= 2"),
+        (["--instances_per_relation", "4", "--longtail_share", "0.25"],
+         r"instances_per_relation=4, longtail_share=0.25: options of relation-balanced batches, but balanced_batches is False"),
     ],
 )
 def test_script_rejects_batches_without_two_relations(pretrain, tmp_path, no_model_loading, options, message):

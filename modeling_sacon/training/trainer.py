@@ -160,6 +160,14 @@ class SaconTrainingArguments(TrainingArguments):
             raise ValueError(f"contrastive_mini_batch_size must be >= 1 (or None: off), got {self.contrastive_mini_batch_size}")
         if self.fewrel_eval_episodes < 1:
             raise ValueError(f"fewrel_eval_episodes must be >= 1, got {self.fewrel_eval_episodes}")
+        if not self.balanced_batches:  # they would be ignored: say so rather than train on other batches than asked
+            fields = type(self).__dataclass_fields__
+            shaping = [f"{name}={getattr(self, name)!r}" for name in ("instances_per_relation", "longtail_share", "dense_min_instances")
+                       if getattr(self, name) != fields[name].default]
+            if shaping:
+                raise ValueError(f"{', '.join(shaping)}: options of relation-balanced batches, but balanced_batches is False "
+                                 "(the default: plain shuffled batches); set balanced_batches True (--balanced_batches True) "
+                                 "or leave them out")
 
 
 _DEFAULTS = SaconTrainingArguments.__dataclass_fields__
