@@ -14,7 +14,7 @@ Planning constants for 2 *idle* cores (`CPU_PLANNING` below), from the units of 
 2 torch threads, nothing else running; per-unit wall times are in `benchmarks/results/cpu.json`):
 
     measured, 2 threads, idle machine                                      -> planning constant
-    pre-training step, MiniLM x 2 towers, batch 32 (shuffled, ~28         1.32 s (500 steps in 679 s with start-up,
+    pre-training step, MiniLM x 2 towers, batch 32 (shuffled, ~26         1.32 s (500 steps in 679 s with start-up,
       distinct relations; v2 corpus, no MLM: the backbone has no MLM head),  seed 1, 2026-11-28; relation-balanced
       fwd + bwd + AdamW                                                    16 x 2: 1.06-1.20 s) -> 1.35 s/step
     episodic fine-tuning step, 2 episodes 5-way 1-shot                     0.45-0.57 s -> 0.6 s/step
@@ -28,17 +28,18 @@ Planning constants for 2 *idle* cores (`CPU_PLANNING` below), from the units of 
 `estimate(CPU)` turns them into the time per part (`run_all.py` prints it at start): 3 pre-training runs of 500 steps
 (the main job's length), 3 fine-tuning runs, 2 baseline and 6 trained full-split evaluations, 11 ablation and
 data-scaling variants of 500 steps (the main length, so `full` is row (c)'s seed-1 run; the 10 others cost 10.5
-batch-32 runs: batch 16 and 64 cost 0.5x and 2x a batch-32 step), and the speed section: about 3 h, within 4 hours on 2 cores (`tests/test_benchmarks.py` checks
-the arithmetic). That is more than one 3-hour working session: the units resume, so a run spans sessions where the
-output directory persists. The previous run (2026-11-28, relation-balanced default, 250-step ablations) took
-111.9 min end to end (quality 45 min, ablations 63 min, speed 4 min) against 120 min estimated.
+batch-32 runs: batch 16 and 64 cost 0.5x and 2x a batch-32 step), and the speed section: about 3 h, within 4 hours
+on 2 cores (`tests/test_benchmarks.py` checks the arithmetic). That is more than one 3-hour working session: the
+units resume, so a run spans sessions where the output directory persists. Measured at the new default
+(2026-11-28, commits e827f74-1cead20): the quality section 47.9 min, the ablation runs 10.7-12.6 min each. The run
+before (relation-balanced default, 250-step ablations) took 111.9 min end to end against 120 min estimated.
 If the cores turn out slower or faster than planned, resize with `--set pretrain_steps=N` or
 `--set ablation_steps=N`; units the change does not affect are kept.
 
-Ablations run at the main runs' length with one seed and are scored on 2,000 episodes drawn from the first 100 sentences of each val_wiki relation (1,600 sentences), not
-on all 700 per relation: they rank the variants against each other; the main table is the quality claim. On the speed
-side the two val_wiki encoding arms run once each (minutes each, where timer noise is negligible); pre-training steps
-and cached scoring are medians of repeats.
+Ablations run at the main runs' length with one seed and are scored on 2,000 episodes drawn from the first 100
+sentences of each val_wiki relation (1,600 sentences), not on all 700 per relation: they rank the variants against
+each other; the main table is the quality claim. On the speed side the two val_wiki encoding arms run once each
+(minutes each, where timer noise is negligible); pre-training steps and cached scoring are medians of repeats.
 """
 
 from __future__ import annotations
@@ -173,7 +174,7 @@ CPU = Budget(
     finetune_steps=100,
     finetune_batch_size=2,
     eval_episodes=10_000,
-    # the main runs' length (issue 9): the whole run takes ~3.5 h on 2 idle cores, within the 4-hour budget; its units
+    # the main runs' length (issue 9): the whole run takes ~3 h on 2 idle cores, within the 4-hour budget; its units
     # resume, so it can span working sessions (`--set ablation_steps=250`: half length, ~2 h)
     ablation_steps=500,
     ablation_batch_sizes=(16, 32, 64),
