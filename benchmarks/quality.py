@@ -59,9 +59,9 @@ def ablations_for(budget: Budget) -> list[Ablation]:
     scheme the default is not, so the table always holds the authors' shuffled batches and ours."""
     defaults = script_defaults("pretrain")
     balanced, corpus = defaults["balanced_batches"], defaults["corpus"]
-    scheme = (f"relation-balanced ({budget.pretrain_batch_size // defaults['instances_per_relation']} relations x "
-              f"{defaults['instances_per_relation']}, long-tail share {defaults['longtail_share']})" if balanced
-              else "plain shuffled (the authors' scheme)")
+    n = defaults["instances_per_relation"]
+    balanced_shape = f"{budget.pretrain_batch_size // n} relations x {n}, long-tail share {defaults['longtail_share']}"
+    scheme = f"relation-balanced ({balanced_shape})" if balanced else "plain shuffled (the authors' scheme)"
     variants = [
         Ablation("full", "the default recipe (examples/pretrain.py's defaults: both anchored InfoNCE terms, sum "
                  f"reduction, learned temperature, batch {budget.pretrain_batch_size} {scheme}, corpus {corpus}, "
@@ -84,8 +84,7 @@ def ablations_for(budget: Budget) -> list[Ablation]:
                                  ("--balanced_batches", "False")))
     else:
         variants.append(Ablation(
-            "balanced_batches", f"relation-balanced batches: {budget.pretrain_batch_size // defaults['instances_per_relation']} "
-            f"relations x {defaults['instances_per_relation']}, long-tail share {defaults['longtail_share']} (full: shuffled)",
+            "balanced_batches", f"relation-balanced batches: {balanced_shape} (full: shuffled)",
             ("--balanced_batches", "True")))
     variants += [Ablation(f"corpus_{name}", text, ("--corpus", name), "data") for name, text in CORPORA.items() if name != corpus]
     if balanced and corpus == "v2":
