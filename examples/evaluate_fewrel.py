@@ -54,6 +54,7 @@ class EvalArguments:
     )
     similarity: str = field(default="cosine", metadata={"help": "cosine or euclidean"})
     batch_size: int = field(default=128)
+    device: str | None = field(default=None, metadata={"help": "cuda, cpu, ...; default: cuda when available"})
     output_json: str | None = field(default=None)
     update_card: str | None = field(default=None, metadata={"help": "checkpoint dir whose README.md gets the results"})
     no_progress: bool = field(default=False)
@@ -65,8 +66,9 @@ def build_evaluator_factory(args: EvalArguments):
         raise ValueError(f"--encoder {args.encoder!r} is unknown; choose one of {ENCODERS}")
     check_method(args.method)
     path = args.model_name_or_path or default_backbone_path()
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if args.encoder == "mean_pooling":
-        model, tokenizer = AutoModel.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+        model, tokenizer = AutoModel.from_pretrained(path).to(device).eval(), AutoTokenizer.from_pretrained(path)
         encoder, processor = MeanPoolingEncoder(model, tokenizer), None
     elif args.encoder == "marker":
         encoder, processor = load_sacon_model(path, compose=True)
@@ -74,6 +76,8 @@ def build_evaluator_factory(args: EvalArguments):
         if args.model_name_or_path is None:
             raise ValueError("--encoder sacon needs --model_name_or_path (a SaCon checkpoint); try --encoder marker")
         encoder, processor = load_sacon_model(path)
+    if args.encoder != "mean_pooling":
+        encoder = encoder.to(device)
 
     def make(dataset, label_table, label_fallback: bool, source: str) -> FewShotEvaluator:
         return FewShotEvaluator(

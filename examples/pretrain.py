@@ -348,6 +348,7 @@ def main(args: list[str] | None = None) -> dict[str, float]:
     )
     log_level = training_args.get_process_log_level()
     logger.setLevel(logging.INFO if training_args.should_log else log_level)
+    logging.getLogger("modeling_sacon").setLevel(logger.level)  # e.g. which MLM heads were carried over
     datasets.utils.logging.set_verbosity(log_level)
     transformers.utils.logging.set_verbosity(log_level)
     transformers.utils.logging.enable_default_handler()

@@ -209,3 +209,44 @@ def test_mean_ci95():
     mean, ci = common.mean_ci95([0.5, 0.6, 0.7])
     assert mean == pytest.approx(0.6) and ci == pytest.approx(4.303 * 0.1 / 3**0.5)
     assert common.mean_ci95([0.4]) == (0.4, None)
+
+
+def test_gpu_check_plumbing_on_cpu(tmp_path, data_dir):
+    """`benchmarks/gpu_check.py` runs rarely (on a lent GPU), so its code paths run here on tiny models: the
+    bert-base stand-in carries its MLM heads over (weights resolved to 1, both heads logged), the backbone without a
+    head gets none, tokens are counted, and every evaluation setting is scored."""
+    from transformers import AutoTokenizer, BertModel
+
+    from conftest import tiny_bert_config
+    from modeling_sacon.utils.defaults import default_backbone_path
+
+    tokenizer = AutoTokenizer.from_pretrained(default_backbone_path())
+    backbone = tmp_path / "tiny-backbone"
+    BertModel(tiny_bert_config(tokenizer.vocab_size)).save_pretrained(backbone)  # no MLM head, as MiniLM
+    tokenizer.save_pretrained(backbone)
+    small = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 37}
+    command = [sys.executable, "benchmarks/gpu_check.py", "--allow_cpu", "True", "--backbone", str(backbone),
+               "--output_dir", str(tmp_path / "check"), "--minilm_steps", "3", "--minilm_batch_size", "8",
+               "--bert_steps", "2", "--bert_batch_size", "4", "--bert_config", json.dumps(small), "--episodes", "20",
+               "--dataloader_num_workers", "0"]
+    env = {**os.environ, "SACON_DATA_DIR": str(data_dir), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    report = json.loads((tmp_path / "check" / "gpu_check.json").read_text())
+
+    bert = report["bert_base_random"]
+    assert bert["steps"] == 2 and bert["all_losses_finite"]
+    assert bert["mlm_weights"] == {"sentence": 1.0, "label": 1.0}
+    carried = [line for line in bert["head_log"] if "carried over" in line]
+    assert [("sentence tower" in line, "label tower" in line) for line in carried] == [(True, False), (False, True)]
+    assert not any("no pretrained MLM head" in line or "new" in line for line in bert["head_log"])
+    assert all(bert["last_logged"][term] is not None for term in ("contrastive_loss", "sentence_mlm_loss", "label_mlm_loss"))
+
+    minilm = report["minilm"]
+    assert minilm["steps"] == 3 and minilm["mlm_weights"] == {"sentence": 0.0, "label": 0.0}
+    assert sum("no pretrained MLM head" in line for line in minilm["head_log"]) == 2
+    assert not any("carried over" in line for line in minilm["head_log"])
+    assert minilm["sentence_tokens_seen"] > 3 * 8 * 5 and minilm["sentence_tokens_per_s"] > 0  # >= 5 tokens a sentence
+    assert set(minilm["evaluation"]) == {"5-1", "zs-5", "pubmed/5-1", "5-1 (label_augmented)"}
+    assert all(0 <= cell["accuracy"] <= 100 for cell in minilm["evaluation"].values())
+    assert "eval_fewrel_5_1_accuracy" in minilm["final_eval"]
