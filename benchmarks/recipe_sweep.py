@@ -32,6 +32,8 @@ RECIPES: dict[str, tuple[str, str]] = {
     "b32_dense": ("--corpus v2_dense", "the 105 dense relations only"),
     "b32_neg32": ("--label_negatives 32", "+32 label-side negatives per batch"),
     "b64": ("--per_device_train_batch_size 64", "batch 64"),
+    "b64_neg64": ("--per_device_train_batch_size 64 --label_negatives 64",
+                  "batch 64, +64 label-side negatives per batch"),
     "b64_lr1e-4": ("--per_device_train_batch_size 64 --learning_rate 1e-4", "batch 64, learning rate 1e-4"),
     "b32_balanced": ("--balanced_batches True", "relation-balanced: 16 relations x 2, long-tail share 0.125"),
     "b32_balanced_uniform": ("--balanced_batches True --dense_min_instances 0",
