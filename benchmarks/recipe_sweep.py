@@ -34,6 +34,7 @@ RECIPES: dict[str, tuple[str, str]] = {
     "b64": ("--per_device_train_batch_size 64", "batch 64"),
     "b64_neg64": ("--per_device_train_batch_size 64 --label_negatives 64",
                   "batch 64, +64 label-side negatives per batch"),
+    "b32_lr1e-4": ("--learning_rate 1e-4", "batch 32, learning rate 1e-4"),
     "b64_lr1e-4": ("--per_device_train_batch_size 64 --learning_rate 1e-4", "batch 64, learning rate 1e-4"),
     "b32_balanced": ("--balanced_batches True", "relation-balanced: 16 relations x 2, long-tail share 0.125"),
     "b32_balanced_uniform": ("--balanced_batches True --dense_min_instances 0",

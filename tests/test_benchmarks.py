@@ -243,6 +243,7 @@ def test_gpu_check_plumbing_on_cpu(tmp_path, data_dir):
     assert all(bert["last_logged"][term] is not None for term in ("contrastive_loss", "sentence_mlm_loss", "label_mlm_loss"))
 
     minilm = report["minilm"]
+    assert json.loads((tmp_path / "check" / "minilm.args.json").read_text())["learning_rate"] == 1e-4  # tuned recipe
     assert minilm["steps"] == 3 and minilm["mlm_weights"] == {"sentence": 0.0, "label": 0.0}
     assert sum("no pretrained MLM head" in line for line in minilm["head_log"]) == 2
     assert not any("carried over" in line for line in minilm["head_log"])
