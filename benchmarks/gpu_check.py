@@ -7,8 +7,9 @@ Two runs of `examples/pretrain.py` on one CUDA GPU, nothing downloaded:
    backbone's uncased tokenizer, which has bert-base-uncased's vocabulary), composed with `from_encoders_pretrained`,
    200 bf16 steps: the log shows both towers' MLM heads carried over and every loss term finite at the paper's size.
 2. The packaged all-MiniLM-L6-v2 (or `--backbone`) with the tuned recipe (v2 corpus, shuffled batches, learning rate
-   1e-4), batch 128, bf16. Reports sentence tokens per second (non-padding, the Trainer's `include_num_input_tokens_seen`), sentences
-   per second, and val_wiki 5-way 1-shot prototypes, zero-shot 5-way and label-augmented 5-1 on 10,000 episodes.
+   1e-4), batch 128, bf16. Reports sentence tokens per second (non-padding, the Trainer's
+   `include_num_input_tokens_seen`), sentences per second, and val_wiki 5-way 1-shot prototypes, zero-shot 5-way and
+   label-augmented 5-1 on 10,000 episodes.
 
     python benchmarks/gpu_check.py --output_dir /tmp/gpu_check
     python benchmarks/gpu_check.py --output_dir /tmp/gpu_check --minilm_steps 3000 --backbone path/to/minilm
