@@ -71,6 +71,11 @@ class Budget:
     pretrain_batch_size: int = 32
     pretrain_save_steps: int = 100  # checkpoints, so an interrupted run resumes (deleted once the run is done)
     pretrain_extra_args: tuple[str, ...] = ()
+    # rows (c)-(e) only, on top of the recipe above (None: pretrain_batch_size): the main table may run a longer
+    # recipe than `examples/pretrain.py`'s defaults, which the ablations, the data-scaling block and the speed section
+    # keep (the CPU budget: the README's 25-minute recipe, batch 64 at learning rate 1e-4)
+    quality_batch_size: int | None = None
+    quality_extra_args: tuple[str, ...] = ()
 
     # episodic fine-tuning (examples/finetune_fewrel.py)
     finetune_steps: int = 100
@@ -104,6 +109,15 @@ class Budget:
     # training runs per subprocess: "one" (isolated runs, per-run peak RSS) or "section" (one process per section:
     # smoke only, where process start-up would dominate)
     processes: str = "one"
+
+    @property
+    def main_table_batch_size(self) -> int:
+        return self.quality_batch_size or self.pretrain_batch_size
+
+    @property
+    def main_table_is_default_recipe(self) -> bool:
+        """Whether rows (c)-(e) pre-train with the ablations' recipe (then `full` can be row (c)'s run)."""
+        return self.main_table_batch_size == self.pretrain_batch_size and not self.quality_extra_args
 
     def with_overrides(self, overrides: dict[str, str]) -> "Budget":
         """`--set key=value` overrides, converted to the field's type."""
@@ -171,6 +185,9 @@ CPU = Budget(
     pretrain_steps=500,  # examples/pretrain.py's default
     pretrain_batch_size=32,
     pretrain_save_steps=100,
+    # rows (c)-(e): the README's 25-minute recipe (recipe_sweep.py's b64_lr1e-4, about 22 min a run on idle cores)
+    quality_batch_size=64,
+    quality_extra_args=("--learning_rate", "1e-4"),
     finetune_steps=100,
     finetune_batch_size=2,
     eval_episodes=10_000,
@@ -258,18 +275,20 @@ def estimate(budget: Budget, plan: Planning = CPU_PLANNING) -> dict[str, float]:
     per_baseline = encode(budget.eval_pool_per_relation, True) + score(main_settings, budget.eval_episodes) + plan.model_load_s
     per_trained = per_baseline + score(few_shot, budget.eval_episodes)
     step = plan.pretrain_step_s * budget.pretrain_batch_size / 32
+    main_step = plan.pretrain_step_s * budget.main_table_batch_size / 32
     seeds = len(budget.seeds)
     ablation_batches = [budget.pretrain_batch_size] * 6 + [b for b in budget.ablation_batch_sizes if b != budget.pretrain_batch_size]
     ablation_batches += [budget.pretrain_batch_size] * 3  # the other batch scheme, the 2 other embedded corpora
     evaluated = len(ablation_batches)
-    if budget.ablation_steps == budget.pretrain_steps and budget.ablation_seed in budget.seeds:
+    same_run = budget.main_table_is_default_recipe and budget.ablation_steps == budget.pretrain_steps
+    if same_run and budget.ablation_seed in budget.seeds:
         ablation_batches.remove(budget.pretrain_batch_size)  # `full` is row (c)'s run of that seed (quality.py)
     ablation_eval = (encode(budget.ablation_pool_per_relation, False)
                      + score(len(budget.ablation_settings.split(",")), budget.ablation_episodes) + plan.model_load_s)
     sorted_encode = encode(budget.speed_pool_per_relation, False)
     parts = {
         "baselines (a), (b)": 2 * per_baseline,
-        "pre-training (c)": seeds * (budget.pretrain_steps * step + plan.process_s),
+        "pre-training (c)": seeds * (budget.pretrain_steps * main_step + plan.process_s),
         "fine-tuning (d)": seeds * (budget.finetune_steps * plan.finetune_step_s * budget.finetune_batch_size / 2 + plan.process_s),
         "evaluations (c), (d), (e)": 2 * seeds * per_trained,
         "ablation pre-training": sum(budget.ablation_steps * plan.pretrain_step_s * b / 32 + plan.process_s for b in ablation_batches),

@@ -346,12 +346,16 @@ def _log_path(output_dir: Path, batch: list[dict], group: str) -> Path:
     return output_dir / "logs" / f"{name}.log"
 
 
-def pretrain_argv(budget: Budget, backbone: str, run_dir: Path, seed: int, steps: int, extra: Sequence[str] = ()) -> list[str]:
+def pretrain_argv(
+    budget: Budget, backbone: str, run_dir: Path, seed: int, steps: int, extra: Sequence[str] = (), main_table: bool = False,
+) -> list[str]:
+    """`examples/pretrain.py`'s argv; `main_table`: rows (c)-(e)'s recipe (`Budget.quality_*`), else the ablations'."""
+    batch_size = budget.main_table_batch_size if main_table else budget.pretrain_batch_size
     argv = [
         "--output_dir", str(run_dir),
         "--seed", str(seed),
         "--max_steps", str(steps),
-        "--per_device_train_batch_size", str(budget.pretrain_batch_size),
+        "--per_device_train_batch_size", str(batch_size),
         "--save_steps", str(budget.pretrain_save_steps),
         "--save_total_limit", "1",
         "--logging_steps", str(max(1, min(10, steps // 5))),
@@ -361,7 +365,7 @@ def pretrain_argv(budget: Budget, backbone: str, run_dir: Path, seed: int, steps
     ]
     if budget.backbone != "minilm":
         argv += ["--sentence_model_name_or_path", backbone]
-    return argv + list(budget.pretrain_extra_args) + list(extra)
+    return argv + list(budget.pretrain_extra_args) + list(budget.quality_extra_args if main_table else ()) + list(extra)
 
 
 def finetune_argv(budget: Budget, pretrained: Path, run_dir: Path, seed: int) -> list[str]:
@@ -406,7 +410,7 @@ def quality_training_units(budget: Budget, backbone: str, output_dir: Path) -> l
     units = []
     for seed in budget.seeds:
         pt_dir = runs / f"pretrain-seed{seed}"
-        argv = pretrain_argv(budget, backbone, pt_dir, seed, budget.pretrain_steps)
+        argv = pretrain_argv(budget, backbone, pt_dir, seed, budget.pretrain_steps, main_table=True)
         pt_spec = _train_spec("pretrain", argv, {"backbone": budget.backbone})
         units.append({"name": f"quality/pretrain-seed{seed}", "spec": pt_spec, "script": "pretrain", "argv": argv,
                       "run_dir": str(pt_dir), "row": "c", "seed": seed})
@@ -522,7 +526,8 @@ def assemble_quality(budget: Budget, evaluations: dict, training: dict) -> dict:
             "pretraining_seeds": list(budget.seeds),
             "pool_per_relation": budget.eval_pool_per_relation,
             "pretrain_steps": budget.pretrain_steps,
-            "pretrain_batch_size": budget.pretrain_batch_size,
+            "pretrain_batch_size": budget.main_table_batch_size,
+            "pretrain_extra_args": list(budget.quality_extra_args),
             "finetune_steps": budget.finetune_steps,
             "finetune_batch_size": budget.finetune_batch_size,
         },
@@ -566,16 +571,17 @@ def quality_targets(rows: dict) -> dict:
 
 
 def ablation_training_units(budget: Budget, backbone: str, output_dir: Path) -> list[dict]:
-    """One pre-training run per variant. `full` at the main length and a main seed is row (c)'s run of that seed (the
-    same argv bar the output directory): that unit is shared, not run twice."""
+    """One pre-training run per variant. `full` with row (c)'s argv bar the output directory (the main length, a main
+    seed, the main table at the default recipe) is row (c)'s run of that seed: that unit is shared, not run twice."""
     main_runs = {unit["seed"]: unit for unit in quality_training_units(budget, backbone, output_dir) if unit["row"] == "c"}
     units = []
     for variant in ablations_for(budget):
-        if not variant.args and budget.ablation_steps == budget.pretrain_steps and budget.ablation_seed in main_runs:
-            units.append({**main_runs[budget.ablation_seed], "variant": variant.name})
-            continue
         run_dir = output_dir / "runs" / f"ablation-{variant.name}"
         argv = pretrain_argv(budget, backbone, run_dir, budget.ablation_seed, budget.ablation_steps, variant.args)
+        main = main_runs.get(budget.ablation_seed)
+        if not variant.args and main is not None and main["argv"][2:] == argv[2:]:  # argv[:2]: --output_dir DIR
+            units.append({**main, "variant": variant.name})
+            continue
         units.append({"name": f"ablations/pretrain-{variant.name}", "spec": _train_spec("pretrain", argv, {"backbone": budget.backbone}),
                       "script": "pretrain", "argv": argv, "run_dir": str(run_dir), "variant": variant.name})
     return units

@@ -63,6 +63,8 @@ def _quality(quality: dict, budget: dict) -> list[str]:
     protocol = quality["protocol"]
     columns = quality["columns"]
     pool = protocol["pool_per_relation"]
+    extra = " ".join(protocol.get("pretrain_extra_args") or [])  # the main table's recipe on top of the script's
+    extra = f" `{extra}`" if extra else ""
     lines = [
         "### Few-shot relation classification (strict protocol)",
         "",
@@ -73,7 +75,7 @@ def _quality(quality: dict, budget: dict) -> list[str]:
            "(per-seed numbers in `results.json`)" if len(protocol["pretraining_seeds"]) > 1
            else f". Rows (c)-(e): one pre-training seed ({protocol['pretraining_seeds'][0]}), ± 95% CI over episodes")
         + "; rows (a)-(b), untrained: ± 95% CI over episodes. Pre-training: `examples/pretrain.py`, "
-        f"{protocol['pretrain_steps']} steps of batch {protocol['pretrain_batch_size']}; fine-tuning: "
+        f"{protocol['pretrain_steps']} steps of batch {protocol['pretrain_batch_size']}{extra}; fine-tuning: "
         f"`examples/finetune_fewrel.py`, {protocol['finetune_steps']} steps of {protocol['finetune_batch_size']} "
         "episode(s), last step kept (no model selection on val_wiki). Scoring: prototypes of `[h;t]` (row (a): mean "
         "pooling), zero-shot columns against label embeddings, NOTA with a threshold calibrated on separately seeded "
@@ -116,6 +118,8 @@ def _ablations(ablations: dict, budget: dict) -> list[str]:
     pool = protocol["pool_per_relation"]
     main_steps = budget.get("pretrain_steps")
     length = "the main runs' length" if protocol["pretrain_steps"] == main_steps else f"the main runs: {main_steps}"
+    if budget.get("quality_extra_args") or budget.get("quality_batch_size") not in (None, budget.get("pretrain_batch_size")):
+        length += f", at `examples/pretrain.py`'s recipe (batch {budget.get('pretrain_batch_size')}), not the main table's"
     header = [
         "| variant | " + " | ".join(columns) + " | " + " | ".join(f"Δ {c}" for c in columns) + " | pre-training |",
         "|---|" + "---:|" * (2 * len(columns) + 1),

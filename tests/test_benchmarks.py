@@ -180,9 +180,18 @@ def test_training_unit_specs_follow_script_defaults(harness, monkeypatch):
 
 
 def test_full_ablation_at_the_main_length_is_the_main_run(harness, tmp_path):
-    """`full` at the main length and a main seed shares row (c)'s run (same spec, same directory): one run, not two."""
+    """`full` at the main length, a main seed and the main table at the default recipe shares row (c)'s run (same
+    spec, same directory): one run, not two. A main table on a longer recipe (the CPU budget's) keeps its own runs."""
     quality, _, plain_budgets = harness
-    budget = plain_budgets.CPU.with_overrides({"ablation_steps": str(plain_budgets.CPU.pretrain_steps)})
+    cpu = plain_budgets.CPU
+    assert cpu.ablation_steps == cpu.pretrain_steps and not cpu.main_table_is_default_recipe
+    main = {u["name"]: u for u in quality.quality_training_units(cpu, "minilm", tmp_path)}
+    full = {u["variant"]: u for u in quality.ablation_training_units(cpu, "minilm", tmp_path)}["full"]
+    assert full["name"] == "ablations/pretrain-full" and "--learning_rate" not in full["argv"]
+    seed1 = main[f"quality/pretrain-seed{cpu.ablation_seed}"]["argv"]
+    batch = seed1[seed1.index("--per_device_train_batch_size") + 1]
+    assert (batch, seed1[-2:]) == (str(cpu.quality_batch_size), list(cpu.quality_extra_args))
+    budget = cpu.with_overrides({"quality_batch_size": "none", "quality_extra_args": ""})
     main = {u["name"]: u for u in quality.quality_training_units(budget, "minilm", tmp_path)}
     ablations = {u["variant"]: u for u in quality.ablation_training_units(budget, "minilm", tmp_path)}
     full = ablations["full"]
