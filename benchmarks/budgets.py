@@ -26,10 +26,11 @@ Planning constants for 2 *idle* cores (`CPU_PLANNING` below), from the units of 
     subprocess start (imports) + corpus load + model build + save          ~20 s
 
 `estimate(CPU)` turns them into the time per part (`run_all.py` prints it at start): 3 pre-training runs of 500 steps
-(the main job's length), 3 fine-tuning runs, 2 baseline and 6 trained full-split evaluations, 11 ablation and
-data-scaling variants of 500 steps (the main length, so `full` is row (c)'s seed-1 run; the 10 others cost 10.5
-batch-32 runs: batch 16 and 64 cost 0.5x and 2x a batch-32 step), and the speed section: about 3 h, within 4 hours
-on 2 cores (`tests/test_benchmarks.py` checks the arithmetic). That is more than one 3-hour working session: the
+(the main job's length) at batch 64 (the README's 25-minute recipe, rows (c)-(e)), 3 fine-tuning runs, 2 baseline
+and 6 trained full-split evaluations, 11 ablation and data-scaling variants of 500 steps at `examples/pretrain.py`'s
+recipe (batch 32; `full` is its own run, since the main table's recipe differs: 11.5 batch-32 runs in all, batch 16
+and 64 cost 0.5x and 2x a batch-32 step), and the speed section: about 3.7 h, within 4 hours on 2 cores
+(`tests/test_benchmarks.py` checks the arithmetic). That is more than one 3-hour working session: the
 units resume, so a run spans sessions where the output directory persists. Measured at the new default
 (2026-11-28, commits e827f74-1cead20): the quality section 47.9 min, the ablation runs 10.7-12.6 min each. The run
 before (relation-balanced default, 250-step ablations) took 111.9 min end to end against 120 min estimated.

@@ -118,8 +118,9 @@ def _ablations(ablations: dict, budget: dict) -> list[str]:
     pool = protocol["pool_per_relation"]
     main_steps = budget.get("pretrain_steps")
     length = "the main runs' length" if protocol["pretrain_steps"] == main_steps else f"the main runs: {main_steps}"
+    recipe = ""
     if budget.get("quality_extra_args") or budget.get("quality_batch_size") not in (None, budget.get("pretrain_batch_size")):
-        length += f", at `examples/pretrain.py`'s recipe (batch {budget.get('pretrain_batch_size')}), not the main table's"
+        recipe = f", at `examples/pretrain.py`'s recipe (batch {budget.get('pretrain_batch_size')}) rather than the main table's"
     header = [
         "| variant | " + " | ".join(columns) + " | " + " | ".join(f"Δ {c}" for c in columns) + " | pre-training |",
         "|---|" + "---:|" * (2 * len(columns) + 1),
@@ -127,7 +128,7 @@ def _ablations(ablations: dict, budget: dict) -> list[str]:
     lines = [
         "### Ablations",
         "",
-        f"One pre-training seed ({protocol['seed']}), {protocol['pretrain_steps']} steps each ({length}), evaluated on "
+        f"One pre-training seed ({protocol['seed']}), {protocol['pretrain_steps']} steps each ({length}){recipe}, evaluated on "
         f"{protocol['episodes']:,} seeded episodes "
         + ("over all of val_wiki" if not pool else f"drawn from the first {pool} sentences of each val_wiki relation")
         + "; ± 95% CI over episodes. Δ: points against `full`.",
@@ -206,12 +207,12 @@ def _speed(speed: dict, budget: dict) -> list[str]:
     memory = speed.get("pretrain_memory")
     if memory:
         lines.append(
-            f"| peak resident memory, default pre-training run ({budget['backbone_label']}, batch "
-            f"{budget['pretrain_batch_size']}) | {memory['peak_rss_mb_max']:.0f} MB (max over "
+            f"| peak resident memory, pre-training run of row (c) ({budget['backbone_label']}, batch "
+            f"{budget.get('quality_batch_size') or budget['pretrain_batch_size']}) | {memory['peak_rss_mb_max']:.0f} MB (max over "
             f"{len(memory['peak_rss_mb_per_run'])} run(s)) | | |"
         )
     else:
-        lines.append("| peak resident memory, default pre-training run | not measured (run the quality section) | | |")
+        lines.append("| peak resident memory, pre-training run of row (c) | not measured (run the quality section) | | |")
     if step:
         lines += ["", f"Comparator: {step['comparator']}."]
     return lines + [""]
