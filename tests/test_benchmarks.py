@@ -201,6 +201,24 @@ def test_full_ablation_at_the_main_length_is_the_main_run(harness, tmp_path):
     assert {u["variant"]: u for u in quality.ablation_training_units(half, "minilm", tmp_path)}["full"]["name"] == "ablations/pretrain-full"
 
 
+def test_sweep_recipes_are_valid_pretrain_arguments(harness):
+    """Every named recipe of `benchmarks/recipe_sweep.py` parses as `examples/pretrain.py` arguments and sets what its
+    arguments say: a misspelt option fails here, not after a 20-minute sweep run starts."""
+    import shlex
+
+    import recipe_sweep
+
+    _, worker, _ = harness
+    pretrain = worker.load_script("pretrain")
+    for name, (extra, _) in recipe_sweep.RECIPES.items():
+        _, _, training_args = pretrain.parse_args(["--max_steps", "1", *shlex.split(extra)])
+        if "--learning_rate" in extra:
+            assert training_args.learning_rate == float(extra.split("--learning_rate")[1].split()[0]), name
+    with pytest.raises(ValueError, match="lerning_rate"):  # what a misspelt recipe meets
+        pretrain.parse_args(["--max_steps", "1", "--lerning_rate", "1e-4"])
+    sys.modules.pop("recipe_sweep", None)
+
+
 def test_no_training_starts_no_run(harness, tmp_path):
     """`run_all.py --no_training`: a stored run is returned, a missing one is reported missing and not started."""
     quality, _, plain_budgets = harness
