@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -158,7 +159,8 @@ def harness(monkeypatch):
     import train_worker
 
     yield quality, train_worker, plain_budgets
-    for name in ("quality", "train_worker", "budgets", "common", "_benchmark_pretrain", "_benchmark_evaluate_fewrel"):
+    for name in ("quality", "train_worker", "budgets", "common", "recipe_sweep", "_benchmark_pretrain",
+                 "_benchmark_evaluate_fewrel"):
         sys.modules.pop(name, None)
 
 
@@ -204,8 +206,6 @@ def test_full_ablation_at_the_main_length_is_the_main_run(harness, tmp_path):
 def test_sweep_recipes_are_valid_pretrain_arguments(harness):
     """Every named recipe of `benchmarks/recipe_sweep.py` parses as `examples/pretrain.py` arguments and sets what its
     arguments say: a misspelt option fails here, not after a 20-minute sweep run starts."""
-    import shlex
-
     import recipe_sweep
 
     _, worker, _ = harness
@@ -216,7 +216,6 @@ def test_sweep_recipes_are_valid_pretrain_arguments(harness):
             assert training_args.learning_rate == float(extra.split("--learning_rate")[1].split()[0]), name
     with pytest.raises(ValueError, match="lerning_rate"):  # what a misspelt recipe meets
         pretrain.parse_args(["--max_steps", "1", "--lerning_rate", "1e-4"])
-    sys.modules.pop("recipe_sweep", None)
 
 
 def test_no_training_starts_no_run(harness, tmp_path):
