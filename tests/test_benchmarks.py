@@ -211,9 +211,10 @@ def test_sweep_recipes_are_valid_pretrain_arguments(harness):
     _, worker, _ = harness
     pretrain = worker.load_script("pretrain")
     for name, (extra, _) in recipe_sweep.RECIPES.items():
-        _, _, training_args = pretrain.parse_args(["--max_steps", "1", *shlex.split(extra)])
-        if "--learning_rate" in extra:
-            assert training_args.learning_rate == float(extra.split("--learning_rate")[1].split()[0]), name
+        argv = shlex.split(extra)
+        _, _, training_args = pretrain.parse_args(["--max_steps", "1", *argv])
+        if "--learning_rate" in argv:
+            assert training_args.learning_rate == float(argv[argv.index("--learning_rate") + 1]), name
     with pytest.raises(ValueError, match="lerning_rate"):  # what a misspelt recipe meets
         pretrain.parse_args(["--max_steps", "1", "--lerning_rate", "1e-4"])
 
