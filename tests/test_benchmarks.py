@@ -192,7 +192,8 @@ def test_full_ablation_at_the_main_length_is_the_main_run(harness, tmp_path):
     assert full["name"] == "ablations/pretrain-full" and "--learning_rate" not in full["argv"]
     seed1 = main[f"quality/pretrain-seed{cpu.ablation_seed}"]["argv"]
     batch = seed1[seed1.index("--per_device_train_batch_size") + 1]
-    assert (batch, seed1[-2:]) == (str(cpu.quality_batch_size), list(cpu.quality_extra_args))
+    extra = list(cpu.quality_extra_args)
+    assert (batch, seed1[-len(extra):]) == (str(cpu.quality_batch_size), extra)
     budget = cpu.with_overrides({"quality_batch_size": "none", "quality_extra_args": ""})
     main = {u["name"]: u for u in quality.quality_training_units(budget, "minilm", tmp_path)}
     ablations = {u["variant"]: u for u in quality.ablation_training_units(budget, "minilm", tmp_path)}
@@ -217,6 +218,19 @@ def test_sweep_recipes_are_valid_pretrain_arguments(harness):
             assert training_args.learning_rate == float(argv[argv.index("--learning_rate") + 1]), name
     with pytest.raises(ValueError, match="lerning_rate"):  # what a misspelt recipe meets
         pretrain.parse_args(["--max_steps", "1", "--lerning_rate", "1e-4"])
+
+
+def test_tuned_recipe_is_its_measured_sweep_recipe(harness):
+    """The recipe rows (c)-(e) and the GPU check train (`budgets.TUNED_RECIPE`) is the sweep recipe whose runs the
+    README reports for it: changing one without the other would let the table describe a recipe nobody measured."""
+    import recipe_sweep
+
+    _, _, plain_budgets = harness
+    tuned = ["--per_device_train_batch_size", str(plain_budgets.TUNED_BATCH_SIZE),
+             *plain_budgets.as_argv(plain_budgets.TUNED_RECIPE)]
+    assert shlex.split(recipe_sweep.RECIPES["b64_lr1e-4_blank0.3"][0]) == tuned
+    cpu = plain_budgets.CPU
+    assert ["--per_device_train_batch_size", str(cpu.quality_batch_size), *cpu.quality_extra_args] == tuned
 
 
 def test_no_training_starts_no_run(harness, tmp_path):
@@ -270,7 +284,8 @@ def test_gpu_check_plumbing_on_cpu(tmp_path, data_dir):
     assert all(bert["last_logged"][term] is not None for term in ("contrastive_loss", "sentence_mlm_loss", "label_mlm_loss"))
 
     minilm = report["minilm"]
-    assert json.loads((tmp_path / "check" / "minilm.args.json").read_text())["learning_rate"] == 1e-4  # tuned recipe
+    options = json.loads((tmp_path / "check" / "minilm.args.json").read_text())
+    assert (options["learning_rate"], options["blank_probability"]) == (1e-4, 0.3)  # the tuned recipe
     assert minilm["steps"] == 3 and minilm["mlm_weights"] == {"sentence": 0.0, "label": 0.0}
     assert sum("no pretrained MLM head" in line for line in minilm["head_log"]) == 2
     assert not any("carried over" in line for line in minilm["head_log"])
