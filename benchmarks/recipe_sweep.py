@@ -41,6 +41,7 @@ RECIPES: dict[str, tuple[str, str]] = {
                           "batch 64, learning rate 1e-4, one encoder for sentences and labels"),
     "b64_lr1e-4_law0.5": ("--per_device_train_batch_size 64 --learning_rate 1e-4 --label_anchored_weight 0.5",
                           "batch 64, learning rate 1e-4, label-anchored InfoNCE at half weight"),
+    "b32_blank0.3": ("--blank_probability 0.3", "batch 32 (the main job's), entity mentions blanked with probability 0.3"),
     "b64_lr1e-4_blank0.3": ("--per_device_train_batch_size 64 --learning_rate 1e-4 --blank_probability 0.3",
                             "batch 64, learning rate 1e-4, entity mentions blanked with probability 0.3 (default 0.7)"),
     "b128_lr2e-4": ("--per_device_train_batch_size 128 --learning_rate 2e-4",
