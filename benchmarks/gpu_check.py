@@ -7,9 +7,9 @@ Two runs of `examples/pretrain.py` on one CUDA GPU, nothing downloaded:
    backbone's uncased tokenizer, which has bert-base-uncased's vocabulary), composed with `from_encoders_pretrained`,
    200 bf16 steps: the log shows both towers' MLM heads carried over and every loss term finite at the paper's size.
 2. The packaged all-MiniLM-L6-v2 (or `--backbone`) with the tuned recipe (v2 corpus, shuffled batches,
-   `budgets.TUNED_RECIPE`: learning rate 1e-4, entity blanking 0.3), batch 128, bf16. Reports sentence tokens per second (non-padding, the Trainer's
-   `include_num_input_tokens_seen`), sentences per second, and val_wiki 5-way 1-shot prototypes, zero-shot 5-way and
-   label-augmented 5-1 on 10,000 episodes.
+   `budgets.TUNED_RECIPE`: learning rate 1e-4, entity blanking 0.3), batch 128, bf16. Reports sentence tokens per
+   second (non-padding, the Trainer's `include_num_input_tokens_seen`), sentences per second, and val_wiki 5-way
+   1-shot prototypes, zero-shot 5-way and label-augmented 5-1 on 10,000 episodes.
 
     python benchmarks/gpu_check.py --output_dir /tmp/gpu_check
     python benchmarks/gpu_check.py --output_dir /tmp/gpu_check --minilm_steps 3000 --backbone path/to/minilm
@@ -33,7 +33,7 @@ import torch
 import transformers
 from transformers import AutoTokenizer, BertConfig, BertForMaskedLM, HfArgumentParser
 
-from budgets import TUNED_RECIPE  # noqa: E402  (benchmarks/ is on sys.path when this file runs as a script)
+from budgets import TUNED_RECIPE  # benchmarks/ is on sys.path when this file runs as a script
 from modeling_sacon.utils.defaults import default_backbone_path
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
