@@ -33,7 +33,9 @@ import torch
 import transformers
 from transformers import AutoTokenizer, BertConfig, BertForMaskedLM, HfArgumentParser
 
-from budgets import TUNED_RECIPE  # benchmarks/ is on sys.path when this file runs as a script
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: `benchmarks.harness`
+
+from benchmarks.harness.budgets import TUNED_RECIPE
 from modeling_sacon.utils.defaults import default_backbone_path
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"

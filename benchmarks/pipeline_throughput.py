@@ -6,7 +6,7 @@
 
 Steps (each measured in a fresh child process, so wall time and peak RSS are that process's own):
 
-1. the corpus: ``make_synthetic_corpus.py`` writes the authors' format (``cpdata.json`` + labels + rel2scope) to
+1. the corpus: ``measure.py synthetic_corpus`` writes the authors' format (``cpdata.json`` + labels + rel2scope) to
    ``--work_dir`` (outside the repository), once; reused while its size and seed match;
 2. start-up, cold and warm: ``examples/pretrain.py --train_files cpdata.json --max_steps 1`` at batch 256 on a
    saved tiny BERT (hidden 32, 2 layers, the packaged MiniLM tokenizer), from process start to exit: reading +
@@ -179,7 +179,7 @@ def ensure_corpus(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     corpus, labels = Path(f"{stem}.json"), Path(f"{stem}.labels.json")
     info = {"corpus": str(corpus), "labels": str(labels)}
     if not (corpus.is_file() and labels.is_file()):
-        run = run_child([sys.executable, "benchmarks/make_synthetic_corpus.py", "--output", str(corpus),
+        run = run_child([sys.executable, "benchmarks/measure.py", "synthetic_corpus", "--output", str(corpus),
                          "--num_sentences", str(args.num_sentences), "--num_relations", str(args.num_relations),
                          "--seed", str(args.seed)])
         info["generation"] = {"wall_s": run["wall_s"], "peak_rss_mb": run["peak_rss_mb"]}
@@ -235,7 +235,7 @@ def render_markdown(result: dict[str, Any]) -> str:
         f"shared with other work (load average {mach['load_average_at_start'][0]} at start, "
         f"{mach['load_average_at_end'][0]} at end), so wall times are upper bounds; CPU times are the process's own.",
         f"Corpus: synthetic, the authors' format (`cpdata.json`, {c['size_mb']} MB), "
-        "`benchmarks/make_synthetic_corpus.py`.",
+        "`benchmarks/measure.py synthetic_corpus`.",
         "",
         "| measurement | wall | CPU | peak RSS |",
         "|---|---:|---:|---:|",

@@ -20,9 +20,11 @@ import shlex
 import sys
 from pathlib import Path
 
-from common import UnitStore, fingerprint, log, run_worker, write_json
-from quality import evaluate_model
-from train_worker import script_defaults
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: `benchmarks.harness`
+
+from benchmarks.harness.common import UnitStore, fingerprint, log, run_worker, write_json
+from benchmarks.harness.quality import evaluate_model
+from benchmarks.harness.train_worker import script_defaults
 
 # name -> (extra pretrain.py arguments, what it tests), on top of examples/pretrain.py's defaults (v2 corpus, plain
 # shuffled batches of 32; the length is the sweep's --steps, default 300). The `*_balanced*` recipes are the

@@ -24,10 +24,10 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: `benchmarks.harness`
 
-from budgets import BUDGETS, CPU_PLANNING, estimate  # noqa: E402
-from common import REPO_ROOT, UnitStore, git_commit, log, machine_info, now_iso, write_json  # noqa: E402
+from benchmarks.harness.budgets import BUDGETS, CPU_PLANNING, estimate  # noqa: E402
+from benchmarks.harness.common import REPO_ROOT, UnitStore, git_commit, log, machine_info, now_iso, write_json  # noqa: E402
 
 SECTIONS = ("quality", "ablations", "speed")
 
@@ -89,8 +89,8 @@ def main(argv: list[str] | None = None) -> dict:
     if budget.name == "cpu":  # the planning constants are the CPU budget's (benchmarks/budgets.py)
         log("estimated on 2 idle cores: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in plan.items()))
     store = UnitStore(output_dir, force=args.force)
-    from quality import run_ablations, run_quality  # noqa: E402  (imports torch lazily)
-    from speed import run_speed  # noqa: E402
+    from benchmarks.harness.quality import run_ablations, run_quality  # noqa: E402  (imports torch lazily)
+    from benchmarks.harness.speed import run_speed  # noqa: E402
 
     results: dict = {
         "command": "python benchmarks/run_all.py " + " ".join(shlex.quote(a) for a in raw_argv),
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     if budget.processes == "section" and not args.no_training:
         # smoke: every training run of the computed sections in one process (start-up would dominate), up front
-        from quality import ablation_training_units, backbone_path, quality_training_units, run_training_units
+        from benchmarks.harness.quality import ablation_training_units, backbone_path, quality_training_units, run_training_units
 
         backbone = backbone_path(budget, output_dir, store)
         units = quality_training_units(budget, backbone, output_dir) if "quality" in args.sections else []
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
         "load_average_at_end": machine_info()["load_average"],
     }
 
-    from report import render  # noqa: E402
+    from benchmarks.harness.report import render  # noqa: E402
 
     write_json(output_dir / "results.json", results)
     (output_dir / "results.md").write_text(render(results))

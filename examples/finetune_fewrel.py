@@ -1,3 +1,4 @@
+#!/usr/bin/env python
 """Episodic few-shot fine-tuning of a SaCon checkpoint on FewRel with the stock `transformers.Trainer`.
 
     python examples/finetune_fewrel.py                                  # MiniLM composed on the spot, ~10 min on 2 CPUs
@@ -9,186 +10,23 @@ training relations); evaluation is a fixed, seeded set of `--eval_episodes` epis
 `--validation_file` (the 16 val_wiki relations, disjoint from training), scored by query accuracy. The best
 evaluation checkpoint is kept (`load_best_model_at_end`), then the final model and its tokenizer / processor are
 written to `--output_dir`, loadable with `SaconForFewShotRelationClassification.from_pretrained` and (its `sacon.*`
-weights) `SaconDualEncoderModel` / `SaconRelationClassifier.from_pretrained`.
+weights) `SaconDualEncoderModel.from_pretrained` and the `relation-classification` pipeline.
 
 Any `TrainingArguments` option works (`--learning_rate`, `--per_device_train_batch_size`, `--eval_steps`, ...); the
-defaults below were measured to finish in about 10 minutes on 2 shared CPU cores with all-MiniLM-L6-v2.
+script `examples/finetune_fewrel.py` sets the run's budget (steps, evaluation cadence, output directory).
 """
 
-from __future__ import annotations
+from modeling_sacon.commands.finetune import main
 
-import json
-import logging
-import sys
-import time
-from dataclasses import dataclass, field
-from pathlib import Path
-
-import numpy as np
-import torch
-from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArguments, set_seed
-
-from modeling_sacon.data import load_fewrel_json, load_label_table
-from modeling_sacon.utils.loading import load_sacon_model
-from modeling_sacon.data.episodes import parse_setting
-from modeling_sacon.data.episodic import EpisodeCollator, EpisodicDataset
-from modeling_sacon.modeling_sacon_fewshot import SaconForFewShotRelationClassification
-
-logger = logging.getLogger("finetune_fewrel")
-
-
-@dataclass
-class ModelArguments:
-    model_name_or_path: str | None = field(
-        default=None,
-        metadata={"help": "a SaCon checkpoint (Hub id or directory); default: compose two all-MiniLM-L6-v2 towers"},
-    )
-    fewshot_method: str = field(
-        default="label_augmented", metadata={"help": "prototype | zero_shot | label_augmented (SimpleFSRE-style)"}
-    )
-    fewshot_similarity: str = field(default="cosine", metadata={"help": "cosine | euclidean"})
-    fewshot_nota: bool = field(default=False, metadata={"help": "learn a none-of-the-above threshold (label N)"})
-    torch_num_threads: int = field(
-        default=0,
-        metadata={
-            "help": "intra-op CPU threads; 0 keeps torch's default (one per core). On a machine shared with other "
-            "jobs, 1 avoids OpenMP threads stalling each other"
-        },
-    )
-
-
-@dataclass
-class DataArguments:
-    train_file: str = field(default="fewrel_train_sample/train_wiki_sample.json", metadata={"help": "FewRel JSON"})
-    validation_file: str = field(default="fewrel/val_wiki.json", metadata={"help": "FewRel JSON"})
-    label_file: str = field(default="fewrel/pid2name.json", metadata={"help": "{relation: [name, description]}"})
-    n_way: int = field(default=5, metadata={"help": "training episodes: relations per episode"})
-    k_shot: int = field(default=1, metadata={"help": "training episodes: support sentences per relation"})
-    q_query: int = field(default=1, metadata={"help": "training episodes: queries per relation"})
-    na_rate: int = field(default=0, metadata={"help": "training episodes: NOTA queries = na_rate * q_query"})
-    train_episodes: int = field(default=10000, metadata={"help": "distinct training episodes (seeded)"})
-    eval_setting: str = field(default="5-1", metadata={"help": "N-K, or nota-N-K-P (needs --fewshot_nota)"})
-    eval_episodes: int = field(default=200, metadata={"help": "fixed evaluation episodes (seeded)"})
-    eval_q_query: int = field(default=1, metadata={"help": "evaluation queries per relation"})
-    eval_seed: int = field(default=12345, metadata={"help": "seed of the evaluation episodes"})
-    max_length: int | None = field(default=None, metadata={"help": "sentence length in tokens (default: processor's)"})
-
-
-@dataclass
-class FewShotTrainingArguments(TrainingArguments):
-    """`TrainingArguments` with defaults for a ~10 minute CPU run (measured: see the module docstring)."""
-
-    output_dir: str = field(default="sacon-fewrel-finetuned")
-    learning_rate: float = 2e-5
-    max_steps: int = 120
-    per_device_train_batch_size: int = 2
-    per_device_eval_batch_size: int = 8
-    warmup_steps: int = 10
-    weight_decay: float = 0.01
-    eval_strategy: str = "steps"
-    eval_steps: int = 60
-    save_strategy: str = "steps"
-    save_steps: int = 60
-    save_total_limit: int = 1
-    load_best_model_at_end: bool = True
-    metric_for_best_model: str = "accuracy"
-    greater_is_better: bool = True
-    logging_steps: int = 10
-    report_to: str = "none"
-    seed: int = 42
-    dataloader_num_workers: int = 0
-    dataloader_pin_memory: bool = torch.cuda.is_available()  # pinning without an accelerator only warns
-
-
-def compute_metrics(eval_pred) -> dict[str, float]:
-    """Query accuracy (every episode has the same number of queries, so this is also the mean episode accuracy)."""
-    logits, labels = eval_pred.predictions, eval_pred.label_ids
-    if isinstance(logits, tuple):
-        logits = logits[0]
-    logits = np.asarray(logits).reshape(-1, np.asarray(logits).shape[-1])
-    labels = np.asarray(labels).reshape(-1)
-    keep = labels != -100
-    return {"accuracy": float((logits.argmax(-1)[keep] == labels[keep]).mean())}
-
-
-class StepTimer(TrainerCallback):
-    """Logs seconds per optimisation step (what the defaults were tuned with)."""
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        self._start = time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.times = getattr(self, "times", []) + [time.perf_counter() - self._start]
-
-
-def load_model(model_args: ModelArguments):
-    options = {
-        "fewshot_method": model_args.fewshot_method,
-        "fewshot_similarity": model_args.fewshot_similarity,
-        "fewshot_nota": model_args.fewshot_nota,
-    }
-    return load_sacon_model(model_args.model_name_or_path, model_class=SaconForFewShotRelationClassification, **options)
-
-
-def main(argv: list[str] | None = None) -> dict[str, float]:
-    parser = HfArgumentParser((ModelArguments, DataArguments, FewShotTrainingArguments))
-    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    set_seed(training_args.seed)
-    if model_args.torch_num_threads:
-        torch.set_num_threads(model_args.torch_num_threads)
-
-    model, processor = load_model(model_args)
-    if data_args.max_length is not None:
-        processor.max_length = data_args.max_length
-    label_table = load_label_table(data_args.label_file)
-
-    train = load_fewrel_json(data_args.train_file)
-    zero_shot = model_args.fewshot_method == "zero_shot"
-    train_dataset = EpisodicDataset(
-        train, n_way=data_args.n_way, k_shot=0 if zero_shot else data_args.k_shot, q_query=data_args.q_query,
-        na_rate=data_args.na_rate, zero_shot=zero_shot, seed=training_args.seed, num_episodes=data_args.train_episodes,
-    )
-    setting = parse_setting(data_args.eval_setting)
-    if setting.nota_fraction and not model_args.fewshot_nota:
-        raise ValueError(f"--eval_setting {setting} has NOTA queries: add --fewshot_nota")
-    if data_args.na_rate and not model_args.fewshot_nota:
-        raise ValueError("--na_rate > 0 trains on NOTA queries: add --fewshot_nota")
-    validation = load_fewrel_json(data_args.validation_file)
-    eval_dataset = EpisodicDataset(
-        validation, n_way=setting.n_way, k_shot=0 if zero_shot else setting.k_shot, q_query=data_args.eval_q_query,
-        nota_fraction=setting.nota_fraction, zero_shot=zero_shot, seed=data_args.eval_seed,
-        num_episodes=data_args.eval_episodes,
-    )
-    logger.info(f"train: {train_dataset.sampler}\neval: {eval_dataset.sampler}")
-
-    timer = StepTimer()
-    trainer = Trainer(
-        model=model,
-        args=training_args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        data_collator=EpisodeCollator(processor, label_table),
-        processing_class=processor.tokenizer,
-        compute_metrics=compute_metrics,
-        callbacks=[timer],
-    )
-    result = trainer.train()
-    metrics = dict(result.metrics)
-    times = getattr(timer, "times", [])
-    if times:
-        metrics["seconds_per_step"] = float(np.median(times))
-    evaluations = [log for log in trainer.state.log_history if "eval_accuracy" in log]
-    metrics["eval_accuracy_by_step"] = {int(log["step"]): log["eval_accuracy"] for log in evaluations}
-    if trainer.state.best_metric is not None:  # the model now holds that checkpoint (load_best_model_at_end)
-        metrics["best_eval_accuracy"] = trainer.state.best_metric
-        metrics["best_checkpoint"] = trainer.state.best_model_checkpoint
-    trainer.save_model(training_args.output_dir)
-    processor.save_pretrained(training_args.output_dir)
-    trainer.log_metrics("final", {k: v for k, v in metrics.items() if not isinstance(v, dict)})
-    Path(training_args.output_dir, "finetune_results.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    return metrics
-
+# Sized for about 10 minutes on two CPU cores with all-MiniLM-L6-v2. Command-line options override each of these.
+CPU_BUDGET = {
+    "output_dir": "sacon-fewrel-finetuned",
+    "max_steps": 120,
+    "eval_steps": 60,
+    "save_steps": 60,
+    "save_total_limit": 1,
+    "logging_steps": 10,
+}
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main(defaults=CPU_BUDGET)

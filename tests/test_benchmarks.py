@@ -6,7 +6,7 @@ A tiny random BERT, a few optimizer steps, 20 episodes: the numbers mean nothing
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import os
 import shlex
@@ -19,17 +19,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _load(name: str):
-    """A module of benchmarks/ under a private name (its plain names, e.g. `common`, stay out of sys.modules)."""
-    spec = importlib.util.spec_from_file_location(f"_sacon_benchmarks_{name}", REPO / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-budgets = _load("budgets")
-common = _load("common")
+from benchmarks.harness import budgets, common  # noqa: E402  (the repository root is on sys.path: setup.cfg)
 
 MAIN_ROWS = {"a", "b", "c", "d", "e_c", "e_d"}
 MAIN_COLUMNS = {
@@ -123,7 +113,7 @@ def test_smoke_budget_end_to_end_and_resume(tmp_path, data_dir):
     assert again["quality"]["rows"] == quality["rows"]
 
     # the step-overhead diagnostic runs on the same inputs (the smoke budget's tiny backbone)
-    command = [sys.executable, "benchmarks/step_breakdown.py", "--backbone", str(output_dir / "backbone"),
+    command = [sys.executable, "benchmarks/measure.py", "step_breakdown", "--backbone", str(output_dir / "backbone"),
                "--repeats", "1", "--warmup", "0"]
     breakdown = subprocess.run(command, cwd=REPO, env={**os.environ, "SACON_DATA_DIR": str(data_dir)},
                                capture_output=True, text=True, timeout=300)
@@ -150,18 +140,11 @@ def test_budgets():
 
 
 @pytest.fixture
-def harness(monkeypatch):
-    """benchmarks/quality.py and its siblings importable by their plain names, as run_all.py imports them; removed
-    from sys.modules afterwards."""
-    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
-    import budgets as plain_budgets
-    import quality
-    import train_worker
+def harness():
+    """The harness modules that run_all.py uses."""
+    from benchmarks.harness import quality, train_worker
 
-    yield quality, train_worker, plain_budgets
-    for name in ("quality", "train_worker", "budgets", "common", "recipe_sweep", "_benchmark_pretrain",
-                 "_benchmark_evaluate_fewrel"):
-        sys.modules.pop(name, None)
+    return quality, train_worker, budgets
 
 
 def test_training_unit_specs_follow_script_defaults(harness, monkeypatch):
@@ -207,9 +190,8 @@ def test_full_ablation_at_the_main_length_is_the_main_run(harness, tmp_path):
 def test_sweep_recipes_are_valid_pretrain_arguments(harness):
     """Every named recipe of `benchmarks/recipe_sweep.py` parses as `examples/pretrain.py` arguments and sets what its
     arguments say: a misspelt option fails here, not after a 20-minute sweep run starts."""
-    import recipe_sweep
-
     _, worker, _ = harness
+    recipe_sweep = importlib.import_module("benchmarks.recipe_sweep")
     pretrain = worker.load_script("pretrain")
     for name, (extra, _) in recipe_sweep.RECIPES.items():
         argv = shlex.split(extra)
@@ -223,7 +205,7 @@ def test_sweep_recipes_are_valid_pretrain_arguments(harness):
 def test_tuned_recipe_is_its_measured_sweep_recipe(harness):
     """The recipe rows (c)-(e) and the GPU check train (`budgets.TUNED_RECIPE`) is the sweep recipe whose runs the
     README reports for it: changing one without the other would let the table describe a recipe nobody measured."""
-    import recipe_sweep
+    recipe_sweep = importlib.import_module("benchmarks.recipe_sweep")
 
     _, _, plain_budgets = harness
     tuned = ["--per_device_train_batch_size", str(plain_budgets.TUNED_BATCH_SIZE),
@@ -236,7 +218,7 @@ def test_tuned_recipe_is_its_measured_sweep_recipe(harness):
 def test_no_training_starts_no_run(harness, tmp_path):
     """`run_all.py --no_training`: a stored run is returned, a missing one is reported missing and not started."""
     quality, _, plain_budgets = harness
-    store = sys.modules["common"].UnitStore(tmp_path)
+    store = common.UnitStore(tmp_path)
     units = [{"name": f"ablations/pretrain-{name}", "spec": {"argv": [name]}, "script": "pretrain", "argv": [name],
               "run_dir": str(tmp_path / name)} for name in ("stored", "missing")]
     store.save(units[0]["name"], units[0]["spec"], {"wall_s": 1.0}, 1.0)

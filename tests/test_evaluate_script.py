@@ -1,16 +1,12 @@
 """examples/evaluate_fewrel.py end to end on a tiny checkpoint: JSON shape, model card update, bad input."""
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-import evaluate_fewrel  # noqa: E402
-
-from modeling_sacon.training.model_card import EVAL_SECTION_START, render_model_card  # noqa: E402
+from modeling_sacon.commands import evaluate as evaluate_fewrel
+from modeling_sacon.training.model_card import EVAL_SECTION_START, render_model_card
 
 
 @pytest.fixture

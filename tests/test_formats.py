@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import io
 import json
 import os
-import sys
 from pathlib import Path
 
 import datasets
@@ -251,12 +250,9 @@ def test_rel2scope_is_not_a_label_table(tmp_path):
 
 
 def test_pretrain_script_reads_cp_corpus_with_its_label_texts(files, tmp_path, monkeypatch):
-    """examples/pretrain.py --train_files takes the authors' file; the rows' own texts label its relations."""
+    """The pre-training command's --train_files takes the authors' file; the rows' own texts label its relations."""
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf"))
-    spec = importlib.util.spec_from_file_location("pretrain_formats", Path(__file__).parents[1] / "examples" / "pretrain.py")
-    pretrain = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, pretrain)  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(pretrain)
+    from modeling_sacon.commands import pretrain
     data_args = pretrain.DataArguments(train_files=[str(files["cp"])])
     dataset, labels, card = pretrain.load_training_data(data_args)
     assert dataset.to_list() == load_fewrel_json(files["fewrel"]).to_list()
@@ -272,14 +268,11 @@ def test_pretrain_script_reads_cp_corpus_with_its_label_texts(files, tmp_path, m
 
 
 def _script(name: str):
-    spec = importlib.util.spec_from_file_location(f"_sacon_{name}", Path(__file__).parents[1] / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(f"benchmarks.harness.{name}")
 
 
 def test_synthetic_corpus_is_seeded_long_tailed_and_loads(files, tmp_path):
-    make = _script("make_synthetic_corpus")
+    make = _script("synthetic_corpus")
     common = ["--num_sentences", "60", "--num_relations", "5", "--source_files", str(files["fewrel"])]
     first = make.main(["--output", str(tmp_path / "a.json"), *common])
     make.main(["--output", str(tmp_path / "b.json"), *common])

@@ -4,10 +4,8 @@ accumulation scaling, disjoint batches per process, and the pre-training script'
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
@@ -273,17 +271,14 @@ def test_each_epoch_draws_its_own_batches(processor, data, tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# examples/pretrain.py: bad inputs fail before any model is loaded, naming the file / relation / option.
+# The pre-training command (examples/pretrain.py): bad inputs fail before any model is loaded, naming the file / relation / option.
 
 
 @pytest.fixture(scope="module")
 def pretrain():
-    spec = importlib.util.spec_from_file_location("pretrain_script", REPO / "examples" / "pretrain.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve string annotations through sys.modules
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    from modeling_sacon.commands import pretrain
+
+    return pretrain
 
 
 def fewrel_file(path: Path, content) -> str:

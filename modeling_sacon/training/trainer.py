@@ -84,20 +84,15 @@ def fewrel_metric_name(setting: str, prefix: str = "eval") -> str:
 
 @dataclass
 class SaconTrainingArguments(TrainingArguments):
-    """`TrainingArguments` plus SaCon's options; the defaults are the ones `examples/pretrain.py` runs with when
-    given no argument (sized for a few minutes on two CPU cores; see the README of the examples)."""
+    """`TrainingArguments` plus SaCon's options. Defaults are the method's (batch, learning rates, warm-up); a run's
+    budget (steps, output directory, checkpoint cadence) is the caller's: `examples/pretrain.py` sets the README's."""
 
-    output_dir: str | None = field(default="outputs/sacon-minilm", metadata={"help": "Where checkpoints and the final model go."})
     per_device_train_batch_size: int = field(
         default=32, metadata={"help": "Sentences per batch and process (= relations per batch x instances_per_relation)."}
     )
     per_device_eval_batch_size: int = field(default=64, metadata={"help": "Sentences per encoding batch in evaluation."})
     learning_rate: float = field(default=5e-5, metadata={"help": "Peak learning rate of the encoders and heads."})
     warmup_steps: float = field(default=0.1, metadata={"help": "Warm-up steps (a value below 1 is a share of max_steps)."})
-    max_steps: int = field(default=500, metadata={"help": "Optimizer steps (500 of batch 32: about 12 minutes on 2 CPU cores)."})
-    logging_steps: float = field(default=10, metadata={"help": "Log the loss terms every this many steps."})
-    save_steps: float = field(default=100, metadata={"help": "Save (and push, with --push_to_hub) every this many steps."})
-    save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints kept in output_dir."})
     hub_always_push: bool = field(
         default=True, metadata={"help": "Push every saved checkpoint (waiting for the previous upload to finish first)."}
     )

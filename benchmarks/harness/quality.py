@@ -1,26 +1,25 @@
 """Quality benchmarks: the main few-shot table (rows (a)-(e)) and the pre-training ablations.
 
-Every training run is `examples/pretrain.py` / `examples/finetune_fewrel.py` `main(argv)` in a subprocess
-(`train_worker.py`); every evaluation goes through `examples/evaluate_fewrel.py`'s own functions
-(`EvalArguments`, `build_evaluator_factory`) and `FewShotEvaluator.evaluate`, on the same seeded episodes for every
+Every training run is the package's pre-training / fine-tuning command (`modeling_sacon.commands.pretrain` /
+`.finetune`, what `examples/pretrain.py` / `examples/finetune_fewrel.py` run) `main(argv)` in a subprocess
+(`train_worker.py`); every evaluation goes through the evaluation command's own functions (`modeling_sacon.commands.
+evaluate`: `EvalArguments`, `build_evaluator_factory`) and `FewShotEvaluator.evaluate`, on the same seeded episodes for every
 model. Each run and each evaluation is a unit (`common.UnitStore`): rerunning skips what is done.
 """
 
 from __future__ import annotations
 
 import gc
-import importlib.util
 import json
 import shutil
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from budgets import Budget
-from common import EXAMPLES_DIR, UnitStore, fingerprint, load_average, log, mean_ci95, run_worker, write_json
-from train_worker import script_defaults
+from .budgets import Budget
+from .common import UnitStore, fingerprint, load_average, log, mean_ci95, run_worker, write_json
+from .train_worker import script_defaults
 
 # (result key, column title); result keys are evaluate_fewrel.py's ("pubmed/" prefix for val_pubmed)
 MAIN_COLUMNS = [
@@ -131,18 +130,7 @@ def backbone_path(budget: Budget, output_dir: Path, store: UnitStore, compute: b
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Evaluation through examples/evaluate_fewrel.py
-
-
-def _evaluate_fewrel_module():
-    """`examples/evaluate_fewrel.py` imported as a module (registered first: its dataclasses need it)."""
-    name = "_benchmark_evaluate_fewrel"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, EXAMPLES_DIR / "evaluate_fewrel.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+# Evaluation through the package's evaluation command (`modeling_sacon.commands.evaluate`)
 
 
 _SPLITS: dict[str, object] = {}
@@ -183,7 +171,8 @@ def evaluate_model(
     from modeling_sacon.data import first_per_relation, load_label_table, resolve_data_path
     from modeling_sacon.data.episodes import parse_settings
 
-    ev = _evaluate_fewrel_module()
+    from modeling_sacon.commands import evaluate as ev
+
     args = ev.EvalArguments(
         model_name_or_path=model_path, encoder=encoder, settings=settings, pubmed_settings=pubmed_settings or "",
         pubmed_file="fewrel/val_pubmed.json" if pubmed_settings else "", episodes=episodes, seed=seed,

@@ -17,8 +17,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-BENCHMARKS_DIR = Path(__file__).resolve().parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
+BENCHMARKS_DIR = REPO_ROOT / "benchmarks"
 EXAMPLES_DIR = REPO_ROOT / "examples"
 
 # two-sided 95% Student t quantiles by degrees of freedom (CI of a mean over a handful of seeds)
@@ -167,7 +167,7 @@ def run_worker(units: Sequence[dict], log_path: Path, spec_path: Path) -> dict:
     """
     write_json(spec_path, {"units": list(units)})
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, str(BENCHMARKS_DIR / "train_worker.py"), str(spec_path)]
+    command = [sys.executable, "-m", "benchmarks.harness.train_worker", str(spec_path)]
     start = time.perf_counter()
     with open(log_path, "w") as log_file:
         process = subprocess.Popen(command, cwd=REPO_ROOT, env=subprocess_env(), stdout=log_file, stderr=subprocess.STDOUT)

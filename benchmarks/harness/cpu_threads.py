@@ -1,8 +1,8 @@
 """The default pre-training step with one torch thread (what `accelerate launch` left a single CPU process:
 OMP_NUM_THREADS=1) against this process's share of the cores (what `examples/pretrain.py`'s `use_all_cores` sets).
 
-    python benchmarks/cpu_threads.py                       # packaged MiniLM, batch 32, pretrain.py's default recipe
-    python benchmarks/cpu_threads.py --output benchmarks/results/cpu_threads.json
+    python benchmarks/measure.py cpu_threads                       # packaged MiniLM, batch 32, pretrain.py's default recipe
+    python benchmarks/measure.py cpu_threads --output benchmarks/results/cpu_threads.json
 
 One process, one batch (`speed.py`'s), one model and fused AdamW; the two arms alternate (A B A B ...) after warm-up,
 so drifting load hits both alike; medians and spreads (min-max) of wall time per optimizer step.
@@ -16,9 +16,9 @@ import os
 import time
 from pathlib import Path
 
-from budgets import CPU
-from common import median
-from speed import pretraining_step_inputs
+from .budgets import CPU
+from .common import median
+from .speed import pretraining_step_inputs
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -70,7 +70,3 @@ def main(argv: list[str] | None = None) -> dict:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(result, indent=2) + "\n")
     return result
-
-
-if __name__ == "__main__":
-    main()

@@ -1,7 +1,7 @@
-"""Runs training units in this process: `python benchmarks/train_worker.py spec.json`.
+"""Runs training units in this process: `python -m benchmarks.harness.train_worker spec.json` (from the repository root).
 
 `spec.json` is `{"units": [{"name", "script", "argv", "result_path"}, ...]}`; each unit calls `main(argv)` of
-`examples/<script>.py` (pretrain / finetune_fewrel) and writes `result_path`: the script's returned metrics, wall and
+the package command (`modeling_sacon.commands.pretrain` / `.finetune`) and writes `result_path`: the script's returned metrics, wall and
 CPU time, and the peak resident memory of this process during the unit (VmHWM, reset between units where the kernel
 allows it). `run_all.py` starts one worker per run (budgets cpu/gpu: crash isolation, exact per-run peak memory from
 `os.wait4`) or one per section (smoke: process start-up would dominate).
@@ -10,26 +10,24 @@ allows it). `run_all.py` starts one worker per run (budgets cpu/gpu: crash isola
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
+import importlib
 import json
 import resource
 import sys
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+# The commands a training unit runs: `script` names -> modules of `modeling_sacon.commands`.
+COMMANDS = {"pretrain": "pretrain", "finetune_fewrel": "finetune"}
 
 
 def load_script(name: str):
-    """`examples/<name>.py` as a module (once per process)."""
-    if f"_benchmark_{name}" in sys.modules:
-        return sys.modules[f"_benchmark_{name}"]
-    path = REPO_ROOT / "examples" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"_benchmark_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    return module
+    """The package command behind a unit's `script` (`pretrain` or `finetune_fewrel`)."""
+    if name not in COMMANDS:
+        raise ValueError(f"unknown training script {name!r}; known: {sorted(COMMANDS)}")
+    return importlib.import_module(f"modeling_sacon.commands.{COMMANDS[name]}")
 
 
 def script_defaults(name: str) -> dict:

@@ -1,7 +1,7 @@
 """Where the label tower's pre-training step overhead goes (a diagnostic, not part of `run_all.py`).
 
-    python benchmarks/step_breakdown.py                  # packaged MiniLM, CPU, torch's default threads
-    python benchmarks/step_breakdown.py --threads 1      # one thread: CPU time is then the work, whatever the load
+    python benchmarks/measure.py step_breakdown                  # packaged MiniLM, CPU, torch's default threads
+    python benchmarks/measure.py step_breakdown --threads 1      # one thread: CPU time is then the work, whatever the load
 
 Times, on `speed.py`'s batch and comparator, the full SaCon step against the sentence-encoder-only step and variants
 that remove one label-side cost each: the label MLM (`label_mlm_weight=0`); the gradient of the label tower's
@@ -23,9 +23,9 @@ import argparse
 import copy
 import time
 
-from budgets import CPU
-from common import median
-from speed import _sentence_only_module, pretraining_step_inputs
+from .budgets import CPU
+from .common import median
+from .speed import _sentence_only_module, pretraining_step_inputs
 
 
 def sparse_word_embedding_gradients(model) -> None:
@@ -123,7 +123,3 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
             print(f"  {value:6.3f} s ({min(times[name]):.3f}-{max(times[name]):.3f})  {value / base - 1:+6.1%}  {name}")
         results[clock] = medians
     return results
-
-
-if __name__ == "__main__":
-    main()

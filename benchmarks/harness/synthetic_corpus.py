@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Write a paper-scale synthetic relation corpus (default: 800,000 sentences, 700 relations) in the authors' format.
 
 The paper pre-trains on 773,307 sentences of 698 relations (the authors' ``cpdata.json``); that corpus is not shipped
@@ -17,8 +16,8 @@ corpus: ``<stem>.labels.json`` (``{relation: [name, description]}``, for ``--lab
 ``<stem>.rel2scope.json`` (relation -> ``[start, end)`` rows, as the authors ship it). CP rows carry ``rname`` /
 ``rstate`` like the authors' rows; JSON Lines rows are the same objects, one per line.
 
-    python benchmarks/make_synthetic_corpus.py --output /tmp/sacon_synthetic/cpdata.json
-    python benchmarks/make_synthetic_corpus.py --output /tmp/corpus.jsonl --format jsonl --num_sentences 10000
+    python benchmarks/measure.py synthetic_corpus --output /tmp/sacon_synthetic/cpdata.json
+    python benchmarks/measure.py synthetic_corpus --output /tmp/corpus.jsonl --format jsonl --num_sentences 10000
 """
 
 from __future__ import annotations
@@ -196,7 +195,3 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     json.dump(written, sys.stdout, indent=1)
     sys.stdout.write("\n")
     return written
-
-
-if __name__ == "__main__":
-    main()

@@ -26,9 +26,9 @@ import gc
 import time
 from pathlib import Path
 
-from budgets import Budget
-from common import UnitStore, median, quantile
-from quality import backbone_path, load_split
+from .budgets import Budget
+from .common import UnitStore, median, quantile
+from .quality import backbone_path, load_split
 
 STEP_TARGET_OVERHEAD = 0.25
 EVAL_TARGET_RATIO = 50.0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from budgets import Budget
+from .budgets import Budget
 
 PAPER_NOTE = (
     "**Not comparable to the paper.** SaCon reports 92.38% on FewRel 1.0 5-way 1-shot with BERT-base pre-trained on "
