@@ -12,7 +12,7 @@ from transformers.pipelines import PIPELINE_REGISTRY
 
 from .configuration_sacon import SaconConfig
 from .modeling_sacon import SaconDualEncoderModel, SaconOutput, SaconPreTrainedModel
-from .modeling_sacon_fewshot import SaconFewShotOutput, SaconForFewShotRelationClassification
+from .modeling_sacon_fewshot import SaconFewShotConfig, SaconFewShotOutput, SaconForFewShotRelationClassification
 from .pipeline_sacon import RELATION_CLASSIFICATION_TASK, RelationClassificationPipeline
 from .processing_sacon import SaconProcessor
 
@@ -36,7 +36,6 @@ PIPELINE_REGISTRY.register_pipeline(
 _LAZY = {
     "default_backbone_path": "utils.defaults",
     "get_data_dir": "data",
-    "SaconRelationClassifier": "fewshot.inference",
     "SaconTrainer": "training.trainer",
     "SaconTrainingArguments": "training.trainer",
     "SaconPretrainingCollator": "data.collator",
@@ -58,6 +57,7 @@ def __getattr__(name: str):
 __all__ = [
     "SaconConfig",
     "SaconDualEncoderModel",
+    "SaconFewShotConfig",
     "SaconFewShotOutput",
     "SaconForFewShotRelationClassification",
     "SaconOutput",

@@ -1,4 +1,7 @@
-"""SaCon configuration: two encoder sub-configs plus the contrastive/MLM options of the paper."""
+"""SaCon configuration: the architecture (two encoder sub-configs, pooling, projections) and the objective.
+
+Tokenisation options (entity markers, blank token, lengths) belong to the processor (`processor_config.json`);
+few-shot scoring options to `SaconFewShotConfig` (the few-shot model) and the pipeline's parameters."""
 
 from __future__ import annotations
 
@@ -7,14 +10,21 @@ import math
 
 from transformers import AutoConfig, PretrainedConfig
 from transformers.configuration_utils import SubConfigSpec
+from transformers.utils import logging
 
-from .scoring import check_method, check_similarity
+logger = logging.get_logger(__name__)
 
 LABEL_POOLING_CHOICES = ("cls_mean", "cls", "mean")
 LABEL_ANCHORED_REDUCTIONS = ("sum", "mean")
 # The pipeline a checkpoint declares: `pipeline(RELATION_CLASSIFICATION_TASK, model=repo, trust_remote_code=True)` runs
 # pipeline_sacon.py, which the processor saves beside the model.
 RELATION_CLASSIFICATION_TASK = "relation-classification"
+# Options that config.json held before they moved to the processor (tokenisation) and to `SaconFewShotConfig`
+# (few-shot scoring): a SaconConfig drops them on load. Old checkpoints' processors still read their tokenisation
+# options from config.json when no processor_config.json is there (`SaconProcessor.get_processor_dict`).
+PROCESSOR_OPTIONS = ("head_markers", "tail_markers", "blank_token", "max_length", "label_max_length")
+FEWSHOT_OPTIONS = ("fewshot_method", "fewshot_similarity", "fewshot_nota", "fewshot_nota_init")
+MOVED_OPTIONS = PROCESSOR_OPTIONS + FEWSHOT_OPTIONS
 CUSTOM_PIPELINES = {
     RELATION_CLASSIFICATION_TASK: {"impl": "pipeline_sacon.RelationClassificationPipeline", "pt": ["AutoModel"], "type": "text"}
 }
@@ -44,16 +54,6 @@ class SaconConfig(PretrainedConfig):
         label_negatives (`int`): relation descriptions added to each pre-training batch beyond its own relations
             (drawn from the corpus's other relations by the collator): extra negatives of the sentence-anchored
             softmax, never anchors of the label-anchored term. 0 (the paper): only the batch's relations.
-        head_markers / tail_markers (`list[str]`): entity marker strings written around head and tail.
-        blank_token (`str`): the token that replaces a blanked entity mention.
-        max_length / label_max_length (`int`): tokenisation lengths of sentences and label texts.
-        fewshot_method (`str`): how `SaconForFewShotRelationClassification` builds a relation's prototype:
-            `"prototype"` (mean support [h ; t]), `"zero_shot"` (the label embedding) or `"label_augmented"` (both
-            summed, as SimpleFSRE uses SaCon); see `scoring.py`.
-        fewshot_similarity (`str`): `"cosine"` or `"euclidean"` (negative squared distance), times exp(logit_scale).
-        fewshot_nota (`bool`): append a none-of-the-above column (label N) to the few-shot logits.
-        fewshot_nota_init (`float`, *optional*): initial NOTA threshold in the similarity's units; `None`: 0.5 for
-            cosine, -1.0 (the same point of unit vectors, |a - b|^2 = 2 - 2 cos) for euclidean.
         custom_pipelines (`dict`): the `relation-classification` pipeline's entry (`CUSTOM_PIPELINES`), read by
             `transformers.pipeline`.
         pack_label_texts (`bool`): run the label tower on the batch's label texts packed end to end (block-diagonal
@@ -82,29 +82,26 @@ class SaconConfig(PretrainedConfig):
     sentence_mlm_weight: float = 1.0
     label_mlm_weight: float = 1.0
     label_negatives: int = 0
-    head_markers: list[str] | None = None
-    tail_markers: list[str] | None = None
-    blank_token: str = "[BLANK]"
-    max_length: int = 64
-    label_max_length: int = 64
     pack_label_texts: bool = True
-    fewshot_method: str = "prototype"
-    fewshot_similarity: str = "cosine"
-    fewshot_nota: bool = False
-    fewshot_nota_init: float | None = None
     initializer_range: float = 0.02
     tie_word_embeddings: bool = True
     custom_pipelines: dict | None = None
 
     def __post_init__(self, **kwargs):
+        moved = sorted(key for key in MOVED_OPTIONS if key in kwargs and key not in self.__dataclass_fields__)
+        if moved:  # e.g. a config.json saved before these options moved out (see MOVED_OPTIONS)
+            logger.warning(
+                f"{type(self).__name__} ignores {moved}: tokenisation options belong to the processor "
+                "(SaconProcessor), few-shot scoring options to SaconFewShotConfig"
+            )
+            for key in moved:
+                kwargs.pop(key)
         if self.label_config is None and not self.share_encoders:
             sentence = self.sentence_config
             self.label_config = sentence.to_dict() if isinstance(sentence, PretrainedConfig) else sentence
         super().__post_init__(**kwargs)
         if self.share_encoders:
             self.label_config = None
-        self.head_markers = list(self.head_markers or ("[E1]", "[/E1]"))
-        self.tail_markers = list(self.tail_markers or ("[E2]", "[/E2]"))
         self.custom_pipelines = self.custom_pipelines or copy.deepcopy(CUSTOM_PIPELINES)
         self._validate()
 
@@ -123,31 +120,12 @@ class SaconConfig(PretrainedConfig):
                 raise ValueError(f"{name} must be a non-negative number, got {value!r}")
         if not isinstance(self.label_negatives, int) or self.label_negatives < 0:
             raise ValueError(f"label_negatives must be a non-negative int, got {self.label_negatives!r}")
-        check_method(self.fewshot_method)
-        check_similarity(self.fewshot_similarity)
         if self.projection_dim is not None and self.projection_dim <= 0:
             raise ValueError(f"projection_dim must be a positive int or None, got {self.projection_dim}")
         if self.logit_scale_init_value > self.logit_scale_max:
             raise ValueError(
                 f"logit_scale_init_value ({self.logit_scale_init_value}) exceeds logit_scale_max ({self.logit_scale_max})"
             )
-        for name in ("head_markers", "tail_markers"):
-            markers = getattr(self, name)
-            if len(markers) != 2 or not all(isinstance(m, str) and m.strip() for m in markers):
-                raise ValueError(f"{name} must be two non-empty strings (start, end), got {markers!r}")
-        all_markers = self.head_markers + self.tail_markers
-        if len(set(all_markers)) != 4:
-            raise ValueError(f"entity markers must be four distinct strings, got {all_markers}")
-        if self.blank_token in all_markers:
-            raise ValueError(f"blank_token {self.blank_token!r} must differ from the entity markers")
-        for name in ("max_length", "label_max_length"):
-            if getattr(self, name) < 8:
-                raise ValueError(f"{name} must be at least 8 tokens, got {getattr(self, name)}")
-
-    @property
-    def marker_tokens(self) -> list[str]:
-        """Head start, head end, tail start, tail end: the tokens the processor adds to the vocabulary."""
-        return [*self.head_markers, *self.tail_markers]
 
     @property
     def label_encoder_config(self) -> PretrainedConfig:

@@ -6,6 +6,8 @@ Shapes: B sentences, U distinct relation labels in the (global) batch, D embeddi
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -175,35 +177,43 @@ def first_occurrence_across_processes(label_relation_ids: torch.Tensor) -> torch
     return first == offset + torch.arange(label_relation_ids.shape[0], device=first.device)
 
 
-class SaconContrastiveLoss(nn.Module):
-    """The contrastive half of SaCon's objective, optionally over the global batch of all processes."""
+@dataclass
+class ObjectiveTerms:
+    """The terms of one evaluation of the objective (MLM terms None when that tower's MLM is off or has no targets)."""
 
-    def __init__(
-        self,
-        reduction: str = "sum",
-        sentence_weight: float = 1.0,
-        label_weight: float = 1.0,
-        gather_across_processes: bool = False,
-        negative_rows: bool = False,
-    ):
+    loss: torch.Tensor
+    contrastive_loss: torch.Tensor
+    sentence_anchored_loss: torch.Tensor
+    label_anchored_loss: torch.Tensor
+    sentence_mlm_loss: torch.Tensor | None = None
+    label_mlm_loss: torch.Tensor | None = None
+
+
+class SaconObjective(nn.Module):
+    """SaCon's objective, the one place it is defined: (w_s * sentence-anchored + w_l * label-anchored) / 2 over the
+    (global) batch, plus w_smlm * sentence MLM + w_lmlm * label MLM. Weights, reduction and label negatives are read
+    from the model's config at each call.
+
+    The model's forward calls it whole (:meth:`forward`); GradCache (`training/gradcache.py`) calls the same pieces
+    on cached embeddings and per mini-batch: :meth:`contrastive` on the whole batch, then per mini-batch
+    :meth:`masked_lm` against the whole batch's :meth:`mlm_denominator`, and :meth:`total` of the terms.
+    """
+
+    def __init__(self, config):
         super().__init__()
-        self.reduction = reduction
-        self.sentence_weight = sentence_weight
-        self.label_weight = label_weight
-        self.gather_across_processes = gather_across_processes
-        self.negative_rows = negative_rows  # label rows without sentences: negatives, not anchors
+        self.config = config
 
-    def forward(
+    def contrastive(
         self,
-        sentence_embeds: torch.Tensor,  # [B, D]
+        sentence_embeds: torch.Tensor,  # [B, D] (not normalised)
         label_embeds: torch.Tensor,  # [U, D]
         labels: torch.Tensor,  # [B] in [0, U)
-        logit_scale: torch.Tensor,  # scalar
-        label_relation_ids: torch.Tensor | None = None,  # [U] corpus-wide relation ids, needed to gather
-        gather_across_processes: bool | None = None,  # None: the module's setting
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Returns (contrastive, sentence_anchored, label_anchored, logits_per_sentence, labels used)."""
-        gather = self.gather_across_processes if gather_across_processes is None else gather_across_processes
+        logit_scale: torch.Tensor,  # scalar log-scale, already clamped
+        label_relation_ids: torch.Tensor | None = None,  # [U] corpus-wide ids, needed to gather
+        gather: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(contrastive, sentence_anchored, label_anchored); with `gather` over several processes, on the global
+        batch: every rank's sentences and labels, labels deduplicated by relation id (rank-offset indices)."""
         if gather and world_size() > 1:
             if label_relation_ids is None:
                 raise ValueError("label_relation_ids are required to deduplicate labels across processes")
@@ -211,15 +221,96 @@ class SaconContrastiveLoss(nn.Module):
             all_label_ids = gather_no_grad(label_relation_ids)
             sentence_embeds = gather_with_grad(sentence_embeds)
             label_embeds, labels = deduplicate_labels(gather_with_grad(label_embeds), all_label_ids, sentence_relation_ids)
-        loss, s_loss, l_loss, logits = symmetric_contrastive_loss(
-            sentence_embeds, label_embeds, labels, logit_scale, self.reduction, self.sentence_weight, self.label_weight,
-            self.negative_rows,
+        config = self.config
+        loss, s_loss, l_loss, _ = symmetric_contrastive_loss(
+            sentence_embeds, label_embeds, labels, logit_scale, config.label_anchored_reduction,
+            config.sentence_anchored_weight, config.label_anchored_weight, config.label_negatives > 0,
         )
-        return loss, s_loss, l_loss, logits, labels
+        return loss, s_loss, l_loss
+
+    @staticmethod
+    def mlm_denominator(mlm_labels: torch.Tensor, gather: bool = False) -> torch.Tensor | None:
+        """The masked-token count a tower's MLM sum is divided by: this batch's, or with `gather` over several
+        processes the global count / world size (DDP's gradient average then reproduces the global-batch mean).
+        None when nothing is masked on one process (the term is then 0)."""
+        count = (mlm_labels != -100).sum().float()
+        if gather and world_size() > 1:
+            return all_reduce_sum(count).clamp(min=1.0) / world_size()
+        return count if count > 0 else None
+
+    @staticmethod
+    def label_mlm_targets(
+        label_mlm_labels: torch.Tensor, label_relation_ids: torch.Tensor | None, gather: bool = False
+    ) -> torch.Tensor:
+        """Label MLM targets with, over several processes, only the row of each relation that the contrastive
+        deduplication keeps: a relation on several ranks is one label of the global batch, so its tokens count once."""
+        if not (gather and world_size() > 1):
+            return label_mlm_labels
+        keep = first_occurrence_across_processes(label_relation_ids)
+        return label_mlm_labels.masked_fill(~keep.unsqueeze(1), -100)
+
+    @staticmethod
+    def masked_lm(
+        head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, denominator: torch.Tensor | None
+    ) -> torch.Tensor:
+        """A tower's MLM sum over its masked positions (the vocabulary projection runs on those only) / denominator."""
+        if denominator is None:
+            return hidden.sum() * 0.0
+        selected = targets != -100
+        return masked_lm_loss(head(hidden[selected]), targets[selected], denominator)
+
+    def mlm_enabled(self, tower: str) -> bool:
+        """Whether the `"sentence"` or `"label"` tower's MLM term is on (its weight is positive)."""
+        return getattr(self.config, f"{tower}_mlm_weight") > 0
+
+    def weighted_mlm(self, tower: str, mlm: torch.Tensor) -> torch.Tensor:
+        """A tower's MLM term as it enters the loss (times `{tower}_mlm_weight`)."""
+        return getattr(self.config, f"{tower}_mlm_weight") * mlm
+
+    def total(
+        self, contrastive: torch.Tensor, sentence_mlm: torch.Tensor | None = None, label_mlm: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """contrastive + the weighted MLM terms that were computed."""
+        loss = contrastive
+        for tower, mlm in (("sentence", sentence_mlm), ("label", label_mlm)):
+            if mlm is not None:
+                loss = loss + self.weighted_mlm(tower, mlm)
+        return loss
+
+    def forward(
+        self,
+        sentence_embeds: torch.Tensor,
+        label_embeds: torch.Tensor,
+        labels: torch.Tensor,
+        logit_scale: torch.Tensor,
+        label_relation_ids: torch.Tensor | None = None,
+        gather: bool = False,
+        sentence_mlm: tuple[nn.Module, torch.Tensor, torch.Tensor] | None = None,
+        label_mlm: tuple[nn.Module, torch.Tensor, torch.Tensor] | None = None,
+    ) -> ObjectiveTerms:
+        """The whole objective on one pass; `sentence_mlm` / `label_mlm` are (head, hidden states, targets) of a tower
+        (None, or a zero weight: no MLM term)."""
+        contrastive, s_loss, l_loss = self.contrastive(
+            sentence_embeds, label_embeds, labels, logit_scale, label_relation_ids, gather
+        )
+        mlm: dict[str, torch.Tensor | None] = {"sentence": None, "label": None}
+        for tower, inputs in (("sentence", sentence_mlm), ("label", label_mlm)):
+            if inputs is None or not self.mlm_enabled(tower):
+                continue
+            head, hidden, targets = inputs
+            if tower == "label":
+                targets = self.label_mlm_targets(targets, label_relation_ids, gather)
+            mlm[tower] = self.masked_lm(head, hidden, targets, self.mlm_denominator(targets, gather))
+        return ObjectiveTerms(
+            loss=self.total(contrastive, mlm["sentence"], mlm["label"]), contrastive_loss=contrastive,
+            sentence_anchored_loss=s_loss, label_anchored_loss=l_loss,
+            sentence_mlm_loss=mlm["sentence"], label_mlm_loss=mlm["label"],
+        )
 
 
 __all__ = [
-    "SaconContrastiveLoss",
+    "ObjectiveTerms",
+    "SaconObjective",
     "deduplicate_labels",
     "first_occurrence_across_processes",
     "gather_no_grad",

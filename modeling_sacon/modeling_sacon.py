@@ -10,10 +10,13 @@ from torch import nn
 from transformers import AutoModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
-from transformers.utils import ModelOutput, logging
+from transformers.dynamic_module_utils import custom_object_save
+from transformers.utils import ModelOutput, can_return_tuple, logging
 
 from .configuration_sacon import SaconConfig
-from .losses import SaconContrastiveLoss, all_reduce_sum, first_occurrence_across_processes, masked_lm_loss, world_size
+from .pipeline_sacon import RelationClassificationPipeline
+from .hub_files import resolve_file
+from .losses import SaconObjective
 
 logger = logging.get_logger(__name__)
 
@@ -23,7 +26,8 @@ class SaconOutput(ModelOutput):
     r"""
     loss: total = contrastive + sentence_mlm_weight * sentence MLM + label_mlm_weight * label MLM.
     contrastive_loss: (sentence-anchored + label-anchored) / 2, each with its weight.
-    logits_per_sentence: [B, U] scaled cosine of each sentence to each distinct label of the (global) batch.
+    logits_per_sentence: [B, U] scaled cosine of each sentence to each label row of this batch (this process's rows,
+        with or without `return_loss`; the loss itself may run on the global batch of all processes).
     logits_per_label: [U, B], its transpose.
     sentence_embeds / label_embeds: L2-normalised [B, D] / [U, D] (local to this process).
     """
@@ -125,21 +129,17 @@ MLM_HEAD_LAYOUTS = {
     "cls.predictions.transform.dense.weight": ("cls.predictions.transform.dense", "cls.predictions.transform.LayerNorm"),
     "lm_head.dense.weight": ("lm_head.dense", "lm_head.layer_norm"),  # RoBERTa, XLM-R, CamemBERT
 }
-_HUB_KWARGS = ("cache_dir", "revision", "token", "local_files_only", "subfolder")
 
 
 def checkpoint_keys(path: str, **kwargs) -> set[str] | None:
     """The tensor names of a checkpoint's safetensors weights, read from the file headers only (None: not found)."""
     from safetensors import safe_open
-    from transformers.utils import cached_file
 
-    hub = {key: kwargs[key] for key in _HUB_KWARGS if key in kwargs}
-    options = dict(_raise_exceptions_for_missing_entries=False, _raise_exceptions_for_connection_errors=False, **hub)
-    single = cached_file(path, "model.safetensors", **options)
+    single = resolve_file(path, "model.safetensors", kwargs)
     if single is not None:
         with safe_open(single, framework="pt") as f:
             return set(f.keys())
-    index = cached_file(path, "model.safetensors.index.json", **options)
+    index = resolve_file(path, "model.safetensors.index.json", kwargs)
     if index is not None:
         import json
 
@@ -184,6 +184,33 @@ class SaconPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _supports_sdpa = True
     _supports_flash_attn = True
+
+    # False when the checkpoint had no label-encoder weights (they are then random): descriptions must be refused.
+    label_encoder_loaded: bool = True
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, plus: a checkpoint without label-encoder weights marks the model
+        `label_encoder_loaded = False`, so zero-shot and label-augmented scoring (the pipeline's descriptions, the
+        few-shot model's methods) refuse it instead of scoring with random weights."""
+        want_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        if any(key.startswith(("sacon.label_encoder.", "label_encoder.")) for key in info.get("missing_keys", ())):
+            model.label_encoder_loaded = False
+            logger.warning(
+                "the checkpoint has no label-encoder weights: the label encoder is randomly initialised, so relation "
+                "descriptions (zero-shot, label-augmented scoring) are refused until it is trained"
+            )
+        return (model, info) if want_info else model
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`, plus, with `auto_map` set, the `relation-classification` pipeline's code
+        (the config's `custom_pipelines` names it), so `pipeline(..., trust_remote_code=True)` runs from the
+        checkpoint alone."""
+        out = super().save_pretrained(save_directory, *args, **kwargs)
+        if self._auto_class is not None and kwargs.get("is_main_process", True):
+            custom_object_save(RelationClassificationPipeline, save_directory)
+        return out
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -234,10 +261,7 @@ class SaconDualEncoderModel(SaconPreTrainedModel):
             self.sentence_projection = nn.Linear(sentence_dim, config.projection_dim, bias=False)
             self.label_projection = nn.Linear(label_dim, config.projection_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value), requires_grad=config.learn_logit_scale)
-        self.contrastive_loss = SaconContrastiveLoss(
-            config.label_anchored_reduction, config.sentence_anchored_weight, config.label_anchored_weight,
-            negative_rows=config.label_negatives > 0,
-        )
+        self.objective = SaconObjective(config)
         self.post_init()
 
     # -- towers ---------------------------------------------------------------------------------------------------
@@ -265,7 +289,15 @@ class SaconDualEncoderModel(SaconPreTrainedModel):
         """The clamped log-scale actually used (at most `logit_scale_max`, as CLIP)."""
         return self.logit_scale.clamp(max=self.config.logit_scale_max)
 
-    def _encode_sentences(self, input_ids, attention_mask, entity_positions, token_type_ids=None):
+    def encode_sentences(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        entity_positions: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(last hidden states [B, L, H], features [B, D]): [h ; t] at the entity-start markers, projected, not
+        normalised. The hidden states feed the sentence MLM head."""
         if entity_positions is None:
             raise ValueError("entity_positions ([B, 2] head-start and tail-start marker indices) are required")
         hidden = self.sentence_encoder(
@@ -275,7 +307,14 @@ class SaconDualEncoderModel(SaconPreTrainedModel):
         pooled = hidden[rows, entity_positions].flatten(1)  # [B, 2H]
         return hidden, self.sentence_projection(pooled)
 
-    def _encode_labels(self, input_ids, attention_mask, token_type_ids=None):
+    def encode_labels(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(last hidden states [U, L, H], features [U, D]): [CLS ; masked mean] of "name [SEP] description" (or the
+        configured pooling), projected, not normalised. The hidden states feed the label MLM head."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         tower = self.label_tower
@@ -298,7 +337,7 @@ class SaconDualEncoderModel(SaconPreTrainedModel):
         token_type_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """[B, D] sentence representations ([h ; t] at the entity-start markers, projected), not normalised."""
-        return self._encode_sentences(input_ids, attention_mask, entity_positions, token_type_ids)[1]
+        return self.encode_sentences(input_ids, attention_mask, entity_positions, token_type_ids)[1]
 
     def get_label_features(
         self,
@@ -307,22 +346,11 @@ class SaconDualEncoderModel(SaconPreTrainedModel):
         token_type_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """[U, D] label representations ([CLS ; masked mean] of "name [SEP] description", projected), not normalised."""
-        return self._encode_labels(input_ids, attention_mask, token_type_ids)[1]
+        return self.encode_labels(input_ids, attention_mask, token_type_ids)[1]
 
-    # -- loss -----------------------------------------------------------------------------------------------------
+    # -- forward --------------------------------------------------------------------------------------------------
 
-    def _mlm_loss(self, head: SaconMLMHead, hidden: torch.Tensor, mlm_labels: torch.Tensor, gather: bool) -> torch.Tensor:
-        """MLM on masked positions only (the vocab projection of unmasked tokens is wasted work)."""
-        selected = mlm_labels != -100
-        count = selected.sum()
-        num_items = None
-        if gather and world_size() > 1:
-            # local sum / (global count / world) so that DDP's gradient *average* equals the global-batch mean
-            num_items = all_reduce_sum(count.float()).clamp(min=1.0) / world_size()
-        if int(count) == 0 and num_items is None:
-            return hidden.sum() * 0.0
-        return masked_lm_loss(head(hidden[selected]), mlm_labels[selected], num_items)
-
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
@@ -338,8 +366,7 @@ class SaconDualEncoderModel(SaconPreTrainedModel):
         label_token_type_ids: torch.Tensor | None = None,
         return_loss: bool | None = None,
         gather_across_processes: bool = False,
-        return_dict: bool | None = None,
-    ) -> SaconOutput | tuple:
+    ) -> SaconOutput:
         r"""
         entity_positions: [B, 2] indices of the head-start and tail-start markers.
         label_input_ids / label_attention_mask: [U, L'] the batch's distinct relation texts.
@@ -348,43 +375,30 @@ class SaconDualEncoderModel(SaconPreTrainedModel):
         label_relation_ids: [U] corpus-wide relation ids, used to deduplicate labels when gathering across processes.
         gather_across_processes: contrast against the global batch of all processes (negatives from every rank).
         """
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
         return_loss = return_loss if return_loss is not None else labels is not None
-        sentence_hidden, sentence_embeds = self._encode_sentences(input_ids, attention_mask, entity_positions, token_type_ids)
-        label_hidden = label_embeds = None
+        sentence_hidden, sentence_features = self.encode_sentences(input_ids, attention_mask, entity_positions, token_type_ids)
+        label_hidden = label_features = None
         if label_input_ids is not None:
-            label_hidden, label_embeds = self._encode_labels(label_input_ids, label_attention_mask, label_token_type_ids)
+            label_hidden, label_features = self.encode_labels(label_input_ids, label_attention_mask, label_token_type_ids)
 
         logit_scale = self.logit_scale_value()
-        out = SaconOutput(
-            sentence_embeds=nn.functional.normalize(sentence_embeds, dim=-1),
-            label_embeds=None if label_embeds is None else nn.functional.normalize(label_embeds, dim=-1),
-        )
-        if label_embeds is not None and not return_loss:
+        out = SaconOutput(sentence_embeds=nn.functional.normalize(sentence_features, dim=-1))
+        if label_features is not None:
+            out.label_embeds = nn.functional.normalize(label_features, dim=-1)
             out.logits_per_sentence = logit_scale.exp() * out.sentence_embeds @ out.label_embeds.t()
             out.logits_per_label = out.logits_per_sentence.t()
         if return_loss:
-            if label_embeds is None or labels is None:
+            if label_features is None or labels is None:
                 raise ValueError("return_loss=True needs label_input_ids and labels (each sentence's label row)")
-            contrastive, s_loss, l_loss, logits, _ = self.contrastive_loss(
-                sentence_embeds, label_embeds, labels, logit_scale, label_relation_ids, gather_across_processes
+            terms = self.objective(
+                sentence_features, label_features, labels, logit_scale, label_relation_ids, gather_across_processes,
+                sentence_mlm=None if mlm_labels is None else (self.sentence_mlm_head, sentence_hidden, mlm_labels),
+                label_mlm=None if label_mlm_labels is None else (self.label_head, label_hidden, label_mlm_labels),
             )
-            out.contrastive_loss, out.sentence_anchored_loss, out.label_anchored_loss = contrastive, s_loss, l_loss
-            out.logits_per_sentence, out.logits_per_label = logits, logits.t()
-            loss = contrastive
-            if mlm_labels is not None and self.config.sentence_mlm_weight > 0:
-                out.sentence_mlm_loss = self._mlm_loss(self.sentence_mlm_head, sentence_hidden, mlm_labels, gather_across_processes)
-                loss = loss + self.config.sentence_mlm_weight * out.sentence_mlm_loss
-            if label_mlm_labels is not None and self.config.label_mlm_weight > 0:
-                if gather_across_processes and world_size() > 1:
-                    # a relation on several ranks is one label of the global batch: MLM only the row the contrastive
-                    # deduplication keeps, or its tokens would count once per rank in the global-batch mean
-                    keep = first_occurrence_across_processes(label_relation_ids)
-                    label_mlm_labels = label_mlm_labels.masked_fill(~keep.unsqueeze(1), -100)
-                out.label_mlm_loss = self._mlm_loss(self.label_head, label_hidden, label_mlm_labels, gather_across_processes)
-                loss = loss + self.config.label_mlm_weight * out.label_mlm_loss
-            out.loss = loss
-        return out if return_dict else out.to_tuple()
+            for name in ("loss", "contrastive_loss", "sentence_anchored_loss", "label_anchored_loss",
+                         "sentence_mlm_loss", "label_mlm_loss"):
+                setattr(out, name, getattr(terms, name))
+        return out
 
     # -- construction from two pretrained encoders -----------------------------------------------------------------
 

@@ -8,11 +8,11 @@
   adds the `sacon.` prefix, so every encoder weight loads and only the new `nota_threshold` is initialised;
 * its own checkpoints (keys `sacon.*` + `nota_threshold`) reload as themselves, and also as a plain
   `SaconDualEncoderModel` (the prefix is stripped; `nota_threshold` is reported unexpected), so a fine-tuned model is
-  still a SaCon checkpoint for `SaconRelationClassifier` and the evaluator.
+  still a SaCon checkpoint for the `relation-classification` pipeline and the evaluator.
 
-The few-shot options are fields of `SaconConfig` (`fewshot_method`, `fewshot_similarity`, `fewshot_nota`,
-`fewshot_nota_init`; documented and validated there), saved in `config.json`; a checkpoint saved before they existed
-loads with their defaults.
+The few-shot options are fields of `SaconFewShotConfig` (a `SaconConfig` with `fewshot_method`,
+`fewshot_similarity`, `fewshot_nota`, `fewshot_nota_init`), saved in `config.json`; a plain SaCon checkpoint loads
+with their defaults, and a plain `SaconConfig` (e.g. `AutoModel` on a fine-tuned checkpoint) drops them.
 
 The NOTA column is `exp(logit_scale) * nota_threshold`: a virtual prototype at a fixed similarity. Keeping the
 parameter in similarity units (not logits) lets it move meaningfully at fine-tuning learning rates.
@@ -38,7 +38,43 @@ logger = logging.get_logger(__name__)
 _NEEDS_LABELS = ("zero_shot", "label_augmented")
 
 
-def default_nota_init(config: SaconConfig) -> float:
+class SaconFewShotConfig(SaconConfig):
+    r"""
+    A [`SaconConfig`] plus the scoring options of [`SaconForFewShotRelationClassification`].
+
+    Args:
+        fewshot_method (`str`): how a relation's prototype is built: `"prototype"` (mean support [h ; t]),
+            `"zero_shot"` (the label embedding) or `"label_augmented"` (both summed, as SimpleFSRE uses SaCon); see
+            `scoring.py`.
+        fewshot_similarity (`str`): `"cosine"` or `"euclidean"` (negative squared distance), times exp(logit_scale).
+        fewshot_nota (`bool`): append a none-of-the-above column (label N) to the logits.
+        fewshot_nota_init (`float`, *optional*): initial NOTA threshold in the similarity's units; `None`: 0.5 for
+            cosine, -1.0 (the same point of unit vectors, |a - b|^2 = 2 - 2 cos) for euclidean.
+    """
+
+    fewshot_method: str = "prototype"
+    fewshot_similarity: str = "cosine"
+    fewshot_nota: bool = False
+    fewshot_nota_init: float | None = None
+
+    def _validate(self) -> None:
+        super()._validate()
+        check_method(self.fewshot_method)
+        check_similarity(self.fewshot_similarity)
+
+    @classmethod
+    def from_sacon_config(cls, config: SaconConfig, **options) -> "SaconFewShotConfig":
+        """`config` as a few-shot config (itself when it already is one), `options` set on it."""
+        if not isinstance(config, cls):
+            config = cls.from_dict(config.to_dict())
+        for key, value in options.items():
+            if value is not None:
+                setattr(config, key, value)
+        config._validate()
+        return config
+
+
+def default_nota_init(config: "SaconFewShotConfig") -> float:
     """`config.fewshot_nota_init`, else the similarity's 0.5-cosine point (0.5, or -1.0 for euclidean)."""
     if config.fewshot_nota_init is not None:
         return float(config.fewshot_nota_init)
@@ -145,6 +181,8 @@ class SaconForFewShotRelationClassification(SaconPreTrainedModel):
     `TrainingArguments` to compute the eval loss and metrics.
     """
 
+    config_class = SaconFewShotConfig
+
     def __init__(
         self,
         config: SaconConfig,
@@ -154,24 +192,16 @@ class SaconForFewShotRelationClassification(SaconPreTrainedModel):
         fewshot_nota: bool | None = None,
         fewshot_nota_init: float | None = None,
     ):
+        # written into the config, so saved checkpoints keep them
+        config = SaconFewShotConfig.from_sacon_config(
+            config, fewshot_method=fewshot_method, fewshot_similarity=fewshot_similarity, fewshot_nota=fewshot_nota,
+            fewshot_nota_init=fewshot_nota_init,
+        )
         super().__init__(config)
-        overrides = {
-            "fewshot_method": fewshot_method,
-            "fewshot_similarity": fewshot_similarity,
-            "fewshot_nota": fewshot_nota,
-            "fewshot_nota_init": fewshot_nota_init,
-        }
-        for key, value in overrides.items():  # written into the config, so saved checkpoints keep them
-            if value is not None:
-                setattr(config, key, value)
-        check_method(config.fewshot_method)
-        check_similarity(config.fewshot_similarity)
-        if dual_encoder is not None and dual_encoder.config is not config:
-            raise ValueError("dual_encoder must share the config object: use from_dual_encoder(model)")
+        if dual_encoder is not None:
+            dual_encoder.config = config  # one config object: the dual encoder's fields, and the few-shot options
         self.sacon = dual_encoder if dual_encoder is not None else SaconDualEncoderModel(config)
         self.nota_threshold = nn.Parameter(torch.tensor(default_nota_init(config)))
-        # False when a checkpoint had no label-encoder weights (then they are random): zero-shot must refuse them
-        self.label_encoder_loaded = True
         self.post_init()
         # The MLM decoders are tied to the word embeddings and never saved; listing them here lets the Trainer's
         # `load_best_model_at_end` (a non-strict `load_state_dict`) re-tie them instead of warning about missing keys.
@@ -188,22 +218,6 @@ class SaconForFewShotRelationClassification(SaconPreTrainedModel):
         super()._init_weights(module)
         if isinstance(module, SaconForFewShotRelationClassification):
             init.constant_(module.nota_threshold, default_nota_init(self.config))
-
-    @classmethod
-    def from_pretrained(cls, *args, **kwargs):
-        """`PreTrainedModel.from_pretrained`, plus: few-shot options as keyword arguments (e.g.
-        `fewshot_method="zero_shot"`) work for any SaCon checkpoint, and a checkpoint without label-encoder weights
-        marks the model `label_encoder_loaded = False` (zero-shot / label-augmented then raise)."""
-        want_info = kwargs.pop("output_loading_info", False)
-        model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
-        missing = info.get("missing_keys", ())
-        if any(key.startswith(("sacon.label_encoder.", "label_encoder.")) for key in missing):
-            model.label_encoder_loaded = False
-            logger.warning(
-                "the checkpoint has no label-encoder weights: the label encoder is randomly initialised, so "
-                "fewshot_method 'zero_shot' / 'label_augmented' are refused until it is trained"
-            )
-        return (model, info) if want_info else model
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """`PreTrainedModel.save_pretrained`, plus the dual encoder's code and its `auto_map` entry (`AutoModel`, when
@@ -334,4 +348,4 @@ class SaconForFewShotRelationClassification(SaconPreTrainedModel):
         return out if return_dict else out.to_tuple()
 
 
-__all__ = ["SaconFewShotOutput", "SaconForFewShotRelationClassification"]
+__all__ = ["SaconFewShotConfig", "SaconFewShotOutput", "SaconForFewShotRelationClassification"]

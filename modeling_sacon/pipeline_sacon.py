@@ -99,9 +99,11 @@ class RelationClassificationPipeline(Pipeline):
     _load_video_processor = False
     _load_feature_extractor = False
 
-    # A checkpoint whose label-encoder weights were missing cannot embed descriptions (`SaconRelationClassifier`
-    # finds out when loading); a pipeline built from a complete model keeps the default.
-    label_encoder_loaded: bool = True
+    @property
+    def label_encoder_loaded(self) -> bool:
+        """False when the model's checkpoint had no label-encoder weights (`SaconPreTrainedModel.from_pretrained`
+        marks it): descriptions would be embedded by random weights, so they are refused."""
+        return getattr(self.model, "label_encoder_loaded", True)
 
     def _sanitize_parameters(
         self,

@@ -16,37 +16,22 @@ from typing import Any
 
 import torch
 from transformers import BatchEncoding, PreTrainedTokenizerBase, ProcessorMixin
-from transformers.dynamic_module_utils import custom_object_save
-from transformers.utils import cached_file
 
-from .configuration_sacon import SaconConfig
+from .configuration_sacon import PROCESSOR_OPTIONS, SaconConfig
 from .sentence_forms import DEFAULT_MARKERS, to_instance
+from .hub_files import resolve_file
 
 LabelText = str | tuple[str, str] | Sequence[str]
-# Options saved in processor_config.json (and, under the same names, in a SaCon config.json).
-_OPTIONS = ("head_markers", "tail_markers", "blank_token", "max_length", "label_max_length")
-_HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "revision", "token", "subfolder")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
 
 
-def _resolve(path_or_repo: str | os.PathLike, filename: str, kwargs: Mapping[str, Any]) -> str | None:
-    """Local path of `filename` in a directory or a (cached) Hub repository; None when it is not there.
-
-    `kwargs` are `from_pretrained`'s: only the ones that locate files (revision, cache_dir, ...) are used."""
-    hub_kwargs = {key: kwargs[key] for key in _HUB_KWARGS if key in kwargs}
-    return cached_file(
-        str(path_or_repo), filename, **hub_kwargs,
-        _raise_exceptions_for_missing_entries=False, _raise_exceptions_for_connection_errors=False,
-    )
-
-
 def _has_tokenizer_files(path_or_repo: str | os.PathLike, hub_kwargs: Mapping[str, Any]) -> bool:
-    return any(_resolve(path_or_repo, name, hub_kwargs) is not None for name in TOKENIZER_FILES)
+    return any(resolve_file(path_or_repo, name, hub_kwargs) is not None for name in TOKENIZER_FILES)
 
 
 def _sacon_config_dict(path_or_repo: str | os.PathLike, hub_kwargs: Mapping[str, Any]) -> dict:
     """The `config.json` of a SaCon checkpoint; {} for anything else (a plain encoder keeps the defaults)."""
-    config_file = _resolve(path_or_repo, "config.json", hub_kwargs)
+    config_file = resolve_file(path_or_repo, "config.json", hub_kwargs)
     if config_file is None:
         return {}
     config = json.loads(Path(config_file).read_text())
@@ -95,6 +80,23 @@ def entity_indices(instance: Mapping, role: str) -> list[int]:
     return [first] if isinstance(first, int) else list(first)
 
 
+def check_processor_options(
+    head_markers: Sequence[str], tail_markers: Sequence[str], blank_token: str, max_length: int, label_max_length: int
+) -> None:
+    """The tokenisation options, checked when the processor is built (also from a `processor_config.json`)."""
+    for name, markers in (("head_markers", head_markers), ("tail_markers", tail_markers)):
+        if isinstance(markers, str) or len(markers) != 2 or not all(isinstance(m, str) and m.strip() for m in markers):
+            raise ValueError(f"{name} must be two non-empty strings (start, end), got {markers!r}")
+    all_markers = [*head_markers, *tail_markers]
+    if len(set(all_markers)) != 4:
+        raise ValueError(f"entity markers must be four distinct strings, got {all_markers}")
+    if not isinstance(blank_token, str) or not blank_token.strip() or blank_token in all_markers:
+        raise ValueError(f"blank_token must be a non-empty string other than the entity markers, got {blank_token!r}")
+    for name, value in (("max_length", max_length), ("label_max_length", label_max_length)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 8:
+            raise ValueError(f"{name} must be an int of at least 8 tokens, got {value!r}")
+
+
 class SaconProcessor(ProcessorMixin):
     """SaCon's processor: a tokenizer plus the entity markers, blank token and sequence lengths that go with it.
 
@@ -102,9 +104,8 @@ class SaconProcessor(ProcessorMixin):
     Sentences come in any form of `sentence_forms` (inline markers, character spans, token spans, FewRel rows).
 
     Saved as a standard processor (`processor_config.json` + tokenizer files); registered for `AutoProcessor`, it
-    also writes its code with an `auto_map`, and the `relation-classification` pipeline's code beside it, so
-    `AutoProcessor.from_pretrained(repo, trust_remote_code=True)` and `pipeline("relation-classification", ...)` work
-    from the checkpoint alone. A checkpoint without `processor_config.json` takes the options from its SaCon
+    also writes its code with an `auto_map`, so `AutoProcessor.from_pretrained(repo, trust_remote_code=True)` works
+    from the checkpoint alone (the model saves the `relation-classification` pipeline's code). A checkpoint without `processor_config.json` takes the options from its SaCon
     `config.json`; a plain encoder gets the defaults.
     """
 
@@ -118,6 +119,7 @@ class SaconProcessor(ProcessorMixin):
         label_max_length: int = 64,
     ):
         super().__init__(tokenizer)
+        check_processor_options(head_markers, tail_markers, blank_token, max_length, label_max_length)
         self.head_markers, self.tail_markers = list(head_markers), list(tail_markers)
         self.blank_token = blank_token
         self.max_length, self.label_max_length = max_length, label_max_length
@@ -154,20 +156,15 @@ class SaconProcessor(ProcessorMixin):
         """`processor_config.json`, or, for checkpoints saved without it, the options of a SaCon `config.json`."""
         hub_kwargs = dict(kwargs)  # the parent pops the ones that locate files
         processor_dict, kwargs = super().get_processor_dict(pretrained_model_name_or_path, **kwargs)
-        if not any(option in processor_dict for option in _OPTIONS):
+        if not any(option in processor_dict for option in PROCESSOR_OPTIONS):
             config = _sacon_config_dict(pretrained_model_name_or_path, hub_kwargs)
-            processor_dict.update({k: config[k] for k in _OPTIONS if config.get(k) is not None})
+            processor_dict.update({k: config[k] for k in PROCESSOR_OPTIONS if config.get(k) is not None})
         return processor_dict, kwargs
 
     def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs) -> list[str]:
-        """Tokenizer files and `processor_config.json`; with `auto_map` set, also this code and the pipeline's.
-
-        `push_to_hub=True` uploads all of it (`push_to_hub` saves through this method), `kwargs` going to it."""
+        """Tokenizer files and `processor_config.json` (with `auto_map` set, also this code; the pipeline's code is
+        saved with the model, whose config names it). `push_to_hub=True` uploads all of it, `kwargs` going to it."""
         files = super().save_pretrained(save_directory)
-        if self._auto_class is not None:
-            from .pipeline_sacon import RelationClassificationPipeline  # imports this module: loaded late
-
-            custom_object_save(RelationClassificationPipeline, save_directory)
         if push_to_hub:
             self.push_to_hub(kwargs.pop("repo_id", Path(save_directory).name), **kwargs)
         return files
@@ -399,4 +396,4 @@ class SaconProcessor(ProcessorMixin):
         )
 
 
-__all__ = ["SaconProcessor", "encode_in_length_order", "entity_indices", "sentence_names"]
+__all__ = ["SaconProcessor", "check_processor_options", "encode_in_length_order", "entity_indices", "sentence_names"]

@@ -18,6 +18,7 @@ import subprocess
 import sys
 from datetime import timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -137,7 +138,7 @@ def _load_losses():
 
 def _gather_worker(rank: int, store_path: str) -> None:
     losses = _load_losses()
-    SaconContrastiveLoss, deduplicate_labels = losses.SaconContrastiveLoss, losses.deduplicate_labels
+    SaconObjective, deduplicate_labels = losses.SaconObjective, losses.deduplicate_labels
     gather_no_grad, gather_with_grad = losses.gather_no_grad, losses.gather_with_grad
     first_occurrence_across_processes = losses.first_occurrence_across_processes
     symmetric_contrastive_loss = losses.symmetric_contrastive_loss
@@ -176,7 +177,9 @@ def _gather_worker(rank: int, store_path: str) -> None:
         local_sentences = sentences[s_start:s_stop].clone().requires_grad_()
         local_labels = label_table[[label_rows[int(i)] for i in ids]].clone().requires_grad_()
         labels = torch.tensor([ids.tolist().index(int(r)) for r in relation_of_sentence])
-        loss, *_ = SaconContrastiveLoss(gather_across_processes=True)(local_sentences, local_labels, labels, scale, ids)
+        config = SimpleNamespace(label_anchored_reduction="sum", sentence_anchored_weight=1.0, label_anchored_weight=1.0,
+                                 label_negatives=0)  # SaconConfig's defaults (losses.py alone: no transformers)
+        loss, *_ = SaconObjective(config).contrastive(local_sentences, local_labels, labels, scale, ids, gather=True)
         loss.backward()
 
         ref_sentences = sentences.clone().requires_grad_()

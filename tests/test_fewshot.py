@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +14,7 @@ from transformers import Trainer, TrainingArguments
 from modeling_sacon import SaconConfig, SaconDualEncoderModel
 from modeling_sacon.data import load_fewrel_json, load_label_table
 from modeling_sacon.data.episodic import EpisodeCollator, EpisodeExample, EpisodicDataset
-from modeling_sacon.modeling_sacon_fewshot import SaconForFewShotRelationClassification
+from modeling_sacon.modeling_sacon_fewshot import SaconFewShotConfig, SaconForFewShotRelationClassification
 from modeling_sacon.scoring import append_nota, build_prototypes, prototype_logits
 
 from conftest import tiny_bert_config
@@ -145,7 +142,7 @@ def label_table(data_dir):
 
 def tiny_fewshot(processor, **options) -> SaconForFewShotRelationClassification:
     torch.manual_seed(0)
-    config = SaconConfig(sentence_config=tiny_bert_config(len(processor.tokenizer)).to_dict(), **options)
+    config = SaconFewShotConfig(sentence_config=tiny_bert_config(len(processor.tokenizer)).to_dict(), **options)
     return SaconForFewShotRelationClassification(config)
 
 
@@ -254,9 +251,10 @@ def test_stock_trainer_reduces_loss_and_checkpoint_round_trips(processor, val_ro
     with torch.no_grad():
         assert torch.equal(reloaded(**batch).logits, reference)
     # from the Hub alone, AutoModel reads it as the dual encoder it holds (code and auto_map saved beside it)
-    assert config["auto_map"] == {"AutoConfig": "configuration_sacon.SaconConfig",
+    assert config["auto_map"] == {"AutoConfig": "modeling_sacon_fewshot.SaconFewShotConfig",
                                   "AutoModel": "modeling_sacon.SaconDualEncoderModel"}
-    assert {"modeling_sacon.py", "configuration_sacon.py", "losses.py"} <= {p.name for p in (tmp_path / "fewshot").glob("*.py")}
+    code = {p.name for p in (tmp_path / "fewshot").glob("*.py")}
+    assert {"modeling_sacon.py", "modeling_sacon_fewshot.py", "configuration_sacon.py", "losses.py"} <= code
     # the fine-tuned checkpoint is still a SaCon checkpoint: its sacon.* weights load into the dual encoder
     dual = SaconDualEncoderModel.from_pretrained(tmp_path / "fewshot").eval()
     with torch.no_grad():
@@ -297,11 +295,8 @@ def test_loads_a_dual_encoder_checkpoint(processor, tiny_model, tmp_path):
 
 
 def test_finetune_script_end_to_end_on_a_tiny_checkpoint(processor, tiny_model, data_dir, tmp_path, monkeypatch):
-    script = Path(__file__).resolve().parents[1] / "examples" / "finetune_fewrel.py"
-    spec = importlib.util.spec_from_file_location("finetune_fewrel", script)
-    finetune = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "finetune_fewrel", finetune)  # dataclasses look their module up
-    spec.loader.exec_module(finetune)
+    from modeling_sacon.commands import finetune
+
     tiny_model.save_pretrained(tmp_path / "tiny")
     processor.save_pretrained(tmp_path / "tiny")
     out = tmp_path / "out"
@@ -317,13 +312,12 @@ def test_finetune_script_end_to_end_on_a_tiny_checkpoint(processor, tiny_model, 
     assert (out / "tokenizer.json").is_file() and (out / "finetune_results.json").is_file()
 
 
-def test_config_from_before_the_fewshot_fields_loads_with_their_defaults(tiny_model, tmp_path):
-    """A config.json written before the few-shot options were SaconConfig fields: defaults, validated on load."""
+def test_dual_encoder_config_loads_with_the_fewshot_defaults(tiny_model, tmp_path):
+    """A dual encoder's config.json has no few-shot options: the few-shot model takes their defaults; one that has
+    them (a fine-tuned checkpoint) is validated on load."""
     tiny_model.save_pretrained(tmp_path)
-    config = json.loads((tmp_path / "config.json").read_text())
-    old = {key: value for key, value in config.items() if not key.startswith("fewshot_")}
-    assert len(old) == len(config) - 4
-    (tmp_path / "config.json").write_text(json.dumps(old))
+    old = json.loads((tmp_path / "config.json").read_text())
+    assert not any(key.startswith("fewshot_") for key in old)
     model = SaconForFewShotRelationClassification.from_pretrained(tmp_path)
     assert (model.config.fewshot_method, model.config.fewshot_similarity, model.config.fewshot_nota) == ("prototype", "cosine", False)
     assert model.nota_threshold.item() == pytest.approx(0.5)

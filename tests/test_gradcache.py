@@ -115,9 +115,9 @@ def one_graph_over_mini_batches(model, batch, size: int):
     assert order is not None and not torch.equal(order, torch.arange(len(order)))  # the reordering is exercised
     sorted_batch = {**batch, **{k: batch[k][order] for k in SENTENCE_KEYS if k in batch}, "labels": batch["labels"][order]}
     sentence_chunks, label_chunks = split_rows(sorted_batch, SENTENCE_KEYS, size), split_rows(batch, LABEL_KEYS, size)
-    sentences = [model._encode_sentences(c["input_ids"], c["attention_mask"], c["entity_positions"]) for c in sentence_chunks]
-    labels = [model._encode_labels(c["label_input_ids"], c["label_attention_mask"]) for c in label_chunks]
-    contrastive, s_loss, l_loss, _, _ = model.contrastive_loss(
+    sentences = [model.encode_sentences(c["input_ids"], c["attention_mask"], c["entity_positions"]) for c in sentence_chunks]
+    labels = [model.encode_labels(c["label_input_ids"], c["label_attention_mask"]) for c in label_chunks]
+    contrastive, s_loss, l_loss = model.objective.contrastive(
         torch.cat([e for _, e in sentences]), torch.cat([e for _, e in labels]), sorted_batch["labels"], model.logit_scale_value()
     )
 

