@@ -9,11 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from transformers import AutoTokenizer, BertModel
 
 from modeling_sacon.data import DataFormatError, UnknownRelationError, load_fewrel_json, load_label_table
 from modeling_sacon.fewshot.zeroshot_protocol import (
     PRETRAINING_RELATIONS_FILE,
     ZeroShotEvaluator,
+    check_strictness,
     filter_corpus_for_split,
     gather_test_sentences,
     load_pretraining_relations,
@@ -22,6 +24,11 @@ from modeling_sacon.fewshot.zeroshot_protocol import (
     save_pretraining_relations,
     summarize,
 )
+from modeling_sacon.utils.defaults import default_backbone_path
+
+from conftest import tiny_bert_config
+from test_pretrain_push import write_fewrel
+from test_trainer import pretrain  # noqa: F401 - fixture: examples/pretrain.py as a module
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 import evaluate_zeroshot  # noqa: E402
@@ -240,3 +247,30 @@ def test_example_script_on_a_tiny_checkpoint(tiny_model, processor, small_fewrel
     save_pretraining_relations(checkpoint, ["P31", "P641"])  # P641 (sport) is a test relation of 5_ori
     with pytest.raises(ValueError, match=r"P641 \(sport\) of .*fewrel_rel2id_5_ori\.json"):
         evaluate_zeroshot.main(argv)
+
+
+def test_pretraining_on_a_filtered_corpus_records_only_unseen_relations(pretrain, small_fewrel, data_dir, tmp_path):
+    """examples/pretrain.py writes the relations it saw next to the model; after filter_corpus_for_split they hold no
+    test or eval relation of the split, so the evaluator accepts the checkpoint on that split."""
+    split = load_zeroshot_split(data_dir / "zeroshot" / "fewrel_rel2id_5_40.json")
+    relations = [split.test[0], split.eval[0], *[r for r in split.train if r in {"P17", "P31", "P27", "P106"}][:2]]
+    sample = load_fewrel_json(small_fewrel)  # val_wiki + the train sample: every FewRel relation, 3 rows each
+    corpus = sample.select([i for i, r in enumerate(sample["relation"][:]) if r in relations])
+    filtered, removed = filter_corpus_for_split(corpus, split)
+    assert set(removed) == set(relations[:2]) and set(filtered["relation"][:]) == set(relations[2:])
+    tokenizer = AutoTokenizer.from_pretrained(default_backbone_path())
+    torch.manual_seed(0)
+    BertModel(tiny_bert_config(len(tokenizer)), add_pooling_layer=False).save_pretrained(tmp_path / "backbone")
+    tokenizer.save_pretrained(tmp_path / "backbone")
+    out = tmp_path / "out"
+    pretrain.main([
+        "--sentence_model_name_or_path", str(tmp_path / "backbone"), "--train_files", write_fewrel(list(filtered), tmp_path / "t.json"),
+        "--label_files", str(data_dir / "fewrel" / "pid2name.json"), "--eval_fewrel", "none", "--max_seq_length", "32",
+        "--per_device_train_batch_size", "6", "--balanced_batches", "false", "--max_steps", "1", "--save_strategy", "no",
+        "--output_dir", str(out), "--use_cpu", "--dataloader_pin_memory", "false", "--report_to", "none",
+    ])
+    recorded = load_pretraining_relations(out)
+    assert sorted(recorded) == sorted(relations[2:])
+    check_strictness(split, recorded)  # accepted: no test relation was seen
+    with pytest.raises(ValueError, match=split.test[0]):
+        check_strictness(split, [*recorded, split.test[0]])
