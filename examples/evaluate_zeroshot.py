@@ -71,7 +71,6 @@ def expand_splits(patterns: list[str]) -> list[str]:
 
 def load_sentences_and_labels(args: ZeroShotArguments):
     """(list of FewRel-row datasets, label table, description of the source) from files or the Hub layout."""
-    label_files = args.label_files or [str(get_data_dir() / f) for f in DEFAULT_LABEL_FILES]
     if args.dataset_name:
         import datasets
 
@@ -87,6 +86,7 @@ def load_sentences_and_labels(args: ZeroShotArguments):
         source = f"{args.dataset_name}[{','.join(args.dataset_splits)}]"
         return [load_hf_few_rel(split) for split in splits], table, source
     files = args.fewrel_files or [str(get_data_dir() / f) for f in DEFAULT_FEWREL_FILES]
+    label_files = args.label_files or [str(get_data_dir() / f) for f in DEFAULT_LABEL_FILES]
     return [load_fewrel_json(files)], load_label_table(label_files), ", ".join(Path(f).name for f in files)
 
 

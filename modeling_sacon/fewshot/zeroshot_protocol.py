@@ -251,33 +251,38 @@ def load_pretraining_relations(path: PathLike, **hub_kwargs) -> list[str] | None
 
 
 def check_strictness(
-    split: ZeroShotSplit,
+    splits: ZeroShotSplit | Sequence[ZeroShotSplit],
     pretraining_relations: Iterable[str] | None,
     label_table: Mapping[str, tuple[str, str]] | None = None,
     *,
     checkpoint: str = "the checkpoint",
 ) -> None:
-    """Refuse (ValueError naming the relation and the split file) a checkpoint pre-trained on a test relation.
+    """Refuse (ValueError naming each relation and its split file) a checkpoint pre-trained on a test relation.
 
-    `pretraining_relations` None (no `PRETRAINING_RELATIONS_FILE`) only warns: strictness cannot be checked.
+    `pretraining_relations` None (no `PRETRAINING_RELATIONS_FILE`) only warns, once: strictness cannot be checked.
+    A seen eval relation is only warned about (the protocol leaves eval relations out of training, not out of scoring).
     """
+    splits = [splits] if isinstance(splits, ZeroShotSplit) else list(splits)
     if pretraining_relations is None:
         logger.warning(
-            f"{checkpoint} has no {PRETRAINING_RELATIONS_FILE}: cannot check that {split.path}'s test relations were "
-            "unseen in pre-training"
+            f"{checkpoint} has no {PRETRAINING_RELATIONS_FILE}: cannot check that the test relations of "
+            f"{', '.join(Path(s.path).name for s in splits)} were unseen in pre-training"
         )
         return
     seen = set(pretraining_relations)
-    leaked = [relation for relation in split.test if relation in seen]
+    names = label_table or {}
+    leaked = [
+        f"{r} ({names.get(r, ('?',))[0]}) of {split.path}" for split in splits for r in split.test if r in seen
+    ]
     if leaked:
-        names = ", ".join(f"{r} ({(label_table or {}).get(r, ('?',))[0]})" for r in leaked)
         raise ValueError(
-            f"{checkpoint} was pre-trained on test relation(s) {names} of {split.path}: a zero-shot score would be "
+            f"{checkpoint} was pre-trained on test relation(s) {'; '.join(leaked)}: a zero-shot score would be "
             "meaningless; pre-train on a corpus filtered with filter_corpus_for_split"
         )
-    eval_seen = [relation for relation in split.eval if relation in seen]
-    if eval_seen:
-        logger.warning(f"{checkpoint} was pre-trained on eval relation(s) {eval_seen} of {split.path}")
+    for split in splits:
+        eval_seen = [relation for relation in split.eval if relation in seen]
+        if eval_seen:
+            logger.warning(f"{checkpoint} was pre-trained on eval relation(s) {eval_seen} of {split.path}")
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -367,17 +372,24 @@ class ZeroShotEvaluator:
                 ])
             self._label_cache.update(zip(unlabelled, vectors))
 
-    def predict(self, split: ZeroShotSplit) -> tuple[list[int], list[int]]:
-        """(gold, predicted) indices into `split.test` for every test sentence: the nearest label text by cosine."""
-        check_strictness(split, self.pretraining_relations, self.label_table, checkpoint=self.checkpoint)
+    def check(self, splits: ZeroShotSplit | Sequence[ZeroShotSplit]) -> None:
+        check_strictness(splits, self.pretraining_relations, self.label_table, checkpoint=self.checkpoint)
+
+    def predict(self, split: ZeroShotSplit, *, checked: bool = False) -> tuple[list[int], list[int]]:
+        """(gold, predicted) indices into `split.test` for every test sentence: the nearest label text by cosine.
+
+        The checkpoint's strictness is checked first, unless `checked` (`evaluate` checks all splits up front).
+        """
+        if not checked:
+            self.check(split)
         self._encode(split.test, f"{self.source} for {split.path}" if self.source else split.path)
         sentences = torch.cat([self._sentence_cache[r] for r in split.test])
         labels = torch.stack([self._label_cache[r] for r in split.test])
         gold = [i for i, r in enumerate(split.test) for _ in range(len(self._sentence_cache[r]))]
         return gold, similarity_logits(sentences, labels, "cosine").argmax(-1).tolist()
 
-    def evaluate_split(self, split: ZeroShotSplit) -> SplitResult:
-        gold, pred = self.predict(split)
+    def evaluate_split(self, split: ZeroShotSplit, *, checked: bool = False) -> SplitResult:
+        gold, pred = self.predict(split, checked=checked)
         scores = macro_prf(gold, pred)
         names = {r: self.label_table[r][0] for r in split.test}
         matrix, confused = _confusion(gold, pred, split.test, names, self.top_confusions)
@@ -389,8 +401,10 @@ class ZeroShotEvaluator:
             confusion=matrix, top_confusions=confused, per_relation=per_relation,
         )
 
-    def evaluate(self, splits: Iterable[ZeroShotSplit]) -> list[SplitResult]:
-        return [self.evaluate_split(split) for split in splits]
+    def evaluate(self, splits: Sequence[ZeroShotSplit]) -> list[SplitResult]:
+        """Every split's result; a checkpoint that saw a test relation of any split is refused before encoding."""
+        self.check(splits)
+        return [self.evaluate_split(split, checked=True) for split in splits]
 
 
 # --------------------------------------------------------------------------- aggregation and output
