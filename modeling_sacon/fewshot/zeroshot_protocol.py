@@ -237,7 +237,11 @@ def load_pretraining_relations(path: PathLike, **hub_kwargs) -> list[str] | None
 
     `path` is the file itself, or a checkpoint directory / Hub repository holding it (`hub_kwargs`: revision, ...).
     """
-    if not os.path.isfile(path):
+    if os.path.isdir(path):
+        path = Path(path) / PRETRAINING_RELATIONS_FILE
+        if not path.is_file():
+            return None
+    elif not os.path.isfile(path):  # a Hub repository
         path = cached_file(
             str(path), PRETRAINING_RELATIONS_FILE, **hub_kwargs,
             _raise_exceptions_for_missing_entries=False, _raise_exceptions_for_connection_errors=False,
