@@ -44,6 +44,7 @@ from modeling_sacon.data import (
 )
 from modeling_sacon.utils.defaults import default_backbone_path
 from modeling_sacon.data.episodes import parse_settings
+from modeling_sacon.fewshot.zeroshot_protocol import save_pretraining_relations
 from modeling_sacon.training.model_card import EMBEDDED_CORPUS_DESCRIPTIONS
 from modeling_sacon.training.trainer import SaconTrainer, SaconTrainingArguments, check_batch_shape
 
@@ -430,6 +431,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Sac
         trainer.save_metrics("eval", eval_metrics)
         metrics.update(eval_metrics)
     trainer.save_state()
+    if trainer.is_world_process_zero():  # the relations seen, for the zero-shot evaluator's strictness check
+        save_pretraining_relations(training_args.output_dir, relations)
 
     # 7. Save model (safetensors + code), processor and model card; push them with --push_to_hub.
     if training_args.push_to_hub:

@@ -1,0 +1,132 @@
+"""Zero-shot relation extraction on FewRel with RE-Matching's 15 splits (m = 5, 10, 15; ori, 40-43).
+
+    python examples/evaluate_zeroshot.py --model_name_or_path outputs/sacon-minilm
+    python examples/evaluate_zeroshot.py --model_name_or_path outputs/sacon-minilm \\
+        --splits '../shared/data/zeroshot/fewrel_rel2id_*_ori.json' --output_json zs.json --plot zs.png
+
+Every sentence of a split's m test relations is classified among those m by its nearest label text (cosine); macro
+P/R/F1 as ZS-BERT's compute_macro_PRF. A checkpoint whose `pretraining_relations.json` holds a test relation is
+refused. Prints, per m, the mean P/R/F1 (± sample std over the splits) and each split's F1.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import HfArgumentParser
+
+from modeling_sacon.data import (
+    get_data_dir, hf_few_rel_label_table, load_fewrel_json, load_hf_few_rel, load_label_table,
+)
+from modeling_sacon.fewshot.zeroshot_protocol import (
+    ZeroShotEvaluator, load_pretraining_relations, load_zeroshot_split, plot_confusions, results_to_json, summarize,
+)
+from modeling_sacon.utils.loading import load_sacon_model
+
+logger = logging.getLogger("evaluate_zeroshot")
+DEFAULT_SPLITS = "zeroshot/fewrel_rel2id_*.json"
+DEFAULT_FEWREL_FILES = ("fewrel/val_wiki.json", "fewrel_train_sample/train_wiki_sample.json")
+DEFAULT_LABEL_FILES = ("fewrel/pid2name.json",)
+
+
+@dataclass
+class ZeroShotArguments:
+    model_name_or_path: str = field(metadata={"help": "SaCon checkpoint (directory or Hub id)"})
+    splits: list[str] = field(
+        default_factory=list, metadata={"help": f"split files or globs; default: {DEFAULT_SPLITS} in SACON_DATA_DIR"}
+    )
+    fewrel_files: list[str] = field(
+        default_factory=list, metadata={"help": f"FewRel JSON files with the test sentences; default: {DEFAULT_FEWREL_FILES}"}
+    )
+    dataset_name: str | None = field(default=None, metadata={"help": "Hub dataset in the thunlp/few_rel layout"})
+    dataset_revision: str | None = field(default=None)
+    dataset_splits: list[str] = field(default_factory=lambda: ["train_wiki", "val_wiki"])
+    label_files: list[str] = field(
+        default_factory=list, metadata={"help": f"relation -> [name, description]; default: {DEFAULT_LABEL_FILES}"}
+    )
+    output_json: str | None = field(default=None)
+    plot: str | None = field(default=None, metadata={"help": "PNG of the confusion matrices"})
+    batch_size: int = field(default=128)
+    device: str | None = field(default=None, metadata={"help": "cuda, cpu, ...; default: cuda when available"})
+    no_progress: bool = field(default=False)
+
+
+def expand_splits(patterns: list[str]) -> list[str]:
+    """The split files of `patterns` (files or globs); a pattern matching nothing is an error."""
+    patterns = patterns or [str(get_data_dir() / DEFAULT_SPLITS)]
+    files = []
+    for pattern in patterns:
+        matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+        if not matches or not Path(matches[0]).is_file():
+            raise FileNotFoundError(f"--splits {pattern!r}: no such split file")
+        files.extend(matches)
+    return files
+
+
+def load_sentences_and_labels(args: ZeroShotArguments):
+    """(list of FewRel-row datasets, label table, description of the source) from files or the Hub layout."""
+    if args.dataset_name:
+        import datasets
+
+        splits = [
+            datasets.load_dataset(args.dataset_name, split=split, revision=args.dataset_revision)
+            for split in args.dataset_splits
+        ]
+        table = {}
+        for split in splits:
+            table.update(hf_few_rel_label_table(split))
+        if args.label_files:
+            table.update(load_label_table(args.label_files))
+        source = f"{args.dataset_name}[{','.join(args.dataset_splits)}]"
+        return [load_hf_few_rel(split) for split in splits], table, source
+    files = args.fewrel_files or [str(get_data_dir() / f) for f in DEFAULT_FEWREL_FILES]
+    label_files = args.label_files or [str(get_data_dir() / f) for f in DEFAULT_LABEL_FILES]
+    return [load_fewrel_json(files)], load_label_table(label_files), ", ".join(Path(f).name for f in files)
+
+
+def print_table(results) -> None:
+    summary = summarize(results)
+    print("| m | P (%) | R (%) | F1 (%) | F1 per split |")
+    print("|---|---:|---:|---:|---|")
+    for m, entry in summary.items():
+        cells = [f"{100 * entry[k]['mean']:.2f} ± {100 * entry[k]['std']:.2f}" for k in ("precision", "recall", "f1")]
+        per_split = ", ".join(f"{r.split.split('/')[1]} {100 * r.f1:.2f}" for r in results if r.m == m)
+        print(f"| {m} | {' | '.join(cells)} | {per_split} |")
+
+
+@torch.no_grad()
+def main(argv: list[str] | None = None):
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    (args,) = HfArgumentParser(ZeroShotArguments).parse_args_into_dataclasses(args=argv)
+    # 1. Splits, sentences and labels, validated before the model is loaded.
+    splits = sorted((load_zeroshot_split(path) for path in expand_splits(args.splits)), key=lambda s: (s.m, s.name))
+    sentences, label_table, source = load_sentences_and_labels(args)
+    # 2. Model, and the relations it was pre-trained on (refused per split if they hold a test relation).
+    model, processor = load_sacon_model(args.model_name_or_path)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    evaluator = ZeroShotEvaluator(
+        model.to(device), processor, sentences, label_table,
+        pretraining_relations=load_pretraining_relations(args.model_name_or_path),
+        checkpoint=args.model_name_or_path, batch_size=args.batch_size, show_progress=not args.no_progress,
+        source=source,
+    )
+    # 3. Score every split (each relation's sentences are encoded once), then report.
+    results = evaluator.evaluate(splits)
+    print_table(results)
+    document = results_to_json(results, model=args.model_name_or_path, sentences=source)
+    if args.output_json:
+        Path(args.output_json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output_json).write_text(json.dumps(document, indent=1) + "\n")
+    if args.plot:
+        logger.info("confusion matrices written to %s", plot_confusions(results, args.plot))
+    return document
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

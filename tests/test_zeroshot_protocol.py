@@ -1,0 +1,302 @@
+"""Zero-shot protocol (RE-Matching's FewRel splits): the ZS-BERT metric by hand, split validation, strictness, and a
+tiny SaCon model end to end against independently computed predictions, through the library and the example script."""
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoTokenizer, BertModel
+
+from modeling_sacon.data import DataFormatError, UnknownRelationError, load_fewrel_json, load_label_table
+from modeling_sacon.fewshot.zeroshot_protocol import (
+    PRETRAINING_RELATIONS_FILE,
+    ZeroShotEvaluator,
+    check_strictness,
+    filter_corpus_for_split,
+    gather_test_sentences,
+    load_pretraining_relations,
+    load_zeroshot_split,
+    macro_prf,
+    save_pretraining_relations,
+    summarize,
+)
+from modeling_sacon.utils.defaults import default_backbone_path
+
+from conftest import tiny_bert_config
+from test_pretrain_push import write_fewrel
+from test_trainer import pretrain  # noqa: F401 - fixture: examples/pretrain.py as a module
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+import evaluate_zeroshot  # noqa: E402
+
+
+def write_split(directory: Path, name: str, **fields) -> Path:
+    path = directory / name
+    path.write_text(json.dumps({k: {r: i for i, r in enumerate(v)} if isinstance(v, list) else v for k, v in fields.items()}))
+    return path
+
+
+# --------------------------------------------------------------------------- metric
+
+
+def test_macro_prf_by_hand_with_an_unpredicted_relation():
+    # gold  A A A B B C C D      m = 4 gold relations
+    # pred  A A B B B A A A      2 distinct predicted relations, fewer than m (C and D never predicted)
+    # A: predicted 5 times (positions 0, 1 right; 5, 6, 7 wrong) -> P = 2/5, R = 2/3, F1 = 2*(2/5)(2/3)/(16/15) = 1/2
+    # B: predicted 3 times (positions 3, 4 right, 2 wrong)     -> P = 2/3, R = 2/2 = 1, F1 = 2*(2/3)/(5/3) = 4/5
+    # C, D: never predicted -> P = 0, R = 0, F1 = 0
+    # precision = (2/5 + 2/3 + 0 + 0) / 2 distinct predicted = (16/15) / 2 = 8/15   (not / m = 4: that gives 4/15)
+    # recall    = (2/3 + 1 + 0 + 0) / 4 gold relations        = (5/3) / 4  = 5/12
+    # F1 = 2 * (8/15)(5/12) / (8/15 + 5/12) = (4/9) / (57/60) = 80/171
+    # per-relation F1 mean = (1/2 + 4/5 + 0 + 0) / 4 = 13/40; accuracy = 4/8
+    scores = macro_prf(list("AAABBCCD"), list("AABBBAAA"))
+    assert scores.precision == pytest.approx(8 / 15)
+    assert scores.recall == pytest.approx(5 / 12)
+    assert scores.f1 == pytest.approx(80 / 171)
+    assert scores.per_relation_f1_mean == pytest.approx(13 / 40)
+    assert scores.accuracy == pytest.approx(0.5)
+    assert scores.per_relation["C"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "gold": 2, "predicted": 0, "correct": 0}
+    assert scores.per_relation["A"]["predicted"] == 5 and scores.per_relation["B"]["f1"] == pytest.approx(4 / 5)
+
+
+def test_macro_prf_counts_a_predicted_non_gold_relation_in_the_denominator_only():
+    # gold A A B, pred A X B: A P=1 R=1/2, B P=1 R=1; precision = (1 + 1) / 3 distinct predicted {A, X, B} = 2/3,
+    # recall = (1/2 + 1) / 2 = 3/4, F1 = 2 (2/3)(3/4) / (17/12) = 12/17
+    scores = macro_prf(["A", "A", "B"], ["A", "X", "B"])
+    assert (scores.precision, scores.recall) == (pytest.approx(2 / 3), pytest.approx(3 / 4))
+    assert scores.f1 == pytest.approx(12 / 17) and "X" not in scores.per_relation
+    perfect = macro_prf([0, 1, 2], [0, 1, 2])
+    assert (perfect.precision, perfect.recall, perfect.f1, perfect.accuracy) == (1.0, 1.0, 1.0, 1.0)
+    assert macro_prf([0, 1], [1, 0]).f1 == 0.0  # all wrong: both averages 0, F1 defined as 0
+    with pytest.raises(ValueError, match="2 gold labels but 1 predictions"):
+        macro_prf([0, 1], [0])
+    with pytest.raises(ValueError, match="no labels"):
+        macro_prf([], [])
+
+
+def test_summary_mean_and_sample_spread():
+    class R:
+        def __init__(self, m, f1):
+            self.m, self.split = m, f"m{m}/x"
+            self.precision = self.recall = self.per_relation_f1_mean = self.accuracy = self.f1 = f1
+
+    summary = summarize([R(5, 0.5), R(5, 0.7), R(5, 0.9), R(10, 0.4)])
+    assert summary[5]["f1"]["mean"] == pytest.approx(0.7) and summary[5]["f1"]["std"] == pytest.approx(0.2)
+    assert (summary[5]["f1"]["min"], summary[5]["f1"]["max"]) == (0.5, 0.9)
+    assert summary[10]["f1"] == {"mean": 0.4, "std": 0.0, "min": 0.4, "max": 0.4}
+
+
+# --------------------------------------------------------------------------- split files
+
+
+def test_real_split_files_load(data_dir):
+    split = load_zeroshot_split(data_dir / "zeroshot" / "fewrel_rel2id_5_ori.json")
+    assert (split.m, split.name, split.key) == (5, "ori", "m5/ori")
+    assert split.test == ("P177", "P364", "P361", "P641", "P59")
+    assert len(split.train) == 70 and len(split.eval) == 5
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ({"train": ["P1"], "test": ["P2", "P3"]}, r"field 'eval': missing"),
+        ('{"train": ["P1"], "eval": {"P4": 0, "P4": 1}, "test": ["P2", "P3"]}', r"duplicate key 'P4'"),
+        ({"train": ["P1", "P1"], "eval": [], "test": ["P2", "P3"]}, r"field 'train': duplicate relation id\(s\) \['P1'\]"),
+        ({"train": ["P1"], "eval": ["P3"], "test": ["P2", "P3"]}, r"fields 'eval' and 'test' share relation\(s\) \['P3'\]"),
+        ({"train": ["P2"], "eval": [], "test": ["P2", "P3"]}, r"fields 'train' and 'test' share"),
+        ({"train": ["P1"], "eval": [], "test": ["P2", "P3", "P4"]}, r"field 'test': 3 relations, but the file name says m = 2"),
+        ({"train": ["P1"], "eval": [], "test": 7}, r"field 'test': expected"),
+    ],
+)
+def test_bad_split_files_are_named(tmp_path, content, message):
+    path = tmp_path / "fewrel_rel2id_2_x.json"
+    path.write_text(content if isinstance(content, str) else json.dumps(content))
+    with pytest.raises(DataFormatError, match=message) as err:
+        load_zeroshot_split(path)
+    assert str(path) in str(err.value)
+
+
+def test_unparsed_file_name_takes_m_from_the_test_set(tmp_path):
+    split = load_zeroshot_split(write_split(tmp_path, "mine.json", train=["P1"], eval=[], test=["P2", "P3", "P4"]))
+    assert (split.m, split.name) == (3, "mine")
+
+
+# --------------------------------------------------------------------------- strictness
+
+
+def test_filter_corpus_removes_test_and_eval_relations_only(tmp_path, data_dir):
+    corpus = load_fewrel_json(data_dir / "fewrel_train_sample" / "train_wiki_sample.json")
+    split = load_zeroshot_split(data_dir / "zeroshot" / "fewrel_rel2id_5_40.json")
+    filtered, removed = filter_corpus_for_split(corpus, split)
+    before, after = corpus["relation"][:], filtered["relation"][:]
+    held_out = set(split.test) | set(split.eval)
+    expected = {r: before.count(r) for r in sorted(held_out & set(before))}
+    assert removed == expected and sum(expected.values()) > 0
+    assert after == [r for r in before if r not in held_out]  # everything else kept, in order
+    assert filtered["tokens"][:3] == [row for row, r in zip(corpus["tokens"][:], before) if r not in held_out][:3]
+    # a split file path works too; a corpus without relations is refused
+    assert filter_corpus_for_split(corpus, split.path)[1] == removed
+    with pytest.raises(DataFormatError, match="no 'relation' column"):
+        filter_corpus_for_split(corpus.remove_columns("relation"), split)
+
+
+def test_pretraining_relations_round_trip(tmp_path):
+    assert load_pretraining_relations(tmp_path) is None
+    written = save_pretraining_relations(tmp_path / "ckpt", ["P1", "P2", "P1"])
+    assert written.name == PRETRAINING_RELATIONS_FILE
+    assert load_pretraining_relations(tmp_path / "ckpt") == ["P1", "P2"] == load_pretraining_relations(written)
+    written.write_text(json.dumps({"relations": "P1"}))
+    with pytest.raises(DataFormatError, match=f"{PRETRAINING_RELATIONS_FILE}: field 'relations'"):
+        load_pretraining_relations(tmp_path / "ckpt")
+    written.write_text("[1, 2")
+    with pytest.raises(DataFormatError, match="malformed JSON"):
+        load_pretraining_relations(written)
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+@pytest.fixture
+def small_fewrel(tmp_path, data_dir):
+    """The first 3 sentences of each relation of val_wiki and of the train sample: real rows, seconds to encode."""
+    paths = []
+    for name in ("fewrel/val_wiki.json", "fewrel_train_sample/train_wiki_sample.json"):
+        data = json.loads((data_dir / name).read_text())
+        path = tmp_path / Path(name).name
+        path.write_text(json.dumps({relation: rows[:3] for relation, rows in data.items()}))
+        paths.append(path)
+    return paths
+
+
+def test_predictions_match_an_independent_cosine_argmax(tiny_model, processor, small_fewrel, data_dir, tmp_path):
+    table = load_label_table(data_dir / "fewrel" / "pid2name.json")
+    # test relations from both sources: P177, P364 (val_wiki) and P1001 (train sample)
+    split = load_zeroshot_split(write_split(tmp_path, "fewrel_rel2id_3_t.json", train=["P31"], eval=["P361"],
+                                            test=["P177", "P1001", "P364"]))
+    sources = [load_fewrel_json(path) for path in small_fewrel]
+    evaluator = ZeroShotEvaluator(tiny_model, processor, sources, table, batch_size=4)
+    gold, pred = evaluator.predict(split)
+
+    rows = list(gather_test_sentences(sources, split.test))
+    assert [row["relation"] for row in rows] == ["P177"] * 3 + ["P1001"] * 3 + ["P364"] * 3
+    with torch.no_grad():  # the oracle: one sentence, one label at a time, no batching, no sorting
+        sentences = torch.cat([tiny_model.get_sentence_features(**processor.encode_instances([row])) for row in rows])
+        labels = torch.cat([tiny_model.get_label_features(**processor.encode_labels([table[r]])) for r in split.test])
+    cosine = F.cosine_similarity(sentences[:, None], labels[None], dim=-1)
+    assert gold == [split.test.index(row["relation"]) for row in rows]
+    assert pred == cosine.argmax(-1).tolist()
+
+    result = evaluator.evaluate_split(split)
+    expected = macro_prf(gold, pred)
+    assert (result.precision, result.recall, result.f1, result.accuracy) == (
+        expected.precision, expected.recall, expected.f1, expected.accuracy)
+    pairs = list(zip(gold, pred))
+    assert result.num_sentences == 9 and result.num_predicted_relations == len(set(pred))
+    assert result.confusion == [[pairs.count((g, p)) for p in range(3)] for g in range(3)]
+    for pair in result.top_confusions:
+        assert pair["count"] == pairs.count((split.test.index(pair["gold"]), split.test.index(pair["predicted"])))
+        assert pair["gold_name"] == table[pair["gold"]][0] and pair["gold"] != pair["predicted"]
+
+
+def test_missing_sentences_labels_and_seen_test_relations_are_named(tiny_model, processor, small_fewrel, data_dir,
+                                                                     tmp_path, caplog):
+    table = load_label_table(data_dir / "fewrel" / "pid2name.json")
+    sources = [load_fewrel_json(path) for path in small_fewrel]
+    no_rows = load_zeroshot_split(write_split(tmp_path, "a.json", train=[], eval=[], test=["P177", "P999"]))
+    with pytest.raises(DataFormatError, match=r"no sentence for test relation\(s\) P999 in .*a\.json"):
+        ZeroShotEvaluator(tiny_model, processor, sources, {**table, "P999": ("x", "y")}).predict(no_rows)
+    split = load_zeroshot_split(write_split(tmp_path, "b.json", train=[], eval=["P364"], test=["P177", "P1001"]))
+    with pytest.raises(UnknownRelationError, match=r"'P1001'.*b\.json"):
+        ZeroShotEvaluator(tiny_model, processor, sources, {"P177": table["P177"]}).predict(split)
+    with pytest.raises(ValueError, match=r"pre-trained on test relation\(s\) P1001 \(" + table["P1001"][0] + r"\) of .*b\.json"):
+        ZeroShotEvaluator(tiny_model, processor, sources, table, pretraining_relations=["P31", "P1001"]).predict(split)
+    with caplog.at_level(logging.WARNING, logger="modeling_sacon"):
+        caplog.clear()
+        ZeroShotEvaluator(tiny_model, processor, sources, table, pretraining_relations=None).predict(split)
+        ZeroShotEvaluator(tiny_model, processor, sources, table, pretraining_relations=["P364"]).predict(split)
+    messages = [record.getMessage() for record in caplog.records]
+    assert sum("cannot check" in m and "b.json" in m for m in messages) == 1
+    assert any("eval relation(s) ['P364']" in m for m in messages)
+
+
+def test_example_script_on_a_tiny_checkpoint(tiny_model, processor, small_fewrel, data_dir, tmp_path, capsys):
+    checkpoint = tmp_path / "ckpt"
+    tiny_model.save_pretrained(checkpoint)
+    processor.save_pretrained(checkpoint)
+    save_pretraining_relations(checkpoint, ["P31", "P17"])  # neither is a test relation of the two splits
+    splits = [str(data_dir / "zeroshot" / f"fewrel_rel2id_5_{name}.json") for name in ("ori", "40")]
+    out, plot = tmp_path / "zs.json", tmp_path / "zs.png"
+    argv = ["--model_name_or_path", str(checkpoint), "--splits", *splits, "--fewrel_files", *map(str, small_fewrel),
+            "--label_files", str(data_dir / "fewrel" / "pid2name.json"), "--batch_size", "8", "--device", "cpu",
+            "--no_progress", "--output_json", str(out), "--plot", str(plot)]
+    document = evaluate_zeroshot.main(argv)
+    written = json.loads(out.read_text())
+    assert written == json.loads(json.dumps(document))
+    assert [s["split"] for s in written["splits"]] == ["m5/40", "m5/ori"] and set(written["summary"]) == {"5"}
+    for split in written["splits"]:
+        assert split["num_sentences"] == 15 and split["m"] == 5  # 3 sentences x 5 test relations
+    f1s = [s["f1"] for s in written["splits"]]
+    assert written["summary"]["5"]["f1"]["mean"] == pytest.approx(sum(f1s) / 2)
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = capsys.readouterr().out
+    assert f"{100 * written['summary']['5']['f1']['mean']:.2f}" in table and f"ori {100 * f1s[1]:.2f}" in table
+
+    save_pretraining_relations(checkpoint, ["P31", "P641"])  # P641 (sport) is a test relation of 5_ori
+    with pytest.raises(ValueError, match=r"P641 \(sport\) of .*fewrel_rel2id_5_ori\.json"):
+        evaluate_zeroshot.main(argv)
+
+
+def test_pretraining_on_a_filtered_corpus_records_only_unseen_relations(pretrain, small_fewrel, data_dir, tmp_path):
+    """examples/pretrain.py writes the relations it saw next to the model; after filter_corpus_for_split they hold no
+    test or eval relation of the split, so the evaluator accepts the checkpoint on that split."""
+    split = load_zeroshot_split(data_dir / "zeroshot" / "fewrel_rel2id_5_40.json")
+    relations = [split.test[0], split.eval[0], *[r for r in split.train if r in {"P17", "P31", "P27", "P106"}][:2]]
+    sample = load_fewrel_json(small_fewrel)  # val_wiki + the train sample: every FewRel relation, 3 rows each
+    corpus = sample.select([i for i, r in enumerate(sample["relation"][:]) if r in relations])
+    filtered, removed = filter_corpus_for_split(corpus, split)
+    assert set(removed) == set(relations[:2]) and set(filtered["relation"][:]) == set(relations[2:])
+    tokenizer = AutoTokenizer.from_pretrained(default_backbone_path())
+    torch.manual_seed(0)
+    BertModel(tiny_bert_config(len(tokenizer)), add_pooling_layer=False).save_pretrained(tmp_path / "backbone")
+    tokenizer.save_pretrained(tmp_path / "backbone")
+    out = tmp_path / "out"
+    pretrain.main([
+        "--sentence_model_name_or_path", str(tmp_path / "backbone"), "--train_files", write_fewrel(list(filtered), tmp_path / "t.json"),
+        "--label_files", str(data_dir / "fewrel" / "pid2name.json"), "--eval_fewrel", "none", "--max_seq_length", "32",
+        "--per_device_train_batch_size", "6", "--balanced_batches", "false", "--max_steps", "1", "--save_strategy", "no",
+        "--output_dir", str(out), "--use_cpu", "--dataloader_pin_memory", "false", "--report_to", "none",
+    ])
+    recorded = load_pretraining_relations(out)
+    assert sorted(recorded) == sorted(relations[2:])
+    check_strictness(split, recorded)  # accepted: no test relation was seen
+    with pytest.raises(ValueError, match=split.test[0]):
+        check_strictness(split, [*recorded, split.test[0]])
+
+
+def test_example_script_reads_the_hub_layout_like_the_json_files(tiny_model, processor, small_fewrel, data_dir, tmp_path):
+    """The same rows as a local dataset in the thunlp/few_rel layout (splits train_wiki / val_wiki, label texts in the
+    `names` column) give the same scores as the FewRel JSON files with pid2name.json."""
+    import datasets
+
+    checkpoint = tmp_path / "ckpt"
+    tiny_model.save_pretrained(checkpoint)
+    processor.save_pretrained(checkpoint)
+    table = json.loads((data_dir / "fewrel" / "pid2name.json").read_text())
+    (tmp_path / "hub" / "data").mkdir(parents=True)
+    for split, path in zip(("val_wiki", "train_wiki"), small_fewrel):
+        rows = [
+            {"relation": relation, "tokens": row["tokens"], "names": table[relation],
+             "head": {"text": row["h"][0], "type": row["h"][1], "indices": row["h"][2]},
+             "tail": {"text": row["t"][0], "type": row["t"][1], "indices": row["t"][2]}}
+            for relation, instances in json.loads(path.read_text()).items() for row in instances
+        ]
+        datasets.Dataset.from_list(rows).to_parquet(tmp_path / "hub" / "data" / f"{split}-00000-of-00001.parquet")
+    common = ["--model_name_or_path", str(checkpoint), "--splits", str(data_dir / "zeroshot" / "fewrel_rel2id_5_40.json"),
+              "--device", "cpu", "--no_progress"]
+    from_files = evaluate_zeroshot.main([*common, "--fewrel_files", *map(str, small_fewrel)])
+    from_hub = evaluate_zeroshot.main([*common, "--dataset_name", str(tmp_path / "hub")])
+    assert from_hub["splits"] == from_files["splits"] and from_hub["splits"][0]["num_sentences"] == 15
