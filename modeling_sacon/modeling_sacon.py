@@ -185,6 +185,18 @@ class SaconPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flash_attn = True
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """`PreTrainedModel.from_pretrained`; a weights file safetensors cannot read raises an `OSError` naming it."""
+        from safetensors import SafetensorError
+
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        except SafetensorError as err:
+            from .checkpoint_files import describe_unreadable_weights
+
+            raise OSError(describe_unreadable_weights(pretrained_model_name_or_path, err, kwargs)) from err
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         """Heads and projections as BERT; `logit_scale` explicitly, since a checkpoint lacking it must not load garbage."""

@@ -19,7 +19,7 @@ import zipfile
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, WEIGHTS_NAME, logging
 
-from ..weights_files import safetensors_problem
+from ..checkpoint_files import safetensors_problem
 
 logger = logging.get_logger(__name__)
 
