@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from concurrent.futures import Future
 from types import SimpleNamespace
 
@@ -171,3 +172,43 @@ def test_a_checkpoint_push_that_fails_for_good_is_logged_and_training_goes_on(st
     assert "the push of step 1 failed (HfHubHTTPError: HTTP 503); pushing it again" in caplog.text
     assert ("push of step 1 to org/x failed after 2 attempts (transient errors): HfHubHTTPError: HTTP 503; training goes "
             "on, the next push carries newer files") in caplog.text
+
+
+TIMEOUT_CLIENT = """
+import httpx2
+from huggingface_hub import HfApi, set_client_factory
+from huggingface_hub.utils._http import hf_request_event_hook
+from modeling_sacon.training.hub_pushes import retry_with_backoff
+
+# huggingface_hub's client waits for ever; this one, as a user on a flaky network may set it, gives up after 0.2 s
+set_client_factory(lambda: httpx2.Client(event_hooks={"request": [hf_request_event_hook]}, follow_redirects=True, timeout=0.2))
+api = HfApi()
+attempts = []
+
+
+def upload():
+    attempts.append(1)
+    return api.upload_folder(repo_id=ARGS["repo"], folder_path=ARGS["src"], commit_message="v1")
+
+
+info = retry_with_backoff(upload, "upload", backoff=0.01)
+print(json.dumps({"oid": info.oid, "attempts": len(attempts)}))
+"""
+
+
+def test_a_timed_out_commit_is_retried_and_every_commit_is_whole(fake_hub, tmp_path):
+    from test_hub_server import FILES_V1, run, write_tree
+
+    write_tree(tmp_path / "src", FILES_V1)
+    fake_hub.create_repo("org/slow")
+    fake_hub.inject("POST", r"/commit/main$", 0.6)  # the first commit is served after 0.6 s: the client timed out
+    out = run(fake_hub, tmp_path, TIMEOUT_CLIENT, repo="org/slow", src=str(tmp_path / "src"))
+    assert out["attempts"] == 2 and fake_hub.injected == [("POST", "/api/models/org/slow/commit/main", 0.6)]
+    deadline = time.monotonic() + 3
+    while len(fake_hub.commits("org/slow")) < 3 and time.monotonic() < deadline:  # the timed-out commit lands late
+        time.sleep(0.05)
+    commits = fake_hub.commits("org/slow")[1:]
+    # the retry's commit and the late one (which the retry skips as empty when it lands first): the same files
+    assert 1 <= len(commits) <= 2 and out["oid"] in [commit.oid for commit in commits]
+    for commit in commits:
+        assert {path: data for path, data in commit.files.items() if path != ".gitattributes"} == FILES_V1
