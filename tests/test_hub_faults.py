@@ -91,10 +91,10 @@ def test_pretrain_pushes_everything_through_a_failing_hub(fake_hub, inputs, tmp_
     assert [fault for _, _, fault in fake_hub.injected] == [503, 503, "drop", 0.3, 502, "drop_after"]
 
     assert "creating the Hub repository org/sacon-base failed (attempt 1 of 4): HfHubHTTPError" in log
-    assert "the push of step 1 failed (HfHubHTTPError" in log
-    assert "push of step 1 to org/sacon-base failed (attempt 1 of 4): RemoteProtocolError" in log
-    assert "push of 'End of training' to org/sacon-base failed (attempt 1 of 4): HfHubHTTPError" in log
-    assert "push of 'End of training' to org/sacon-base failed (attempt 2 of 4): RemoteProtocolError" in log
+    assert "the push 'Training in progress, step 1' failed (HfHubHTTPError" in log
+    assert "push 'Training in progress, step 1' to org/sacon-base failed (attempt 1 of 4): RemoteProtocolError" in log
+    assert "push 'End of training' to org/sacon-base failed (attempt 1 of 4): HfHubHTTPError" in log
+    assert "push 'End of training' to org/sacon-base failed (attempt 2 of 4): RemoteProtocolError" in log
 
     commits = fake_hub.commits(REPO_ID)
     titles = [commit.title for commit in commits[1:]]
@@ -151,7 +151,7 @@ def test_a_final_push_that_keeps_failing_raises_saying_where_the_model_is(stub_h
     with pytest.raises(HubPushError) as caught:
         trainer.push_to_hub()
     assert str(caught.value) == (
-        f"push of 'End of training' to org/x failed after 3 attempts (transient errors): HfHubHTTPError: HTTP 500. The "
+        f"push 'End of training' to org/x failed after 3 attempts (transient errors): HfHubHTTPError: HTTP 500. The "
         f"model is saved in {tmp_path}: upload it later with `hf upload org/x {tmp_path}`"
     )
     assert api.uploads == ["End of training"] * 3 and (tmp_path / "model.safetensors").is_file()
@@ -169,9 +169,9 @@ def test_a_checkpoint_push_that_fails_for_good_is_logged_and_training_goes_on(st
         trainer.push_to_hub()
     assert trainer.state.global_step == 2
     assert api.uploads == ["Training in progress, step 1"] * 3 + ["Training in progress, step 2", "End of training"]
-    assert "the push of step 1 failed (HfHubHTTPError: HTTP 503); pushing it again" in caplog.text
-    assert ("push of step 1 to org/x failed after 2 attempts (transient errors): HfHubHTTPError: HTTP 503; training goes "
-            "on, the next push carries newer files") in caplog.text
+    assert "the push 'Training in progress, step 1' failed (HfHubHTTPError: HTTP 503); pushing it again" in caplog.text
+    assert ("push 'Training in progress, step 1' to org/x failed after 2 attempts (transient errors): HfHubHTTPError: "
+            "HTTP 503; training goes on, the next push carries newer files") in caplog.text
 
 
 TIMEOUT_CLIENT = """

@@ -25,7 +25,7 @@ from typing import TypeVar
 import httpx2
 from huggingface_hub.errors import HfHubHTTPError
 from transformers import Trainer, TrainerCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, SaveStrategy
 from transformers.utils import logging
 from transformers.utils.hub import hf_api
 
@@ -94,40 +94,41 @@ class CheckpointPushRetryCallback(TrainerCallback):
 
     def __init__(self, trainer: Trainer):
         self.trainer = trainer
-        self.steps: dict[Future, int] = {}  # each push not yet checked -> its step (negative: a checkpoint folder's)
+        self.pushes: dict[Future, str | None] = {}  # each push not yet checked -> its commit message (None: not retried)
         self.seen: set[Future] = set()
 
     def on_save(self, args, state, control, **kwargs):
         pending = getattr(self.trainer, "push_in_progress", None)
         new = [job for job in (pending.jobs if pending is not None else []) if job not in self.seen]
-        for index, job in enumerate(new):  # the Trainer starts the model folder's push first
-            self.steps[job] = state.global_step if index == 0 else -state.global_step
+        # as the Trainer words it; it starts the model folder's push first (then, maybe, the checkpoint folder's)
+        step = f"step {state.global_step}" if args.save_strategy == SaveStrategy.STEPS else f"epoch {int(state.epoch or 0)}"
+        for index, job in enumerate(new):
+            self.pushes[job] = f"Training in progress, {step}" if index == 0 else None
         self.seen.update(new)
         return control
 
     def on_push_begin(self, args, state, control, **kwargs):
-        if not state.is_world_process_zero or not self.steps:
+        if not state.is_world_process_zero or not self.pushes:
             return control
         pending = self.trainer.push_in_progress
         if pending is not None and not pending.is_done():
             pending.wait_until_done()
-        steps, self.steps = self.steps, {}
-        for job, step in steps.items():
+        pushes, self.pushes = self.pushes, {}
+        for job, message in pushes.items():
             error = job.exception()
             if error is None:
                 continue
-            if step < 0:
-                logger.error(f"the push of checkpoint folder {PREFIX_CHECKPOINT_DIR}-{-step} failed and is not retried: {error}")
+            if message is None:
+                logger.error(f"a push of a checkpoint folder failed and is not retried: {error}")
                 continue
-            logger.warning(f"the push of step {step} failed ({type(error).__name__}: {error}); pushing it again")
+            logger.warning(f"the push {message!r} failed ({type(error).__name__}: {error}); pushing it again")
             try:
                 retry_with_backoff(
                     lambda: hf_api().upload_folder(
-                        repo_id=self.trainer.hub_model_id, folder_path=args.output_dir,
-                        commit_message=f"Training in progress, step {step}", token=args.hub_token,
-                        ignore_patterns=PUSH_IGNORE_PATTERNS, revision=args.hub_revision,
+                        repo_id=self.trainer.hub_model_id, folder_path=args.output_dir, commit_message=message,
+                        token=args.hub_token, ignore_patterns=PUSH_IGNORE_PATTERNS, revision=args.hub_revision,
                     ),
-                    what=f"push of step {step} to {self.trainer.hub_model_id}", **push_retry_options(args),
+                    what=f"push {message!r} to {self.trainer.hub_model_id}", **push_retry_options(args),
                 )
             except HubPushError as err:
                 logger.error(f"{err}; training goes on, the next push carries newer files")

@@ -566,7 +566,7 @@ class SaconTrainer(Trainer):
             )
 
         try:
-            return retry_with_backoff(attempt, what=f"push of {commit_message!r} to {self.hub_model_id}",
+            return retry_with_backoff(attempt, what=f"push {commit_message!r} to {self.hub_model_id}",
                                       **push_retry_options(self.args))
         except HubPushError as err:
             raise HubPushError(f"{err}. The model is saved in {self.args.output_dir}: upload it later with "
