@@ -83,3 +83,21 @@ def test_a_tokenizer_without_the_markers_names_the_file_and_the_markers(checkpoi
                 r"'\[BLANK\]'\] that its model was trained with"):
         load(checkpoint)
     assert SaconProcessor.from_pretrained(default_backbone_path()).marker_ids  # a plain encoder's tokenizer gets them
+
+
+def test_truncated_weights_of_a_hub_repository_name_the_cached_file(checkpoint, tmp_path):
+    """A Hub id: the error names the file in the local cache (here a cache laid out by hand, loaded offline)."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    snapshot = tmp_path / "cache" / "models--org--sacon" / "snapshots" / commit
+    shutil.copytree(checkpoint, snapshot)
+    (snapshot.parent.parent / "refs").mkdir()
+    (snapshot.parent.parent / "refs" / "main").write_text(commit)
+    assert load_model_from_cache(tmp_path / "cache").config.model_type == "sacon"
+    weights = snapshot / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(OSError, match=rf"^{weights}: the model weights cannot be read \(Error while deserializing header"):
+        load_model_from_cache(tmp_path / "cache")
+
+
+def load_model_from_cache(cache: Path):
+    return SaconDualEncoderModel.from_pretrained("org/sacon", cache_dir=str(cache), local_files_only=True)
