@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 
 from transformers import AutoConfig, PretrainedConfig
 from transformers.configuration_utils import SubConfigSpec
@@ -104,6 +105,25 @@ class SaconConfig(PretrainedConfig):
             self.label_config = None
         self.custom_pipelines = self.custom_pipelines or copy.deepcopy(CUSTOM_PIPELINES)
         self._validate()
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """`PretrainedConfig.from_pretrained`, passing the path on so that an invalid value's error names the file."""
+        kwargs.setdefault("name_or_path", str(pretrained_model_name_or_path))
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+    @classmethod
+    def from_dict(cls, config_dict, **kwargs):
+        """`PretrainedConfig.from_dict`; an invalid value read from a checkpoint raises a `ValueError` naming its
+        config.json (`name_or_path`, which `from_pretrained` and `AutoConfig` pass) and the option."""
+        try:
+            return super().from_dict(config_dict, **kwargs)
+        except ValueError as err:
+            source = kwargs.get("name_or_path")
+            if not source:
+                raise
+            path = os.path.join(source, "config.json") if os.path.isdir(source) else f"config.json of {source}"
+            raise ValueError(f"{path}: {err}") from err
 
     def _validate(self) -> None:
         """Fail at construction time, with the option's name, rather than deep inside a forward pass."""

@@ -15,6 +15,7 @@ from transformers.utils import ModelOutput, can_return_tuple, logging
 
 from .configuration_sacon import SaconConfig
 from .pipeline_sacon import RelationClassificationPipeline
+from .checkpoint_files import describe_unreadable_weights
 from .hub_files import resolve_file
 from .losses import SaconObjective
 
@@ -189,12 +190,20 @@ class SaconPreTrainedModel(PreTrainedModel):
     label_encoder_loaded: bool = True
 
     @classmethod
-    def from_pretrained(cls, *args, **kwargs):
-        """`PreTrainedModel.from_pretrained`, plus: a checkpoint without label-encoder weights marks the model
-        `label_encoder_loaded = False`, so zero-shot and label-augmented scoring (the pipeline's descriptions, the
-        few-shot model's methods) refuse it instead of scoring with random weights."""
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, plus: a weights file safetensors cannot read raises an `OSError` naming
+        it; a checkpoint without label-encoder weights marks the model `label_encoder_loaded = False`, so zero-shot
+        and label-augmented scoring (the pipeline's descriptions, the few-shot model's methods) refuse it instead of
+        scoring with random weights."""
+        from safetensors import SafetensorError
+
         want_info = kwargs.pop("output_loading_info", False)
-        model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        try:
+            model, info = super().from_pretrained(
+                pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
+            )
+        except SafetensorError as err:
+            raise OSError(describe_unreadable_weights(pretrained_model_name_or_path, err, kwargs)) from err
         if any(key.startswith(("sacon.label_encoder.", "label_encoder.")) for key in info.get("missing_keys", ())):
             model.label_encoder_loaded = False
             logger.warning(

@@ -137,10 +137,11 @@ class SaconProcessor(ProcessorMixin):
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> "SaconProcessor":
         """From a saved processor, a SaCon checkpoint (options from its config) or any encoder's tokenizer (defaults).
 
-        A checkpoint whose tokenizer files are missing raises an `OSError` naming it and the fix.
+        A checkpoint whose tokenizer files are missing raises an `OSError` naming it and the fix; a SaCon checkpoint
+        whose tokenizer lacks the markers (or the blank token) raises a `ValueError` naming the file and them.
         """
         try:
-            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+            processor = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         except (OSError, ValueError) as err:
             if _has_tokenizer_files(pretrained_model_name_or_path, kwargs):
                 raise
@@ -150,6 +151,12 @@ class SaconProcessor(ProcessorMixin):
                 f"`processor.save_pretrained({str(pretrained_model_name_or_path)!r})` (the Trainer does this when "
                 "given `processing_class=processor`)."
             ) from err
+        if _sacon_config_dict(pretrained_model_name_or_path, kwargs):  # a trained checkpoint: its markers were saved
+            from .checkpoint_files import check_saved_markers
+
+            files = [_resolve(pretrained_model_name_or_path, name, kwargs) for name in TOKENIZER_FILES[:2]]
+            check_saved_markers(files, [*processor.head_markers, *processor.tail_markers, processor.blank_token])
+        return processor
 
     @classmethod
     def get_processor_dict(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> tuple[dict, dict]:

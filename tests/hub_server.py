@@ -27,11 +27,16 @@ dataset/space file URLs carry a ``datasets/`` or ``spaces/`` prefix):
 - ``GET  /api/{type}/{repo}/refs``, ``GET /api/{type}/{repo}/commits/{rev}``
 - ``POST|DELETE /api/{type}/{repo}/branch/{branch}``
 - ``HEAD|GET /[datasets/|spaces/]{repo}/resolve/{rev}/{path}`` (``Range`` supported)
+
+Fault injection (:meth:`FakeHub.inject`): the next requests matching a method and a path pattern get, in order, an
+HTTP error status, a dropped connection (before or after the request takes effect), or a delay (a slow upload; a
+timeout for a client with a shorter one). :attr:`FakeHub.injected` records what was injected where.
 """
 
 from __future__ import annotations
 
 import base64
+import collections
 import hashlib
 import itertools
 import json
@@ -51,7 +56,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-__all__ = ["DEFAULT_GITATTRIBUTES", "Commit", "FakeHub", "HubError", "git_blob_sha", "hub_env", "run_client"]
+__all__ = ["DEFAULT_GITATTRIBUTES", "Commit", "Fault", "FakeHub", "HubError", "git_blob_sha", "hub_env", "run_client"]
 
 _REPO_TYPES = {"models": "model", "datasets": "dataset", "spaces": "space", "kernels": "kernel"}
 _URL_PREFIX = {"model": "", "dataset": "datasets/", "space": "spaces/", "kernel": "kernels/"}
@@ -133,6 +138,9 @@ class FakeHub:
         #: Seconds each preupload call waits: a slow upload, so a client's background commit is still pending
         #: while its caller moves on (the client hashes files before this call and reads them again after it).
         self.preupload_delay = 0.0
+        self._faults: list[tuple[str, re.Pattern[str], collections.deque[Fault]]] = []
+        #: ``(method, path, fault)`` of every fault injected, in order.
+        self.injected: list[tuple[str, str, Fault]] = []
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -229,6 +237,25 @@ class FakeHub:
                 commit = repo.commits.get(commit.parent) if commit.parent else None
             return history[::-1]
 
+    def inject(self, method: str, path_pattern: str, *faults: Fault) -> None:
+        """The next ``len(faults)`` requests whose method is ``method`` and whose path matches ``path_pattern`` (a regex,
+        searched) get these faults, one each, in order: an ``int`` HTTP status (answered with an error), ``"drop"``
+        (the connection closed before the request takes effect, no answer), ``"drop_after"`` (it takes effect, then
+        the connection is closed: the answer is lost), a ``float`` delay in seconds before serving it normally, or
+        ``"ok"`` (served normally)."""
+        with self._lock:
+            self._faults.append((method, re.compile(path_pattern), collections.deque(faults)))
+
+    def _take_fault(self, method: str, path: str) -> Fault | None:
+        with self._lock:
+            for wanted, pattern, queue in self._faults:
+                if queue and wanted == method and pattern.search(path):
+                    fault = queue.popleft()
+                    if fault != "ok":
+                        self.injected.append((method, path, fault))
+                    return fault
+        return None
+
     def repo_exists(self, repo_id: str, repo_type: str = "model") -> bool:
         with self._lock:
             return (repo_type, repo_id) in self._repos
@@ -258,6 +285,7 @@ class FakeHub:
 # ---------------------------------------------------------------------- HTTP layer
 
 _Answer = tuple[int, dict[str, str], bytes]
+Fault = int | float | str  # see FakeHub.inject
 
 
 def _json(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> _Answer:
@@ -311,7 +339,18 @@ class _Handler(BaseHTTPRequestHandler):
         self.hub.requests.append((method, split.path))
         try:
             body = self._read_body()
+            fault = self.hub._take_fault(method, split.path)
+            if fault == "drop":
+                self.close_connection = True
+                return
+            if isinstance(fault, float):
+                time.sleep(fault)
+            if isinstance(fault, int):
+                raise HubError(fault, f"FakeHub: injected HTTP {fault}")
             answer = self._route(method, split.path, parse_qs(split.query), body)
+            if fault == "drop_after":
+                self.close_connection = True
+                return
             if answer is None:
                 self.hub.unknown_requests.append((method, self.path))
                 self.log_error("FakeHub: no route for %s %s -> 404", method, self.path)

@@ -25,7 +25,6 @@ import torch
 import transformers
 from transformers import AutoTokenizer, TrainerState, set_seed
 from transformers.trainer import TRAINER_STATE_NAME
-from transformers.trainer_utils import get_last_checkpoint
 
 from modeling_sacon import SaconDualEncoderModel, SaconProcessor
 from modeling_sacon.commands import parse_arguments
@@ -45,6 +44,7 @@ from modeling_sacon.data import (
 from modeling_sacon.utils.defaults import default_backbone_path
 from modeling_sacon.data.episodes import parse_settings
 from modeling_sacon.fewshot.zeroshot_protocol import save_pretraining_relations
+from modeling_sacon.training.checkpoints import last_complete_checkpoint
 from modeling_sacon.training.model_card import EMBEDDED_CORPUS_DESCRIPTIONS
 from modeling_sacon.training.trainer import SaconTrainer, SaconTrainingArguments, check_batch_shape
 
@@ -368,11 +368,11 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Sac
 
     resume = training_args.resume_from_checkpoint
     if resume in ("last", "latest", "true", "True"):
-        resume = get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
+        resume = last_complete_checkpoint(training_args.output_dir, not training_args.save_only_model)
         if resume is None:
             raise ValueError(f"--resume_from_checkpoint last: no checkpoint in {training_args.output_dir}")
     elif resume is None and os.path.isdir(training_args.output_dir) and not data_args.overwrite_output_dir:
-        resume = get_last_checkpoint(training_args.output_dir)
+        resume = last_complete_checkpoint(training_args.output_dir, not training_args.save_only_model)
         if resume is not None:
             logger.warning(f"resuming from {resume} (found in --output_dir); pass --overwrite_output_dir to start afresh")
     if resume is not None and not os.path.isdir(resume):

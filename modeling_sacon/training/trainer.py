@@ -43,6 +43,10 @@ What it adds to the stock Trainer (transformers 5.x):
 * **Model card.** `create_model_card` renders `hub_cards/sacon_model_card.md` (see `modeling_sacon.training.model_card`)
   instead of the Trainer's generic card; `HubCheckpointCardCallback` puts the model code files and the card beside
   every checkpoint push (`on_push_begin`).
+* **A failing Hub.** The repository's creation (`init_hf_repo`) and a blocking `push_to_hub` are retried with
+  exponential back-off on transient Hub errors (`hub_push_retries`, `hub_push_backoff`), each failure logged; a
+  checkpoint push that failed (the Trainer's background upload drops its error) is pushed again when the next push
+  begins (`CheckpointPushRetryCallback`); see `modeling_sacon.training.hub_pushes`.
 * **No private overrides.** Nothing here overrides a private `Trainer` method (`tests/test_trainer_hooks.py` fails
   on one that is not listed there with the signature it was written against); the sampler's epoch arrives through
   the dataloader (`ServedDataset.set_epoch`).
@@ -62,10 +66,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import EvalLoopOutput, seed_worker
+from transformers.utils.hub import hf_api
 from transformers.utils import logging
 
 from ..data.collator import ServedDataset, ServeKeyedBatchSampler
 from .callbacks import HubCheckpointCardCallback, LogitScaleClampCallback
+from .hub_pushes import PUSH_IGNORE_PATTERNS, CheckpointPushRetryCallback, HubPushError, push_retry_options, retry_with_backoff
 from ..data.corpus import RelationBalancedBatchSampler, balanced_batch_shape, first_per_relation
 
 logger = logging.get_logger(__name__)
@@ -95,6 +101,12 @@ class SaconTrainingArguments(TrainingArguments):
     warmup_steps: float = field(default=0.1, metadata={"help": "Warm-up steps (a value below 1 is a share of max_steps)."})
     hub_always_push: bool = field(
         default=True, metadata={"help": "Push every saved checkpoint (waiting for the previous upload to finish first)."}
+    )
+    hub_push_retries: int = field(
+        default=5, metadata={"help": "Retries of a Hub push (and of the repository's creation) after a transient error."}
+    )
+    hub_push_backoff: float = field(
+        default=2.0, metadata={"help": "Seconds before the first retry of a Hub push; doubled at each retry (at most 60)."}
     )
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Kept False: the collator needs the raw rows (tokens, head, tail, relation)."}
@@ -153,6 +165,8 @@ class SaconTrainingArguments(TrainingArguments):
             raise ValueError(f"instances_per_relation must be >= 1, got {self.instances_per_relation}")
         if self.contrastive_mini_batch_size is not None and self.contrastive_mini_batch_size < 1:
             raise ValueError(f"contrastive_mini_batch_size must be >= 1 (or None: off), got {self.contrastive_mini_batch_size}")
+        if self.hub_push_retries < 0 or self.hub_push_backoff < 0:
+            raise ValueError(f"hub_push_retries ({self.hub_push_retries}) and hub_push_backoff ({self.hub_push_backoff}) must be >= 0")
         if self.fewrel_eval_episodes < 1:
             raise ValueError(f"fewrel_eval_episodes must be >= 1, got {self.fewrel_eval_episodes}")
         if not self.balanced_batches:  # they would be ignored: say so rather than train on other batches than asked
@@ -230,6 +244,7 @@ class SaconTrainer(Trainer):
     ):
         super().__init__(*args, **kwargs)
         self.add_callback(LogitScaleClampCallback())
+        self.add_callback(CheckpointPushRetryCallback(self))  # before the card callback writes into output_dir
         self.add_callback(HubCheckpointCardCallback(self))
         self.eval_label_table = eval_label_table
         self.model_card_fields = dict(model_card_fields or {})
@@ -521,6 +536,36 @@ class SaconTrainer(Trainer):
         if losses:
             summary["last logged loss"] = round(losses[-1], 4)
         return summary
+
+    def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
+        """`Trainer.init_hf_repo` (creates the Hub repository), retried on transient Hub errors."""
+        retry_with_backoff(lambda: super(SaconTrainer, self).init_hf_repo(token=token, private=private),
+                           what=f"creating the Hub repository {self.args.hub_model_id}", **push_retry_options(self.args))
+
+    def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True, token: str | None = None,
+                    revision: str | None = None, **kwargs):
+        """`Trainer.push_to_hub`; a blocking push is retried with back-off on transient Hub errors (the upload only: the
+        model and card are saved once), and one that fails for good raises `HubPushError` saying where the model is."""
+        if not blocking:
+            return super().push_to_hub(commit_message, blocking, token=token, revision=revision, **kwargs)
+        attempts = []
+
+        def attempt():
+            if not attempts:
+                attempts.append(1)
+                return super(SaconTrainer, self).push_to_hub(commit_message, blocking, token=token, revision=revision, **kwargs)
+            return hf_api().upload_folder(
+                repo_id=self.hub_model_id, folder_path=self.args.output_dir, commit_message=commit_message,
+                token=token if token is not None else self.args.hub_token, ignore_patterns=PUSH_IGNORE_PATTERNS,
+                revision=revision if revision is not None else self.args.hub_revision,
+            )
+
+        try:
+            return retry_with_backoff(attempt, what=f"push {commit_message!r} to {self.hub_model_id}",
+                                      **push_retry_options(self.args))
+        except HubPushError as err:
+            raise HubPushError(f"{err}. The model is saved in {self.args.output_dir}: upload it later with "
+                               f"`hf upload {self.hub_model_id} {self.args.output_dir}`") from err.__cause__
 
     def create_model_card(self, language=None, license=None, tags=None, model_name=None, finetuned_from=None,
                           tasks=None, dataset_tags=None, dataset=None, dataset_args=None, **kwargs) -> None:
