@@ -154,7 +154,7 @@ class SaconProcessor(ProcessorMixin):
         if _sacon_config_dict(pretrained_model_name_or_path, kwargs):  # a trained checkpoint: its markers were saved
             from .checkpoint_files import check_saved_markers
 
-            files = [_resolve(pretrained_model_name_or_path, name, kwargs) for name in TOKENIZER_FILES[:2]]
+            files = [resolve_file(pretrained_model_name_or_path, name, kwargs) for name in TOKENIZER_FILES[:2]]
             check_saved_markers(files, [*processor.head_markers, *processor.tail_markers, processor.blank_token])
         return processor
 
