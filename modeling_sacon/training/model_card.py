@@ -1,4 +1,9 @@
-"""Model cards for SaCon checkpoints, rendered from the Jinja template `hub_cards/sacon_model_card.md`.
+"""Model cards for SaCon checkpoints, rendered from the Jinja template `modeling_sacon/templates/sacon_model_card.md`.
+
+The template ships inside the package (`package_data`), so an installed wheel renders cards as a checkout does. Every
+statement about training (MLM per tower, entity blanking, MLM probability, corpus) is rendered from the values given;
+a value left `None` is unknown and its sentence is left out, never filled with a default.
+
 
 `render_model_card(**fields)` returns a `huggingface_hub.ModelCard` whose YAML front matter holds `library_name`,
 `tags`, `base_model`, `datasets`, `license` and, when evaluation results are given, a `model-index` with the FewRel
@@ -9,6 +14,7 @@ validated *locally* here (:func:`validate_card_metadata`: the front matter must 
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -23,8 +29,11 @@ __all__ = [
     "DEFAULT_TEMPLATE",
     "EMBEDDED_CORPUS_DESCRIPTION",
     "EMBEDDED_CORPUS_DESCRIPTIONS",
+    "blanking_description",
+    "config_card_fields",
     "default_template_path",
     "fewrel_eval_result",
+    "mlm_description",
     "render_model_card",
     "validate_card_metadata",
 ]
@@ -65,17 +74,44 @@ _FEWREL_SPLITS = {"val_wiki": "FewRel 1.0 validation (val_wiki)", "val_pubmed": 
 
 
 def default_template_path() -> Path:
-    """`$SACON_CARD_TEMPLATE`, else `hub_cards/sacon_model_card.md` beside the package (a source checkout)."""
+    """`$SACON_CARD_TEMPLATE`, else the template shipped in the package (`modeling_sacon/templates/`)."""
     env = os.environ.get(TEMPLATE_ENV)
-    candidates = [Path(env)] if env else []
-    package = Path(__file__).resolve().parents[1]
-    candidates += [package.parent / "hub_cards" / DEFAULT_TEMPLATE, package / "hub_cards" / DEFAULT_TEMPLATE]
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(
-        f"model card template not found (tried {', '.join(map(str, candidates))}); pass template_path or set {TEMPLATE_ENV}"
-    )
+    candidate = Path(env) if env else Path(__file__).resolve().parents[1] / "templates" / DEFAULT_TEMPLATE
+    if not candidate.is_file():
+        source = f"${TEMPLATE_ENV}" if env else "the package (reinstall it: the template is package data)"
+        raise FileNotFoundError(f"model card template {candidate} not found, from {source}; pass template_path")
+    return candidate
+
+
+def _probability(value: float) -> str:
+    return f"{float(value):g}"
+
+
+def mlm_description(
+    sentence_mlm_weight: float | None, label_mlm_weight: float | None, mlm_probability: float | None
+) -> str:
+    """The objective's MLM clause, from the weights the model trained with (None: unknown, nothing is said)."""
+    if sentence_mlm_weight is None or label_mlm_weight is None:
+        return ""
+    towers = [name for name, weight in (("sentence", sentence_mlm_weight), ("label", label_mlm_weight)) if weight > 0]
+    if not towers:
+        return (" No masked language modelling: both MLM weights are 0, so neither encoder has an MLM term and their "
+                "inputs are not masked.")
+    where = "both encoders" if len(towers) == 2 else f"the {towers[0]} encoder only"
+    weights = f"weights {sentence_mlm_weight:g} (sentences) and {label_mlm_weight:g} (labels)"
+    chosen = "" if mlm_probability is None else f"tokens chosen with probability {_probability(mlm_probability)}; "
+    return (f" Plus masked language modelling on {where} ({weights}; {chosen}markers, blanks and special tokens are "
+            "never masked).")
+
+
+def blanking_description(blank_probability: float | None) -> str:
+    """The entity-blanking sentence (None: unknown, nothing is said)."""
+    if blank_probability is None:
+        return ""
+    if float(blank_probability) == 0.0:
+        return "Entity mentions are never blanked."
+    return (f"Each entity mention is replaced by `[BLANK]` with probability {_probability(blank_probability)}, drawn "
+            "anew every time a sentence is served, so the encoders cannot rely on entity names alone.")
 
 
 def fewrel_eval_result(
@@ -201,14 +237,16 @@ def render_model_card(
     eval_results: Sequence[EvalResult | Mapping[str, Any]] | None = None,
     eval_description: str | None = None,
     training: Mapping[str, Any] | None = None,
-    corpus_description: str = EMBEDDED_CORPUS_DESCRIPTION,
+    corpus_description: str | None = None,
     num_relations: int | None = None,
     num_instances: int | None = None,
     seen_relations: Sequence[str] | None = None,
-    excludes_fewrel_eval: bool = True,
-    share_encoders: bool = False,
-    blank_probability: float = 0.7,
-    mlm_probability: float = 0.15,
+    excludes_fewrel_eval: bool | None = None,
+    share_encoders: bool | None = None,
+    blank_probability: float | None = None,
+    mlm_probability: float | None = None,
+    sentence_mlm_weight: float | None = None,
+    label_mlm_weight: float | None = None,
     validate: str | None = "local",
     **extra_fields: Any,
 ) -> ModelCard:
@@ -224,6 +262,9 @@ def render_model_card(
             and the card's results table.
         training: option -> value rows of the protocol table (steps, batch, learning rates, ...).
         corpus_description / num_relations / num_instances / seen_relations / excludes_fewrel_eval: the data section.
+        share_encoders / blank_probability / mlm_probability / sentence_mlm_weight / label_mlm_weight: what the run
+            did (`SaconTrainer.create_model_card` reads them from the model's config and the data collator). None:
+            unknown, and the card says nothing about it.
         validate: "local" (default) checks the YAML offline with :func:`validate_card_metadata`; "hub" also calls
             `ModelCard.validate()` (needs the Hub endpoint); None skips.
         extra_fields: passed to the template as variables.
@@ -258,8 +299,8 @@ def render_model_card(
         seen_relations=list(seen_relations) if seen_relations else None,
         excludes_fewrel_eval=excludes_fewrel_eval,
         share_encoders=share_encoders,
-        blank_probability=blank_probability,
-        mlm_probability=mlm_probability,
+        mlm_description=mlm_description(sentence_mlm_weight, label_mlm_weight, mlm_probability),
+        blanking_description=blanking_description(blank_probability),
         **extra_fields,
     )
     if validate not in (None, "local", "hub"):
@@ -269,6 +310,18 @@ def render_model_card(
     if validate == "hub":
         card.validate()
     return card
+
+
+def config_card_fields(config: Any) -> dict[str, Any]:
+    """The card fields a SaCon config records (a config object, a dict, or a checkpoint directory with config.json)."""
+    if isinstance(config, (str, os.PathLike)):
+        config_file = Path(config) / "config.json"
+        if not config_file.is_file():
+            return {}
+        config = json.loads(config_file.read_text())
+    read = config.get if isinstance(config, Mapping) else lambda key: getattr(config, key, None)
+    fields = {key: read(key) for key in ("sentence_mlm_weight", "label_mlm_weight", "share_encoders")}
+    return {key: value for key, value in fields.items() if value is not None}
 
 
 EVAL_SECTION_START = "<!-- fewrel-evaluation:start -->"
@@ -292,7 +345,10 @@ def update_model_card_results(
     the evaluation again updates the card instead of piling up tables. A missing card is rendered fresh.
     """
     path = Path(checkpoint_dir) / "README.md"
-    card = ModelCard.load(path) if path.is_file() else render_model_card(model_name=Path(checkpoint_dir).name)
+    if path.is_file():
+        card = ModelCard.load(path)
+    else:
+        card = render_model_card(model_name=Path(checkpoint_dir).name, **config_card_fields(checkpoint_dir))
     splits = dict(splits or {"": "val_wiki", "pubmed/": "val_pubmed"})
     items = []
     for name, result in results.items():

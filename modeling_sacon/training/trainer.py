@@ -40,7 +40,7 @@ What it adds to the stock Trainer (transformers 5.x):
   "fewrel_5_1_accuracy"` with `load_best_model_at_end` works. Every process computes the same (seeded) episodes; no
   collective is needed. (Not a callback: `on_evaluate` runs after `evaluate` has logged its metrics, too late for
   `log_history`, the reporters and the best-model choice.)
-* **Model card.** `create_model_card` renders `hub_cards/sacon_model_card.md` (see `modeling_sacon.training.model_card`)
+* **Model card.** `create_model_card` renders the package's card template (see `modeling_sacon.training.model_card`)
   instead of the Trainer's generic card; `HubCheckpointCardCallback` puts the model code files and the card beside
   every checkpoint push (`on_push_begin`).
 * **A failing Hub.** The repository's creation (`init_hf_repo`) and a blocking `push_to_hub` are retried with
@@ -569,13 +569,27 @@ class SaconTrainer(Trainer):
 
     def create_model_card(self, language=None, license=None, tags=None, model_name=None, finetuned_from=None,
                           tasks=None, dataset_tags=None, dataset=None, dataset_args=None, **kwargs) -> None:
-        """Write `output_dir/README.md` from the SaCon template (replaces the Trainer's generic card)."""
+        """Write `output_dir/README.md` from the SaCon template (replaces the Trainer's generic card).
+
+        What the card says about training comes from this run, not from defaults: MLM per tower and shared encoders
+        from the model's config, blanking and MLM probability from the data collator, relation and instance counts
+        from the training set; `model_card_fields` given to the constructor take precedence.
+        """
         if not self.is_world_process_zero():
             return
-        from .model_card import render_model_card
+        from .model_card import config_card_fields, render_model_card
 
         fields = dict(self.model_card_fields)
         fields.pop("eval_split", None)
+        for key, value in config_card_fields(self.accelerator.unwrap_model(self.model).config).items():
+            fields.setdefault(key, value)
+        for key in ("blank_probability", "mlm_probability"):
+            if getattr(self.data_collator, key, None) is not None:
+                fields.setdefault(key, getattr(self.data_collator, key))
+        train = self.train_dataset
+        if train is not None and "relation" in (getattr(train, "column_names", None) or ()):
+            fields.setdefault("num_instances", len(train))
+            fields.setdefault("num_relations", len(set(train["relation"][:])))
         hub_id = self.args.hub_model_id or getattr(self, "hub_model_id", None)
         fields.setdefault("model_name", model_name or (hub_id or os.path.basename(os.path.abspath(self.args.output_dir))).split("/")[-1])
         fields.setdefault("model_id", hub_id or fields["model_name"])
