@@ -23,7 +23,8 @@ names) and `support` example sentences (``{"name": [sentence, ...]}``, any numbe
 against the label embeddings (zero-shot); examples only against their mean (prototypes, few-shot); both, for the
 same relations, against mean + label embedding (label-augmented). See `scoring.py`.
 
-**Output**: per sentence, ``[{"label", "score"}, ...]`` sorted by score, best first, as `zero-shot-classification`.
+**Output**: per sentence, ``[{"label", "score"}, ...]`` sorted by score, best first: the layout of `text-classification`
+with `top_k=None` (one list per input; a single sentence in, its list out). `top_k` keeps the best k.
 Scores are softmax probabilities over the candidates (`function_to_apply="softmax"`, the default) or the raw logits
 ``exp(logit_scale) * cosine`` (`"none"`). With `nota_threshold` (a logit), a "none of the above" candidate whose
 logit is the threshold joins the ranking: it comes first when every relation scores below the threshold.
