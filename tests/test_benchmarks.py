@@ -152,7 +152,10 @@ def _check_zeroshot(zeroshot: dict, output_dir: Path) -> dict:
     """Per-split P/R/F1 of the zero-shot evaluator (checked against its own confusion counts), the shared `ori` run,
     one filtered run per seeded split, and strictness as recorded by each run."""
     from modeling_sacon.data import get_data_dir
-    from modeling_sacon.fewshot.zeroshot_protocol import load_pretraining_relations, load_zeroshot_split
+    from modeling_sacon.fewshot.zeroshot_protocol import (
+        load_pretraining_relations,
+        load_zeroshot_split,
+    )
 
     assert set(zeroshot["per_split"]) == {"m5/ori", "m5/40", "m10/ori", "m10/40"}
     units = {}
@@ -303,6 +306,10 @@ def test_no_training_starts_no_run(harness, tmp_path):
     entries = quality.run_training_units(units, store, plain_budgets.SMOKE, tmp_path, "ablation-training", train=False)
     assert list(entries) == ["ablations/pretrain-stored"] and entries["ablations/pretrain-stored"]["result"] == {"wall_s": 1.0}
     assert store.missing == ["ablations/pretrain-missing"] and not (tmp_path / "missing").exists()
+    # a run shared by two sections (the zero-shot block's `ori` run is row (c)'s): missing for the section left out,
+    # then computed by the other, it is not reported missing
+    store.save(units[1]["name"], units[1]["spec"], {"wall_s": 1.0}, 1.0)
+    assert store.missing == [] and store.computed == ["ablations/pretrain-missing"]
 
 
 def test_mean_ci95():

@@ -16,7 +16,14 @@ from pathlib import Path
 
 from .budgets import Budget
 from .common import UnitStore, log
-from .quality import _train_spec, backbone_path, pretrain_argv, quality_training_units, run_training_units, stored_only
+from .quality import (
+    _train_spec,
+    backbone_path,
+    pretrain_argv,
+    quality_training_units,
+    run_training_units,
+    stored_only,
+)
 
 SENTENCE_FILES = ("fewrel/val_wiki.json", "fewrel_train_sample/train_wiki_sample.json")  # in the data dir
 LABEL_FILE = "fewrel/pid2name.json"
@@ -83,7 +90,10 @@ def evaluate_checkpoint(model_path: str, split_files: list[str], *, pool_per_rel
 
     from modeling_sacon.data import load_label_table, resolve_data_path
     from modeling_sacon.fewshot.zeroshot_protocol import (
-        PRETRAINING_RELATIONS_FILE, ZeroShotEvaluator, load_pretraining_relations, load_zeroshot_split,
+        PRETRAINING_RELATIONS_FILE,
+        ZeroShotEvaluator,
+        load_pretraining_relations,
+        load_zeroshot_split,
     )
     from modeling_sacon.utils.loading import load_sacon_model
 
