@@ -5,6 +5,7 @@
     python benchmarks/run_all.py --budget gpu                  # bert-base-uncased, bf16, longer runs, one GPU
     python benchmarks/run_all.py --budget smoke --output_dir /tmp/bench   # tiny model: checks the harness (~1 min)
     python benchmarks/run_all.py --budget cpu --only speed     # one section (others are reused if stored)
+    python benchmarks/run_all.py --budget cpu --only zeroshot  # the zero-shot block (~5 h on idle cores; not a default)
     python benchmarks/run_all.py --budget cpu --no_training    # evaluate and report the stored runs, start none
     python benchmarks/run_all.py --budget cpu --set pretrain_steps=150 --set seeds=1,2,3   # resize a budget
 
@@ -13,6 +14,8 @@ Writes `results.json` and `results.md` (the Results section) to `--output_dir` (
 measurement) stores its result under `<output_dir>/units/` and is skipped when stored with the same
 specification, so an interrupted run continues where it stopped (a pre-training run also resumes from its last
 checkpoint); `--force` recomputes everything. Budgets and their time arithmetic: `benchmarks/budgets.py`.
+The zero-shot block (RE-Matching's FewRel splits, 13 pre-training runs) has its own budget and runs only when
+`--only` names it; once stored, every later invocation reports it.
 """
 
 from __future__ import annotations
@@ -26,19 +29,20 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: `benchmarks.harness`
 
-from benchmarks.harness.budgets import BUDGETS, CPU_PLANNING, estimate  # noqa: E402
+from benchmarks.harness.budgets import BUDGETS, CPU_PLANNING, estimate, estimate_zeroshot  # noqa: E402
 from benchmarks.harness.common import REPO_ROOT, UnitStore, git_commit, log, machine_info, now_iso, write_json  # noqa: E402
 
-SECTIONS = ("quality", "ablations", "speed")
+SECTIONS = ("quality", "ablations", "speed", "zeroshot")
+DEFAULT_SECTIONS = ("quality", "ablations", "speed")  # the zero-shot block has its own 6-hour budget: named to run
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budget", choices=sorted(BUDGETS), default="cpu")
     parser.add_argument("--output_dir", type=Path, default=None, help="default: benchmarks/results/<budget>")
-    parser.add_argument("--only", default=",".join(SECTIONS),
-                        help="comma-separated sections to compute (quality, ablations, speed); stored units of the "
-                             "others are still reported")
+    parser.add_argument("--only", default=",".join(DEFAULT_SECTIONS),
+                        help=f"comma-separated sections to compute ({', '.join(SECTIONS)}; default "
+                             f"{','.join(DEFAULT_SECTIONS)}); stored units of the others are still reported")
     parser.add_argument("--force", action="store_true", help="recompute every unit of the selected sections")
     parser.add_argument("--no_training", action="store_true",
                         help="start no training run: evaluate the stored runs and report (a run cut short, e.g. by the "
@@ -86,11 +90,16 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"budget {budget.name} needs a GPU (device {budget.device}); none is visible")
 
     plan = estimate(budget)
+    plan_zeroshot = estimate_zeroshot(budget)
     if budget.name == "cpu":  # the planning constants are the CPU budget's (benchmarks/budgets.py)
         log("estimated on 2 idle cores: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in plan.items()))
+        if "zeroshot" in args.sections:
+            log("zero-shot block, estimated on 2 idle cores: "
+                + ", ".join(f"{k} {v / 60:.1f} min" for k, v in plan_zeroshot.items()))
     store = UnitStore(output_dir, force=args.force)
     from benchmarks.harness.quality import run_ablations, run_quality  # noqa: E402  (imports torch lazily)
     from benchmarks.harness.speed import run_speed  # noqa: E402
+    from benchmarks.harness.zeroshot import run_zeroshot, zeroshot_training_units  # noqa: E402
 
     results: dict = {
         "command": "python benchmarks/run_all.py " + " ".join(shlex.quote(a) for a in raw_argv),
@@ -100,6 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
         "machine": machine,
         "sections_computed": args.sections,
         "estimate_s": {k: round(v) for k, v in plan.items()} if budget.name == "cpu" else None,
+        "estimate_zeroshot_s": {k: round(v) for k, v in plan_zeroshot.items()} if budget.name == "cpu" else None,
         "planning_constants": CPU_PLANNING.__dict__ if budget.name == "cpu" else None,
     }
     if budget.processes == "section" and not args.no_training:
@@ -109,6 +119,7 @@ def main(argv: list[str] | None = None) -> dict:
         backbone = backbone_path(budget, output_dir, store)
         units = quality_training_units(budget, backbone, output_dir) if "quality" in args.sections else []
         units += ablation_training_units(budget, backbone, output_dir) if "ablations" in args.sections else []
+        units += zeroshot_training_units(budget, backbone, output_dir) if "zeroshot" in args.sections else []
         units = list({unit["name"]: unit for unit in units}.values())  # `full` may be a main run (one run, not two)
         if units:
             run_training_units(units, store, budget, output_dir, "training")
@@ -116,6 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
     results["quality"] = run_quality(budget, output_dir, store, "quality" in args.sections, train)
     results["ablations"] = run_ablations(budget, output_dir, store, "ablations" in args.sections, train)
     results["speed"] = run_speed(budget, output_dir, store, "speed" in args.sections, results["quality"])
+    results["zeroshot"] = run_zeroshot(budget, output_dir, store, "zeroshot" in args.sections, train)
     results["units"] = {"computed": store.computed, "cached": store.cached, "missing": store.missing, "failed": store.failed}
     stored = [store.load(name) for name in store.computed + store.cached]
     results["timing"] = {

@@ -36,7 +36,8 @@ ABLATIONS = {
 
 def _run(output_dir: Path, data_dir: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "SACON_DATA_DIR": str(data_dir)}
-    command = [sys.executable, "benchmarks/run_all.py", "--budget", "smoke", "--output_dir", str(output_dir)]
+    command = [sys.executable, "benchmarks/run_all.py", "--budget", "smoke", "--output_dir", str(output_dir),
+               "--only", "quality,ablations,speed,zeroshot"]  # every section (the zero-shot block is not a default)
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, f"run_all failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
     return result
@@ -51,7 +52,7 @@ def test_smoke_budget_end_to_end_and_resume(tmp_path, data_dir):
     output_dir = tmp_path / "bench"
     _run(output_dir, data_dir)
     results = json.loads((output_dir / "results.json").read_text())
-    for key in ("command", "date", "budget", "machine", "quality", "ablations", "speed", "units", "timing"):
+    for key in ("command", "date", "budget", "machine", "quality", "ablations", "speed", "zeroshot", "units", "timing"):
         assert key in results, key
     assert results["budget"]["name"] == "smoke"
     assert results["machine"]["nproc"] >= 1 and results["machine"]["torch"]
@@ -94,13 +95,21 @@ def test_smoke_budget_end_to_end_and_resume(tmp_path, data_dir):
     assert encoding["ratio"] > 0 and encoding["min_cosine_between_arms"] > 0.999  # same embeddings either way
     assert speed["pretrain_memory"]["peak_rss_mb_max"] > 0
 
+    zeroshot = _check_zeroshot(results["zeroshot"], output_dir)
+
     markdown = (output_dir / "results.md").read_text()
     assert markdown.startswith("## Results")
     assert "python benchmarks/run_all.py --budget smoke" in markdown
-    for heading in ("### Few-shot relation classification", "### Ablations", "### Data scaling", "### Speed and memory"):
+    for heading in ("### Few-shot relation classification", "### Ablations", "### Data scaling", "### Speed and memory",
+                    "### Zero-shot relation extraction"):
         assert heading in markdown
     assert "| model | val_wiki 5-1 |" in markdown and "(e) label-augmented scoring on (d)" in markdown
     assert "92.38" in markdown  # the paper's number, with how it differs
+    # the zero-shot table: this project's mean ± std per m beside the published rows; m=15 is not in the smoke budget
+    m5 = zeroshot["summary"]["5"]
+    ours = f"| SaCon (this project) | tiny random BERT | these | {100 * m5['f1']['mean']:.2f} ± {100 * m5['f1']['std']:.2f} |"
+    assert ours in markdown and "| not run |" in markdown.split(ours)[1].splitlines()[0]
+    assert "| RE-Matching (Zhao et al., ACL 2023) | BERT-base |" in markdown and "92.58" in markdown
 
     # a second invocation reuses every unit: nothing is recomputed, no unit file is rewritten
     units = {path: path.stat().st_mtime_ns for path in (output_dir / "units").rglob("*.json")}
@@ -111,6 +120,8 @@ def test_smoke_budget_end_to_end_and_resume(tmp_path, data_dir):
     assert sorted(again["units"]["cached"]) == sorted(results["units"]["computed"] + results["units"]["cached"])
     assert {path: path.stat().st_mtime_ns for path in (output_dir / "units").rglob("*.json")} == units
     assert again["quality"]["rows"] == quality["rows"]
+    assert again["zeroshot"]["per_split"] == zeroshot["per_split"]
+    _check_zeroshot_partial(output_dir)
 
     # the step-overhead diagnostic runs on the same inputs (the smoke budget's tiny backbone)
     command = [sys.executable, "benchmarks/measure.py", "step_breakdown", "--backbone", str(output_dir / "backbone"),
@@ -126,6 +137,71 @@ def test_smoke_budget_end_to_end_and_resume(tmp_path, data_dir):
         assert lines[title + 1].endswith("(comparator)") and "+0.0%" in lines[title + 1], lines
 
 
+def _macro_prf_from_confusion(confusion: list[list[int]]) -> tuple[float, float, float]:
+    """ZS-BERT's macro P/R/F1 recomputed from a [gold][predicted] count matrix: precision summed over gold relations,
+    divided by the number of distinct predicted relations; recall by the number of gold relations."""
+    n = len(confusion)
+    predicted = [sum(confusion[g][p] for g in range(n)) for p in range(n)]
+    gold = [sum(row) for row in confusion]
+    precision = sum(confusion[r][r] / predicted[r] for r in range(n) if predicted[r]) / sum(1 for c in predicted if c)
+    recall = sum(confusion[r][r] / gold[r] for r in range(n)) / n
+    return precision, recall, (2 * precision * recall / (precision + recall) if precision + recall else 0.0)
+
+
+def _check_zeroshot(zeroshot: dict, output_dir: Path) -> dict:
+    """Per-split P/R/F1 of the zero-shot evaluator (checked against its own confusion counts), the shared `ori` run,
+    one filtered run per seeded split, and strictness as recorded by each run."""
+    from modeling_sacon.data import get_data_dir
+    from modeling_sacon.fewshot.zeroshot_protocol import (
+        load_pretraining_relations,
+        load_zeroshot_split,
+    )
+
+    assert set(zeroshot["per_split"]) == {"m5/ori", "m5/40", "m10/ori", "m10/40"}
+    units = {}
+    for key, split in zeroshot["per_split"].items():
+        m, name = key.split("/")
+        unit = "zeroshot/eval-ori" if name == "ori" else f"zeroshot/eval-{m}-{name}"
+        units[key] = stored = next(s for s in json.loads(common.UnitStore(output_dir).path(unit).read_text())["result"]["splits"]
+                                   if s["split"] == key)
+        assert split["num_sentences"] == 5 * int(m[1:])  # tiny splits: 5 sentences per test relation
+        precision, recall, f1 = _macro_prf_from_confusion(stored["confusion"])
+        assert (split["precision"], split["recall"], split["f1"]) == pytest.approx((precision, recall, f1))
+        assert split["checkpoint"] == ("quality/pretrain-seed1" if name == "ori" else f"zeroshot/pretrain-{m}-{name}")
+    for m in ("5", "10"):
+        entry = zeroshot["summary"][m]
+        assert entry["n_splits"] == 2 and entry["missing"] == []
+        values = [zeroshot["per_split"][f"m{m}/{name}"]["f1"] for name in ("ori", "40")]
+        assert entry["f1"]["mean"] == pytest.approx(sum(values) / 2)
+        assert entry["f1"]["std"] == pytest.approx(abs(values[0] - values[1]) / 2**0.5)  # sample std of two values
+    for m in (5, 10):  # a seeded run saw none of its split's test and eval relations, and its card says so
+        run = output_dir / "runs" / f"zeroshot-m{m}-40"
+        split = load_zeroshot_split(get_data_dir() / "zeroshot" / f"fewrel_rel2id_{m}_40.json")
+        seen = set(load_pretraining_relations(run))
+        assert not seen & split.held_out and len(seen) == zeroshot["per_split"][f"m{m}/40"]["pretraining_relations"]
+        assert f"`fewrel_rel2id_{m}_40.json`" in (run / "README.md").read_text()
+    # the shared `ori` run (unfiltered) did see relations a seeded split holds out: why seeded splits need their own runs
+    assert set(load_pretraining_relations(output_dir / "runs" / "pretrain-seed1")) & split.held_out
+    return zeroshot
+
+
+def _check_zeroshot_partial(output_dir: Path) -> None:
+    """A block with an evaluation missing reports the splits it has and renders the others as "not run"."""
+    from benchmarks.harness import report, zeroshot
+
+    budget, store = budgets.SMOKE, common.UnitStore(output_dir)
+    units = zeroshot.zeroshot_training_units(budget, str(output_dir / "backbone"), output_dir)
+    training = {u["name"]: store.load(u["name"]) for u in units if u["name"] != "zeroshot/pretrain-m5-40"}
+    evaluations = {u["name"]: store.load(f"zeroshot/eval-{u['zeroshot_key']}") for u in units if u["name"] in training}
+    partial = zeroshot.assemble_zeroshot(budget, units, training, evaluations)
+    assert partial["summary"]["5"]["missing"] == ["m5/40"] and partial["summary"]["10"]["missing"] == []
+    lines = report._zeroshot(partial, budget)
+    assert any(line.startswith("| 5 | 1 of 2 |") and "40 not run" in line for line in lines), lines
+    assert any("(1 of 2 splits)" in line for line in lines if line.startswith("| SaCon"))
+    empty = report._zeroshot(zeroshot.assemble_zeroshot(budget, units, {}, {}), budget)
+    assert any(line.startswith("| 10 | 0 of 2 | not run |") for line in empty), empty
+
+
 def test_budgets():
     cpu = budgets.CPU
     assert set(budgets.BUDGETS) == {"smoke", "cpu", "gpu"}
@@ -133,6 +209,10 @@ def test_budgets():
     assert 2 * cpu.ablation_steps >= cpu.pretrain_steps and cpu.ablation_episodes < cpu.eval_episodes  # >= half length
     # the CPU budget's own arithmetic (planning constants in budgets.py) stays within 4 hours
     assert budgets.estimate(cpu)["total"] <= 4 * 3600
+    # the zero-shot block: 13 runs of the main table's recipe (ori shared, 12 seeded) and their evaluations, within 6 hours
+    zeroshot = budgets.estimate_zeroshot(cpu)
+    run = cpu.pretrain_steps * budgets.CPU_PLANNING.pretrain_step_s * cpu.quality_batch_size / 32 + budgets.CPU_PLANNING.process_s
+    assert zeroshot["pre-training, seeded splits"] == pytest.approx(12 * run) and zeroshot["total"] <= 6 * 3600
     resized = cpu.with_overrides({"pretrain_steps": "200", "seeds": "1,2", "ablation_pool_per_relation": "none"})
     assert (resized.pretrain_steps, resized.seeds, resized.ablation_pool_per_relation) == (200, (1, 2), None)
     with pytest.raises(ValueError, match="unknown budget field"):
@@ -226,6 +306,10 @@ def test_no_training_starts_no_run(harness, tmp_path):
     entries = quality.run_training_units(units, store, plain_budgets.SMOKE, tmp_path, "ablation-training", train=False)
     assert list(entries) == ["ablations/pretrain-stored"] and entries["ablations/pretrain-stored"]["result"] == {"wall_s": 1.0}
     assert store.missing == ["ablations/pretrain-missing"] and not (tmp_path / "missing").exists()
+    # a run shared by two sections (the zero-shot block's `ori` run is row (c)'s): missing for the section left out,
+    # then computed by the other, it is not reported missing
+    store.save(units[1]["name"], units[1]["spec"], {"wall_s": 1.0}, 1.0)
+    assert store.missing == [] and store.computed == ["ablations/pretrain-missing"]
 
 
 def test_mean_ci95():

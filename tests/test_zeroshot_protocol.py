@@ -251,8 +251,9 @@ def test_example_script_on_a_tiny_checkpoint(tiny_model, processor, small_fewrel
 
 
 def test_pretraining_on_a_filtered_corpus_records_only_unseen_relations(pretrain, small_fewrel, data_dir, tmp_path):
-    """examples/pretrain.py writes the relations it saw next to the model; after filter_corpus_for_split they hold no
-    test or eval relation of the split, so the evaluator accepts the checkpoint on that split."""
+    """examples/pretrain.py writes the relations it saw next to the model; with `--exclude_relations_from SPLIT`
+    (filter_corpus_for_split on the loaded corpus) they hold no test or eval relation of the split, so the evaluator
+    accepts the checkpoint on that split, and the model card says what was removed."""
     split = load_zeroshot_split(data_dir / "zeroshot" / "fewrel_rel2id_5_40.json")
     relations = [split.test[0], split.eval[0], *[r for r in split.train if r in {"P17", "P31", "P27", "P106"}][:2]]
     sample = load_fewrel_json(small_fewrel)  # val_wiki + the train sample: every FewRel relation, 3 rows each
@@ -265,16 +266,40 @@ def test_pretraining_on_a_filtered_corpus_records_only_unseen_relations(pretrain
     tokenizer.save_pretrained(tmp_path / "backbone")
     out = tmp_path / "out"
     pretrain.main([
-        "--sentence_model_name_or_path", str(tmp_path / "backbone"), "--train_files", write_fewrel(list(filtered), tmp_path / "t.json"),
+        "--sentence_model_name_or_path", str(tmp_path / "backbone"), "--train_files", write_fewrel(list(corpus), tmp_path / "t.json"),
+        "--exclude_relations_from", "zeroshot/fewrel_rel2id_5_40.json",  # relative: resolved in the data dir
         "--label_files", str(data_dir / "fewrel" / "pid2name.json"), "--eval_fewrel", "none", "--max_seq_length", "32",
         "--per_device_train_batch_size", "6", "--balanced_batches", "false", "--max_steps", "1", "--save_strategy", "no",
         "--output_dir", str(out), "--use_cpu", "--dataloader_pin_memory", "false", "--report_to", "none",
     ])
     recorded = load_pretraining_relations(out)
     assert sorted(recorded) == sorted(relations[2:])
+    card = (out / "README.md").read_text()
+    assert f"zero-shot split `fewrel_rel2id_5_40.json` ({', '.join(sorted(split.held_out))})" in card
+    assert f"({sum(removed.values())} rows)" in card
     check_strictness(split, recorded)  # accepted: no test relation was seen
     with pytest.raises(ValueError, match=split.test[0]):
         check_strictness(split, [*recorded, split.test[0]])
+
+
+def test_exclude_relations_from_loads_the_filtered_corpus(pretrain, small_fewrel, data_dir, tmp_path):
+    """`--exclude_relations_from` is applied to the loaded corpus, one split file after another (union of their held-out
+    relations), before any model is built; a missing split file is named."""
+    corpus = load_fewrel_json(small_fewrel)
+    first = write_split(tmp_path, "a.json", train=["P31"], eval=["P17"], test=["P641", "P177"])
+    second = write_split(tmp_path, "b.json", train=["P17"], eval=[], test=["P31"])
+    data_args = pretrain.DataArguments(train_files=[str(p) for p in small_fewrel], exclude_relations_from=[str(first)])
+    dataset, labels, card = pretrain.load_training_data(data_args)
+    assert dataset["relation"][:] == [r for r in corpus["relation"][:] if r not in {"P17", "P641", "P177"}]
+    assert not {"P17", "P641", "P177"} & set(labels) and "P31" in labels
+    assert "`a.json` (P17, P177, P641) were removed before training (9 rows)" in card["corpus_description"]
+    data_args.exclude_relations_from = [str(first), str(second)]
+    dataset, labels, card = pretrain.load_training_data(data_args)
+    assert not {"P17", "P641", "P177", "P31"} & (set(dataset["relation"][:]) | set(labels))
+    assert card["corpus_description"].count("were removed before training") == 2
+    data_args.exclude_relations_from = [str(tmp_path / "missing.json")]
+    with pytest.raises(FileNotFoundError, match="missing.json"):
+        pretrain.load_training_data(data_args)
 
 
 def test_example_script_reads_the_hub_layout_like_the_json_files(tiny_model, processor, small_fewrel, data_dir, tmp_path):

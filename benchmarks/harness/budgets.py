@@ -37,6 +37,14 @@ before (relation-balanced default, 250-step ablations) took 111.9 min end to end
 If the cores turn out slower or faster than planned, resize with `--set pretrain_steps=N` or
 `--set ablation_steps=N`; units the change does not affect are kept.
 
+The zero-shot block (`run_all.py --only zeroshot`, `estimate_zeroshot`) has its own budget, 6 hours on 2 cores, and is
+not part of the default sections: 15 splits (m = 5, 10, 15 x ori, 40-43) need 13 pre-training runs of the main table's
+recipe (500 steps at batch 64: 500 x 2.7 s + 20 s = 22.8 min each), since the three `ori` splits share one run (row
+(c)'s run of seed 1, the same argv: free when the quality section has run) and each of the 12 seeded splits pre-trains
+on its own filtered corpus; evaluation encodes the 10,500 val_wiki sentences of the `ori` test relations once and about
+236 sentences per seeded test relation (120 seeded test relations: 28,300 sentences), about 4 min in all. Total: about
+5.0 h (4.6 h when the quality section's run is stored), within 6 hours.
+
 Ablations run at the main runs' length with one seed and are scored on 2,000 episodes drawn from the first 100
 sentences of each val_wiki relation (1,600 sentences), not on all 700 per relation: they rank the variants against
 each other; the main table is the quality claim. On the speed side the two val_wiki encoding arms run once each
@@ -110,6 +118,12 @@ class Budget:
     ablation_settings: str = ABLATION_SETTINGS
     ablation_episodes: int = 2_000
     ablation_pool_per_relation: int | None = 100
+
+    # the zero-shot block (`run_all.py --only zeroshot`; harness/zeroshot.py): RE-Matching's FewRel splits, pre-trained at
+    # the main table's recipe and length, seed seeds[0]; the `ori` splits share row (c)'s run, each seeded split has its own
+    zeroshot_ms: tuple[int, ...] = (5, 10, 15)
+    zeroshot_splits: tuple[str, ...] = ("ori", "40", "41", "42", "43")
+    zeroshot_pool_per_relation: int | None = None  # test sentences per relation (None: all; smoke: a few)
 
     # speed and memory
     speed_step_warmup: int = 2
@@ -186,6 +200,9 @@ SMOKE = Budget(
     speed_pool_per_relation=10,
     speed_encode_repeats=1,
     speed_scoring_repeats=1,
+    zeroshot_ms=(5, 10),  # the shared `ori` run scores two splits; two seeded runs: one filtered corpus per (m, split)
+    zeroshot_splits=("ori", "40"),
+    zeroshot_pool_per_relation=5,
     threads=1,
     processes="section",
 )
@@ -263,6 +280,10 @@ class Planning:
     val_wiki_relations: int = 16
     pubmed_sentences: int = 1_000
     pubmed_relations: int = 10
+    # zero-shot test sentences: a val_wiki relation has 700, a FewRel train relation 113-124 (the train_wiki sample);
+    # the seeded splits draw their test relations from all 80, 16 of which are val_wiki's
+    train_sample_sentences_per_relation: int = 120
+    fewrel_relations: int = 80
 
 
 CPU_PLANNING = Planning()
@@ -311,6 +332,30 @@ def estimate(budget: Budget, plan: Planning = CPU_PLANNING) -> dict[str, float]:
             + budget.speed_encode_repeats * sorted_encode * (1 + plan.naive_encode_factor)
             + budget.speed_reencode_episodes * plan.reencode_s_per_episode + 4 * plan.model_load_s
         ),
+    }
+    parts["total"] = sum(parts.values())
+    return parts
+
+
+def estimate_zeroshot(budget: Budget, plan: Planning = CPU_PLANNING) -> dict[str, float]:
+    """Seconds per part of the zero-shot block: pre-training runs at the main table's recipe and length (the `ori` run
+    is row (c)'s run of seed `seeds[0]`: free once the quality section has run), then one evaluation per checkpoint
+    (the `ori` splits' union of test relations is encoded once)."""
+    run = budget.pretrain_steps * plan.pretrain_step_s * budget.main_table_batch_size / 32 + plan.process_s
+    seeded = [m for m in budget.zeroshot_ms for name in budget.zeroshot_splits if name != "ori"]
+    per_val = plan.val_wiki_sentences / plan.val_wiki_relations
+    if budget.zeroshot_pool_per_relation:
+        per_val = min(per_val, budget.zeroshot_pool_per_relation)
+    per_train = min(plan.train_sample_sentences_per_relation, budget.zeroshot_pool_per_relation or 10**9)
+    val_share = plan.val_wiki_relations / plan.fewrel_relations
+    per_seeded = val_share * per_val + (1 - val_share) * per_train  # expected sentences per seeded test relation
+    ori = "ori" in budget.zeroshot_splits
+    ori_sentences = min(max(budget.zeroshot_ms), plan.val_wiki_relations) * per_val if ori else 0
+    parts = {
+        "pre-training, ori (row (c)'s run)": run if ori else 0.0,
+        "pre-training, seeded splits": len(seeded) * run,
+        "evaluations": (ori_sentences + sum(seeded) * per_seeded) / plan.encode_sentences_per_s
+        + (ori + len(seeded)) * plan.model_load_s,
     }
     parts["total"] = sum(parts.values())
     return parts

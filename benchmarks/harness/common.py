@@ -117,6 +117,8 @@ class UnitStore:
         write_json(self.path(name), entry)
         if name not in self.computed:
             self.computed.append(name)
+        if name in self.missing:  # reported missing by a section not computed, then computed by another (a shared run)
+            self.missing.remove(name)
         return entry
 
     def fail(self, name: str, message: str) -> None:

@@ -40,10 +40,11 @@ from modeling_sacon.data import (
     load_pretraining_corpus,
     load_relation_corpus,
     relation_corpus_label_table,
+    resolve_data_path,
 )
 from modeling_sacon.utils.defaults import default_backbone_path
 from modeling_sacon.data.episodes import parse_settings
-from modeling_sacon.fewshot.zeroshot_protocol import save_pretraining_relations
+from modeling_sacon.fewshot.zeroshot_protocol import filter_corpus_for_split, load_zeroshot_split, save_pretraining_relations
 from modeling_sacon.training.checkpoints import last_complete_checkpoint
 from modeling_sacon.training.model_card import EMBEDDED_CORPUS_DESCRIPTIONS
 from modeling_sacon.training.trainer import SaconTrainer, SaconTrainingArguments, check_batch_shape
@@ -117,6 +118,12 @@ class DataArguments:
     max_seq_length: int = field(default=64, metadata={"help": "Sentence length in tokens (the paper: 64)."})
     label_max_length: int = field(default=64, metadata={"help": "Label text length in tokens."})
     blank_probability: float = field(default=0.7, metadata={"help": "Probability of blanking each entity mention."})
+    exclude_relations_from: list[str] | None = field(
+        default=None,
+        metadata={"help": "Zero-shot split files ({train, eval, test} relation ids, e.g. zeroshot/fewrel_rel2id_5_40.json, "
+                  "relative to the data dir or absolute): their test and eval relations are removed from the training "
+                  "corpus, so a checkpoint pre-trained for a split never sees its test relations."},
+    )
     max_train_samples: int | None = field(default=None, metadata={"help": "Keep only the first N training rows (debugging)."})
     eval_fewrel: str | None = field(
         default="fewrel/val_wiki.json",
@@ -174,6 +181,9 @@ def load_training_data(data_args: DataArguments):
             table = {**table, **load_label_table(data_args.label_files)}
         card = {"corpus_description": EMBEDDED_CORPUS_DESCRIPTIONS[data_args.corpus],
                 "datasets": ["thunlp/few_rel", "thunlp/docred"]}
+    for split_file in data_args.exclude_relations_from or ():
+        dataset, note = exclude_split_relations(dataset, split_file, source)
+        card["corpus_description"] += f" {note}"
     if data_args.max_train_samples is not None:
         dataset = dataset.select(range(min(data_args.max_train_samples, len(dataset))))
     relation_column = dataset["relation"][:]  # one list: iterating a Dataset column reads it row by row (~35 us a row)
@@ -183,6 +193,19 @@ def load_training_data(data_args: DataArguments):
     relations = list(dict.fromkeys(relation_column))
     labels = label_texts(relations, table, fallback=data_args.label_fallback, source=source)  # names every missing one
     return dataset, labels, {**card, "source": source}
+
+
+def exclude_split_relations(dataset: datasets.Dataset, split_file: str, source: str) -> tuple[datasets.Dataset, str]:
+    """`dataset` without the test and eval relations of a zero-shot split file, and the model card's sentence on it."""
+    split = load_zeroshot_split(resolve_data_path(split_file))
+    dataset, removed = filter_corpus_for_split(dataset, split)
+    logger.info(
+        f"--exclude_relations_from {split_file}: {len(dataset)} rows of {source} kept without the split's test and eval "
+        f"relations {sorted(split.held_out)} ({sum(removed.values())} rows removed)"
+    )
+    note = (f"The test and eval relations of the zero-shot split `{Path(split.path).name}` "
+            f"({', '.join(sorted(split.held_out))}) were removed before training ({sum(removed.values())} rows).")
+    return dataset, note
 
 
 def load_eval_data(data_args: DataArguments):

@@ -1,0 +1,211 @@
+"""The zero-shot block: RE-Matching's FewRel splits (m = 5, 10, 15; `ori`, 40-43), each scored by the package's
+zero-shot evaluator (`modeling_sacon.fewshot.zeroshot_protocol`, what `examples/evaluate_zeroshot.py` runs) on a
+checkpoint pre-trained without the split's test and eval relations.
+
+Pre-training runs at the main table's recipe and length, seed `budget.seeds[0]`. The `ori` splits take their test
+relations from val_wiki, which the embedded corpus does not hold: they share one run, row (c)'s run of that seed (the
+same argv). A seeded split's filtered corpus differs per (m, split): each has its own run, with
+`--exclude_relations_from` its split file. Each checkpoint's evaluation is a unit; the evaluator refuses a checkpoint
+whose recorded `pretraining_relations.json` holds a test relation, and a checkpoint without that file is refused here.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from .budgets import Budget
+from .common import UnitStore, log
+from .quality import (
+    _train_spec,
+    backbone_path,
+    pretrain_argv,
+    quality_training_units,
+    run_training_units,
+    stored_only,
+)
+
+SENTENCE_FILES = ("fewrel/val_wiki.json", "fewrel_train_sample/train_wiki_sample.json")  # in the data dir
+LABEL_FILE = "fewrel/pid2name.json"
+SPLIT_SUMMARY_FIELDS = ("precision", "recall", "f1", "per_relation_f1_mean", "accuracy", "num_sentences",
+                        "num_predicted_relations")
+
+# As listed in ../shared/data/zeroshot/SOURCE.md (FewRel, mean over 5 splits, %); None: not listed there.
+PUBLISHED = [
+    {"method": "ZS-BERT", "citation": "Chen and Li, NAACL 2021", "backbone": "BERT-large",
+     "f1": {"5": 77.90, "10": 57.25, "15": 36.82}, "precision": None,
+     "splits": "its own random splits (not published)"},
+    {"method": "RelationPrompt", "citation": "Chia et al., Findings of ACL 2022", "backbone": "GPT-2 + BART",
+     "f1": {"5": 89.30, "10": 79.96, "15": 73.40}, "precision": None,
+     "splits": "its own splits (seeds 0-4), averaged differently"},
+    {"method": "RE-Matching", "citation": "Zhao et al., ACL 2023", "backbone": "BERT-base",
+     "f1": {"5": 92.58, "10": 82.92, "15": 73.66}, "precision": {"5": 92.82, "10": 83.21, "15": 73.80},
+     "splits": "these splits (trained on FewRel's 80 - m - 5 train relations)"},
+]
+
+
+def split_file(m: int, name: str) -> str:
+    """A split file, relative to the data dir (so a unit's spec does not depend on where the data lives)."""
+    return f"zeroshot/fewrel_rel2id_{m}_{name}.json"
+
+
+def zeroshot_training_units(budget: Budget, backbone: str, output_dir: Path) -> list[dict]:
+    """The `ori` run (row (c)'s of seed `seeds[0]`, shared) and one run per seeded split; each unit's `splits` lists
+    the split files its checkpoint is scored on."""
+    seed = budget.seeds[0]
+    units = []
+    if "ori" in budget.zeroshot_splits:
+        main = next(u for u in quality_training_units(budget, backbone, output_dir) if u["row"] == "c" and u["seed"] == seed)
+        units.append({**main, "zeroshot_key": "ori", "splits": [split_file(m, "ori") for m in budget.zeroshot_ms]})
+    for m in budget.zeroshot_ms:
+        for name in budget.zeroshot_splits:
+            if name == "ori":
+                continue
+            run_dir = output_dir / "runs" / f"zeroshot-m{m}-{name}"
+            argv = pretrain_argv(budget, backbone, run_dir, seed, budget.pretrain_steps,
+                                 ("--exclude_relations_from", split_file(m, name)), main_table=True)
+            units.append({"name": f"zeroshot/pretrain-m{m}-{name}", "spec": _train_spec("pretrain", argv, {"backbone": budget.backbone}),
+                          "script": "pretrain", "argv": argv, "run_dir": str(run_dir), "zeroshot_key": f"m{m}-{name}",
+                          "splits": [split_file(m, name)]})
+    return units
+
+
+_SENTENCES: dict[int | None, object] = {}
+
+
+def _test_sentences(pool_per_relation: int | None):
+    """val_wiki + the train_wiki sample (FewRel rows), the first `pool_per_relation` of each relation; parsed once."""
+    if pool_per_relation not in _SENTENCES:
+        from modeling_sacon.data import first_per_relation, load_fewrel_json
+
+        _SENTENCES[pool_per_relation] = first_per_relation(load_fewrel_json(list(SENTENCE_FILES)), pool_per_relation)
+    return _SENTENCES[pool_per_relation]
+
+
+def evaluate_checkpoint(model_path: str, split_files: list[str], *, pool_per_relation: int | None, batch_size: int,
+                        device: str) -> dict:
+    """`examples/evaluate_zeroshot.py`'s evaluation of one checkpoint on `split_files`: every split's SplitResult (as a
+    dict), and which eval relations of each split the checkpoint saw (allowed, reported)."""
+    import torch
+
+    from modeling_sacon.data import load_label_table, resolve_data_path
+    from modeling_sacon.fewshot.zeroshot_protocol import (
+        PRETRAINING_RELATIONS_FILE,
+        ZeroShotEvaluator,
+        load_pretraining_relations,
+        load_zeroshot_split,
+    )
+    from modeling_sacon.utils.loading import load_sacon_model
+
+    splits = [load_zeroshot_split(resolve_data_path(path)) for path in split_files]
+    relations = load_pretraining_relations(model_path)
+    if relations is None:
+        raise ValueError(f"{model_path} has no {PRETRAINING_RELATIONS_FILE}: its zero-shot strictness cannot be checked")
+    model, processor = load_sacon_model(model_path)
+    evaluator = ZeroShotEvaluator(
+        model.to(device), processor, _test_sentences(pool_per_relation), load_label_table(resolve_data_path(LABEL_FILE)),
+        pretraining_relations=relations, checkpoint=model_path, batch_size=batch_size, source=", ".join(SENTENCE_FILES),
+    )
+    start = time.perf_counter()
+    with torch.no_grad():
+        results = evaluator.evaluate(splits)  # raises, naming the relation, if a test relation was pre-trained on
+    seen = set(relations)
+    return {
+        "splits": [result.as_dict() for result in results],
+        "strictness": {
+            "pretraining_relations": len(relations),
+            "train_relations_seen": {split.key: len(seen & set(split.train)) for split in splits},  # FewRel's, of the split
+            "test_relations_seen": {split.key: sorted(seen & set(split.test)) for split in splits},  # empty, or it raised
+            "eval_relations_seen": {split.key: sorted(seen & set(split.eval)) for split in splits},
+        },
+        "timing": {"evaluate_s": round(time.perf_counter() - start, 3),
+                   "sentences": sum(result.num_sentences for result in results)},
+    }
+
+
+def run_zeroshot(budget: Budget, output_dir: Path, store: UnitStore, compute: bool, train: bool = True) -> dict:
+    backbone = backbone_path(budget, output_dir, store, compute)
+    units = zeroshot_training_units(budget, backbone, output_dir)
+    by_name = {unit["name"]: unit for unit in units}
+    eval_common = {"pool_per_relation": budget.zeroshot_pool_per_relation, "batch_size": budget.eval_batch_size,
+                   "device": budget.device}
+
+    def evaluation(unit: dict, finished: str) -> tuple[str, dict]:
+        spec = {"model": unit["name"], "trained": finished, "splits": unit["splits"], "sentences": list(SENTENCE_FILES),
+                "labels": LABEL_FILE, **eval_common}
+        return f"zeroshot/eval-{unit['zeroshot_key']}", spec
+
+    def evaluation_stale(name: str, entry: dict) -> bool:
+        return store.fresh(*evaluation(by_name[name], entry["finished"])) is None
+
+    if compute:
+        training = run_training_units(units, store, budget, output_dir, "zeroshot-training", evaluation_stale, train)
+    elif not any(store.fresh(u["name"], u["spec"], computing=False) for u in units if u["name"].startswith("zeroshot/")):
+        training = {}  # the block never ran here (not a default section): rendered "not run", its units not listed
+    else:
+        training = stored_only(units, store)
+    evaluations = {}
+    for unit in units:
+        entry = training.get(unit["name"])
+        if entry is None:
+            continue
+        evaluations[unit["name"]] = store.run(
+            *evaluation(unit, entry["finished"]),
+            lambda unit=unit: evaluate_checkpoint(unit["run_dir"], unit["splits"], **eval_common), compute,
+        )
+    return assemble_zeroshot(budget, units, training, evaluations)
+
+
+def assemble_zeroshot(budget: Budget, units: list[dict], training: dict, evaluations: dict) -> dict:
+    """Per-split numbers, the per-m summary (`zeroshot_protocol.summarize`: mean, sample std, min, max over the splits
+    scored) and the published anchors; splits without a stored evaluation are listed as missing."""
+    from modeling_sacon.fewshot.zeroshot_protocol import SplitResult, summarize
+
+    scored: dict[str, SplitResult] = {}
+    per_split = {}
+    for unit in units:
+        entry = evaluations.get(unit["name"])
+        if entry is None:
+            continue
+        result = entry["result"]
+        for split in result["splits"]:
+            scored[split["split"]] = SplitResult(**split)
+            per_split[split["split"]] = {
+                **{key: split[key] for key in SPLIT_SUMMARY_FIELDS}, "checkpoint": unit["name"],
+                "eval_relations_seen": result["strictness"]["eval_relations_seen"][split["split"]],
+                "pretraining_relations": result["strictness"]["pretraining_relations"],
+                "train_relations_seen": result["strictness"]["train_relations_seen"][split["split"]],
+            }
+    summary = {}
+    for m, entry in summarize(list(scored.values())).items():
+        summary[str(m)] = {**entry, "n_splits": len(entry["splits"])}
+    for m in budget.zeroshot_ms:
+        expected = [f"m{m}/{name}" for name in budget.zeroshot_splits]
+        summary.setdefault(str(m), {"splits": [], "n_splits": 0})["missing"] = [k for k in expected if k not in scored]
+    runs = {}
+    for unit in units:
+        entry = training.get(unit["name"])
+        if entry is not None:
+            runs[unit["name"]] = {"wall_s": entry["result"]["wall_s"], "argv": entry["spec"]["argv"],
+                                  "splits": unit["splits"]}
+    if scored:
+        log("zero-shot: " + ", ".join(f"m={m} F1 {100 * e['f1']['mean']:.2f}" for m, e in summary.items() if e["n_splits"]))
+    return {
+        "ms": list(budget.zeroshot_ms),
+        "split_names": list(budget.zeroshot_splits),
+        "per_split": {key: per_split[key] for key in sorted(per_split, key=_split_order)},
+        "summary": summary,
+        "published": PUBLISHED,
+        "training_runs": runs,
+        "protocol": {
+            "pretraining_seed": budget.seeds[0], "pretrain_steps": budget.pretrain_steps,
+            "pretrain_batch_size": budget.main_table_batch_size, "pretrain_extra_args": list(budget.quality_extra_args),
+            "pool_per_relation": budget.zeroshot_pool_per_relation, "sentences": list(SENTENCE_FILES),
+            "labels": LABEL_FILE,
+        },
+    }
+
+
+def _split_order(key: str) -> tuple[int, str]:
+    m, name = key.split("/")
+    return int(m[1:]), "" if name == "ori" else name
