@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from transformers import initialization as init
 from transformers.dynamic_module_utils import custom_object_save
-from transformers.utils import ModelOutput, logging
+from transformers.utils import ModelOutput, can_return_tuple, logging
 
 from .configuration_sacon import SaconConfig
 from .modeling_sacon import SaconDualEncoderModel, SaconPreTrainedModel
@@ -260,6 +260,7 @@ class SaconForFewShotRelationClassification(SaconPreTrainedModel):
 
     # -- forward ----------------------------------------------------------------------------------------------------
 
+    @can_return_tuple
     def forward(
         self,
         query_input_ids: torch.Tensor | None = None,
@@ -279,14 +280,12 @@ class SaconForFewShotRelationClassification(SaconPreTrainedModel):
         fewshot_method: str | None = None,
         nota: bool | None = None,
         return_embeddings: bool = False,
-        return_dict: bool | None = None,
-    ) -> SaconFewShotOutput | tuple:
+    ) -> SaconFewShotOutput:
         r"""
         fewshot_method: overrides `config.fewshot_method` for this call.
         nota: overrides `config.fewshot_nota` (append the none-of-the-above column) for this call.
         return_embeddings: also return the query / support / label features.
         """
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
         method = fewshot_method or self.config.fewshot_method
         use_nota = self.config.fewshot_nota if nota is None else bool(nota)
         n_way, k_shot = _as_int(n_way, "n_way"), _as_int(k_shot, "k_shot")
@@ -345,7 +344,7 @@ class SaconForFewShotRelationClassification(SaconPreTrainedModel):
         out = SaconFewShotOutput(loss=loss, logits=logits)
         if return_embeddings:
             out.query_embeds, out.support_embeds, out.label_embeds = query, support, label
-        return out if return_dict else out.to_tuple()
+        return out
 
 
 __all__ = ["SaconFewShotConfig", "SaconFewShotOutput", "SaconForFewShotRelationClassification"]

@@ -45,7 +45,7 @@ def test_logits_are_scaled_cosines_of_the_two_towers(minilm_pipe):
         assert [e["score"] for e in entries] == pytest.approx(sorted(row.tolist(), reverse=True), abs=1e-4)
 
 
-def test_zero_shot_few_shot_and_label_augmented_rank_like_zero_shot_classification(minilm_pipe):
+def test_zero_shot_few_shot_and_label_augmented_rank_in_text_classification_layout(minilm_pipe):
     for candidates in ({"relations": RELATIONS}, {"support": SUPPORT}, {"relations": RELATIONS, "support": SUPPORT}):
         ranked = minilm_pipe(QUERIES, **candidates)
         assert [entries[0]["label"] for entries in ranked] == GOLD, candidates

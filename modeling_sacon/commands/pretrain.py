@@ -28,7 +28,7 @@ from transformers.trainer import TRAINER_STATE_NAME
 
 from modeling_sacon import SaconDualEncoderModel, SaconProcessor
 from modeling_sacon.commands import parse_arguments
-from modeling_sacon.data.collator import SaconPretrainingCollator
+from modeling_sacon.data.collator import DEFAULT_BLANK_PROBABILITY, DEFAULT_MLM_PROBABILITY, SaconPretrainingCollator
 from modeling_sacon.data import (
     PRETRAIN_LABEL_FILES,
     check_relation_leakage,
@@ -80,7 +80,7 @@ class ModelArguments:
     label_mlm_weight: float | None = field(
         default=None, metadata={"help": "Weight of the label encoder's MLM; default as --sentence_mlm_weight."}
     )
-    mlm_probability: float = field(default=0.15, metadata={"help": "Share of maskable tokens chosen for MLM."})
+    mlm_probability: float = field(default=DEFAULT_MLM_PROBABILITY, metadata={"help": "Share of maskable tokens chosen for MLM."})
     label_negatives: int = field(
         default=0,
         metadata={"help": "Relation descriptions of other corpus relations added to each batch as extra negatives of "
@@ -117,7 +117,9 @@ class DataArguments:
     )
     max_seq_length: int = field(default=64, metadata={"help": "Sentence length in tokens (the paper: 64)."})
     label_max_length: int = field(default=64, metadata={"help": "Label text length in tokens."})
-    blank_probability: float = field(default=0.7, metadata={"help": "Probability of blanking each entity mention."})
+    blank_probability: float = field(
+        default=DEFAULT_BLANK_PROBABILITY, metadata={"help": "Probability of blanking each entity mention."}
+    )
     exclude_relations_from: list[str] | None = field(
         default=None,
         metadata={"help": "Zero-shot split files ({train, eval, test} relation ids, e.g. zeroshot/fewrel_rel2id_5_40.json, "

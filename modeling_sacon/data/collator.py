@@ -42,6 +42,12 @@ def derive_seed(*entropy: int) -> int:
     return (int(words[0]) << 31) ^ int(words[1])
 
 
+# Entity blanking and masking as the authors pre-train (CP's --alpha 0.3 keeps a mention with probability 0.3; BERT's
+# 15%): the defaults of the collator and of the pre-training command alike.
+DEFAULT_BLANK_PROBABILITY = 0.7
+DEFAULT_MLM_PROBABILITY = 0.15
+
+
 @dataclass
 class SaconPretrainingCollator:
     """Canonical rows (`modeling_sacon.data.INSTANCE_FEATURES`) -> the keyword arguments of
@@ -71,8 +77,8 @@ class SaconPretrainingCollator:
     processor: SaconProcessor
     label_table: Mapping[str, Sequence[str]]
     relation_to_id: Mapping[str, int] | None = None
-    blank_probability: float = 0.7
-    mlm_probability: float = 0.15
+    blank_probability: float = DEFAULT_BLANK_PROBABILITY
+    mlm_probability: float = DEFAULT_MLM_PROBABILITY
     seed: int = 0
     sentence_mlm: bool = True
     label_mlm: bool = True
