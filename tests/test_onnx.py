@@ -92,9 +92,9 @@ def test_graph_inputs_are_the_processors_keys(exported):
 
 
 def readme_snippet() -> str:
-    """The python block of the README's "Export to ONNX" section, verbatim."""
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = readme[readme.index("## Export to ONNX"):]
+    """The python block of docs/onnx.md ("Export to ONNX"), verbatim."""
+    readme = (Path(__file__).resolve().parents[1] / "docs" / "onnx.md").read_text()
+    section = readme[readme.index("# Export to ONNX"):]
     return section[section.index("```python\n") + len("```python\n"):section.index("```\n", section.index("```python"))]
 
 
