@@ -1,7 +1,7 @@
 """What is wrong with a saved checkpoint's files: which weights file cannot be read and why (cut short by an interrupted
 save or download, or corrupt), and which entity markers its tokenizer lacks.
 
-Self-contained on purpose: `modeling_sacon.py` and `processing_sacon.py` import it relatively, so it travels with the
+`modeling_sacon.py` and `processing_sacon.py` import it relatively, so it travels (with `hub_files.py`) with the
 model code to the Hub.
 """
 
@@ -14,7 +14,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from safetensors import SafetensorError, safe_open
-from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, cached_file
+from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
+
+from .hub_files import resolve_file
 
 __all__ = ["check_saved_markers", "describe_unreadable_weights", "safetensors_problem", "unreadable_safetensors_file"]
 
@@ -44,11 +46,9 @@ def describe_unreadable_weights(path_or_repo: str | os.PathLike, error: Exceptio
     the directory, or in a Hub repository's cached snapshot), what is wrong, and what to do."""
     directory = os.path.join(str(path_or_repo), kwargs.get("subfolder") or "")
     if not os.path.isdir(directory):
-        hub_kwargs = {k: kwargs[k] for k in ("cache_dir", "revision", "token", "subfolder") if k in kwargs}
+        cached_only = {**{k: v for k, v in kwargs.items() if k != "force_download"}, "local_files_only": True}
         resolved = next(filter(None, (
-            cached_file(str(path_or_repo), name, local_files_only=True, _raise_exceptions_for_missing_entries=False,
-                        _raise_exceptions_for_connection_errors=False, **hub_kwargs)
-            for name in (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME)
+            resolve_file(path_or_repo, name, cached_only) for name in (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME)
         )), None)
         directory = os.path.dirname(resolved) if resolved else None
     found = unreadable_safetensors_file(directory) if directory else None
