@@ -26,6 +26,7 @@ from modeling_sacon.data.episodes import parse_setting
 from modeling_sacon.metrics import load_fewrel_accuracy
 from modeling_sacon.data.episodic import EpisodeCollator, EpisodicDataset
 from modeling_sacon.modeling_sacon_fewshot import SaconForFewShotRelationClassification
+from modeling_sacon.training.callbacks import LogitScaleClampCallback
 
 logger = logging.getLogger("finetune_fewrel")
 
@@ -213,7 +214,7 @@ def main(argv: list[str] | None = None, defaults: Mapping[str, Any] | None = Non
         data_collator=EpisodeCollator(processor, label_table),
         processing_class=processor.tokenizer,
         compute_metrics=compute_metrics,
-        callbacks=[timer],
+        callbacks=[timer, LogitScaleClampCallback()],  # keeps model.sacon.logit_scale itself within the bound
     )
     result = trainer.train()
     metrics = dict(result.metrics)
