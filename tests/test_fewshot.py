@@ -237,9 +237,12 @@ def test_stock_trainer_reduces_loss_and_checkpoint_round_trips(processor, val_ro
     print("before", before, "\nafter", after, "\ntrain losses", losses)
     assert after["eval_train_loss"] < 0.7 * before["eval_train_loss"]  # the episodes it was trained on
     assert np.mean(losses[-2:]) < np.mean(losses[:2])
-    assert "eval_val_accuracy" in after and 0.0 <= after["eval_val_accuracy"] <= 1.0
-
     model.eval()
+    with torch.no_grad():  # the oracle: the model's own predictions on every held-out episode, counted here
+        whole = collator([held_out[i] for i in range(len(held_out))])
+        correct = (model(**whole).logits.argmax(-1) == whole["labels"]).float().mean().item()
+    assert after["eval_val_accuracy"] == pytest.approx(correct, abs=1e-6)
+
     batch = collator([held_out[i] for i in range(4)])
     with torch.no_grad():
         reference = model(**batch).logits
