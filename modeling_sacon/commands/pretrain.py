@@ -170,7 +170,7 @@ def load_training_data(data_args: DataArguments):
         card = {"corpus_description": f"Relation-corpus files: {', '.join(f'`{Path(p).name}`' for p in data_args.train_files)}."}
     else:
         source = f"the embedded pre-training corpus ({data_args.corpus})"
-        dataset, table = load_pretraining_corpus(corpus=data_args.corpus)
+        dataset, table = load_pretraining_corpus(corpus=data_args.corpus, allow_eval_relations=data_args.allow_eval_relations)
         if data_args.label_files:
             table = {**table, **load_label_table(data_args.label_files)}
         card = {"corpus_description": EMBEDDED_CORPUS_DESCRIPTIONS[data_args.corpus],

@@ -22,8 +22,6 @@ import numpy as np
 import pyarrow as pa
 import torch.utils.data
 
-from .protocol import FEWREL_TEST_RELATIONS, check_relation_leakage  # noqa: F401 (re-exported)
-
 __all__ = [
     "DATA_DIR_ENV",
     "INSTANCE_FEATURES",
@@ -41,7 +39,6 @@ __all__ = [
     "first_per_relation",
     "RelationBalancedBatchSampler",
     "balanced_batch_shape",
-    "check_relation_leakage",
     "check_relations_per_batch",
 ]
 
@@ -455,12 +452,13 @@ def first_per_relation(dataset: datasets.Dataset, count: int | None) -> datasets
 
 
 def load_pretraining_corpus(
-    data_dir: PathLike | None = None, corpus: str = DEFAULT_PRETRAIN_CORPUS
+    data_dir: PathLike | None = None, corpus: str = DEFAULT_PRETRAIN_CORPUS, *, allow_eval_relations: bool = False
 ) -> tuple[datasets.Dataset, dict[str, tuple[str, str]]]:
     """An embedded pre-training corpus (:data:`PRETRAIN_CORPORA`, default ``v2``) and its label texts.
 
     Every corpus relation must have a label text. Raises :class:`.protocol.EvaluationLeakageError` if a FewRel
-    evaluation relation is in the corpus: results on unseen relations would otherwise be inflated.
+    evaluation relation is in the corpus (``v1`` holds P1056, a FewRel 2.0 NYT relation), unless
+    ``allow_eval_relations``: results on unseen relations would otherwise be inflated.
     """
     if corpus not in PRETRAIN_CORPORA:
         raise ValueError(f"unknown pre-training corpus {corpus!r}; choose one of {sorted(PRETRAIN_CORPORA)}")
@@ -468,7 +466,10 @@ def load_pretraining_corpus(
     root = Path(data_dir) if data_dir is not None else get_data_dir()
     dataset = load_fewrel_json([root / name for name in corpus_files])
     relations = _unique_relations(dataset)
-    check_relation_leakage(relations, source=f"pre-training corpus in {root}")
+    from .protocol import check_relation_leakage  # here: this file also loads on its own (tests/test_data.py)
+
+    check_relation_leakage(relations, source=f"pre-training corpus {corpus} in {root}", allow=allow_eval_relations,
+                           hint="pass allow_eval_relations=True (--allow_eval_relations) to use it anyway")
     table = load_label_table([root / name for name in label_files])
     labels = label_texts(relations, table, source=", ".join(corpus_files))
     return dataset, labels
