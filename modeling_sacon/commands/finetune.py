@@ -133,7 +133,8 @@ SELECTION = "selection"  # the Trainer logs the held-out episodes' accuracy as e
 
 def split_selection_relations(train, count: int, n_way: int, eval_n_way: int):
     """(training rows, held-out rows of the last `count` relations in file order), each with enough relations."""
-    relations = list(dict.fromkeys(train["relation"][:]))
+    column = train["relation"][:]
+    relations = list(dict.fromkeys(column))
     if count < 0 or (count and count < eval_n_way):
         raise ValueError(f"--selection_relations {count}: an evaluation episode needs {eval_n_way} relations")
     if len(relations) - count < n_way:
@@ -142,7 +143,6 @@ def split_selection_relations(train, count: int, n_way: int, eval_n_way: int):
             f"a training episode needs --n_way {n_way}"
         )
     held_out = set(relations[len(relations) - count:])
-    column = train["relation"][:]
     return (train.select([i for i, r in enumerate(column) if r not in held_out]),
             train.select([i for i, r in enumerate(column) if r in held_out]))
 
@@ -173,6 +173,7 @@ def main(argv: list[str] | None = None, defaults: Mapping[str, Any] | None = Non
     )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     set_seed(training_args.seed)
+    configure_selection(training_args, data_args.selection_relations > 0)  # before anything is loaded
     if model_args.torch_num_threads:
         torch.set_num_threads(model_args.torch_num_threads)
 
@@ -185,7 +186,6 @@ def main(argv: list[str] | None = None, defaults: Mapping[str, Any] | None = Non
     train, held_out = split_selection_relations(
         load_fewrel_json(data_args.train_file), data_args.selection_relations, data_args.n_way, setting.n_way
     )
-    configure_selection(training_args, data_args.selection_relations > 0)
     zero_shot = model_args.fewshot_method == "zero_shot"
     train_dataset = EpisodicDataset(
         train, n_way=data_args.n_way, k_shot=0 if zero_shot else data_args.k_shot, q_query=data_args.q_query,
