@@ -7,8 +7,10 @@
 
 Training episodes (N-way K-shot, Q queries per relation, optional NOTA) come from `--train_file` (the 64 FewRel
 training relations); evaluation is a fixed, seeded set of `--eval_episodes` episodes of `--eval_setting` (5-1) on
-`--validation_file` (the 16 val_wiki relations, disjoint from training), scored by query accuracy. The best
-evaluation checkpoint is kept (`load_best_model_at_end`), then the final model and its tokenizer / processor are
+`--validation_file` (the 16 val_wiki relations, disjoint from training), scored by query accuracy once, on the kept
+model: no checkpoint is ever selected on that split. By default the final model is kept; with `--selection_relations N
+--eval_strategy steps --load_best_model_at_end true` the last N training relations are held out and the checkpoint best
+on their episodes is kept. The model and its tokenizer / processor are
 written to `--output_dir`, loadable with `SaconForFewShotRelationClassification.from_pretrained` and (its `sacon.*`
 weights) `SaconDualEncoderModel.from_pretrained` and the `relation-classification` pipeline.
 

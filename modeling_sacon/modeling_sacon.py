@@ -295,8 +295,14 @@ class SaconDualEncoderModel(SaconPreTrainedModel):
         return embeddings
 
     def logit_scale_value(self) -> torch.Tensor:
-        """The clamped log-scale actually used (at most `logit_scale_max`, as CLIP)."""
-        return self.logit_scale.clamp(max=self.config.logit_scale_max)
+        """The log-scale actually used: at most `logit_scale_max` (as CLIP), on every path (any Trainer, any model).
+
+        A straight-through clamp: the value is `min(logit_scale, max)` but the gradient is always 1, so a parameter
+        past the bound is not trapped there (`clamp`'s gradient would be 0 and nothing could bring it back). Below
+        the bound the value is `logit_scale` exactly. `SaconTrainer` also clamps the parameter after each step.
+        """
+        excess = (self.logit_scale - self.config.logit_scale_max).clamp(min=0.0)
+        return self.logit_scale - excess.detach()
 
     def encode_sentences(
         self,

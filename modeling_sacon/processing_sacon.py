@@ -247,32 +247,31 @@ class SaconProcessor(ProcessorMixin):
 
     def _marked_words(
         self, instance: Mapping, name: str, blank_head: bool, blank_tail: bool
-    ) -> tuple[list[str], int, int, tuple[int, int], tuple[int, int]]:
-        """Words with markers inserted; returns (words, head-start word, tail-start word, head span, tail span)."""
+    ) -> tuple[list[str], tuple[tuple[int, int], tuple[int, int]]]:
+        """Words with markers inserted; returns (words, ((head start, head end), (tail start, tail end)) marker word
+        indices). The indices are kept, not searched for: a token may itself spell a marker."""
         spans = self.checked_spans(instance, name)
         (hs, he), (ts, te) = spans["head"], spans["tail"]
         tokens = instance["tokens"]
         words: list[str] = []
-        head_start = tail_start = -1
+        regions = {}
         i = 0
         while i < len(tokens):
             if i == hs or i == ts:
                 is_head = i == hs
                 start_marker, end_marker = (self.head_markers if is_head else self.tail_markers)
                 end = he if is_head else te
-                if is_head:
-                    head_start = len(words)
-                else:
-                    tail_start = len(words)
+                start_word = len(words)
                 words.append(start_marker)
                 blank = blank_head if is_head else blank_tail
                 words.extend([self.blank_token] if blank else [str(w) for w in tokens[i : end + 1]])
+                regions["head" if is_head else "tail"] = (start_word, len(words))
                 words.append(end_marker)
                 i = end + 1
             else:
                 words.append(str(tokens[i]))
                 i += 1
-        return words, head_start, tail_start, spans["head"], spans["tail"]
+        return words, (regions["head"], regions["tail"])
 
     def encode_instances(
         self,
@@ -293,24 +292,25 @@ class SaconProcessor(ProcessorMixin):
         prefix = [tok.cls_token_id if tok.cls_token_id is not None else tok.bos_token_id]
         suffix = [tok.sep_token_id if tok.sep_token_id is not None else tok.eos_token_id]
         budget = self.max_length - len(prefix) - len(suffix)
-        all_words, starts = [], []
+        all_words, all_regions = [], []
         for i, instance in enumerate(instances):
             name = names[i] if names is not None else f"instance {i}"
-            words, h, t, _, _ = self._marked_words(
+            words, regions = self._marked_words(
                 instance, name, bool(blank_head[i]) if blank_head is not None else False,
                 bool(blank_tail[i]) if blank_tail is not None else False,
             )
             all_words.append(words)
-            starts.append((h, t))
+            all_regions.append(regions)
         flat_words = [w for words in all_words for w in words]
         flat_pieces = self._word_pieces(flat_words)
         input_ids, positions, cursor = [], [], 0
-        for words, (h, t) in zip(all_words, starts):
+        for words, regions in zip(all_words, all_regions):
             pieces = flat_pieces[cursor : cursor + len(words)]
             cursor += len(words)
-            ids = prefix + self._truncate_words(words, pieces, h, t, budget) + suffix
-            positions.append([ids.index(self.marker_ids[0]), ids.index(self.marker_ids[2])])
-            input_ids.append(ids)
+            kept = self._truncate_words(pieces, regions, budget)
+            # each start marker's own position (a token that spells a marker must not be taken for it)
+            positions.append([len(prefix) + [w for w, _ in kept].index(start) for start, _ in regions])
+            input_ids.append(prefix + [p for _, p in kept] + suffix)
         batch = tok.pad({"input_ids": input_ids}, padding=padding, return_attention_mask=True)
         batch["entity_positions"] = positions
         return BatchEncoding(dict(batch), tensor_type=return_tensors)
@@ -329,18 +329,14 @@ class SaconProcessor(ProcessorMixin):
             pieces.update(zip(missing, self.tokenizer(missing, add_special_tokens=False)["input_ids"]))
         return [pieces[word] for word in words]
 
-    def _truncate_words(self, words: list[str], pieces: list[list[int]], head_word: int, tail_word: int, budget: int) -> list[int]:
-        """Keep every marker and mention piece, then as much context as fits, dropping what is farthest from them."""
+    def _truncate_words(
+        self, pieces: list[list[int]], regions: tuple[tuple[int, int], tuple[int, int]], budget: int
+    ) -> list[tuple[int, int]]:
+        """(word index, piece id) kept: every marker and mention piece, then as much context as fits, dropping what
+        is farthest from them. `regions` are the (start marker, end marker) word indices of head and tail."""
         flat = [(w, p) for w, word_pieces in enumerate(pieces) for p in word_pieces]
         if len(flat) <= budget:
-            return [p for _, p in flat]
-        end_markers = (self.head_markers[1], self.tail_markers[1])
-        regions = []
-        for start in (head_word, tail_word):
-            end = start + 1
-            while words[end] not in end_markers:
-                end += 1
-            regions.append((start, end))
+            return flat
 
         def priority(k: int) -> tuple[int, int]:
             w = flat[k][0]
@@ -352,7 +348,7 @@ class SaconProcessor(ProcessorMixin):
             return (2, min(start - w if w < start else w - end for start, end in regions))
 
         keep = sorted(sorted(range(len(flat)), key=priority)[:budget])
-        return [flat[k][1] for k in keep]
+        return [flat[k] for k in keep]
 
     # -- masked language modelling -------------------------------------------------------------------------------
 

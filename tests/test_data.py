@@ -19,6 +19,7 @@ from modeling_sacon.data import (
     DATA_DIR_ENV,
     INSTANCE_FEATURES,
     DataFormatError,
+    EvaluationLeakageError,
     RelationBalancedBatchSampler,
     UnknownRelationError,
     balanced_batch_shape,
@@ -31,6 +32,7 @@ from modeling_sacon.data import (
     load_pretraining_corpus,
     resolve_data_path,
 )
+from modeling_sacon.data.protocol import FEWREL_EVAL_RELATIONS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,8 +58,11 @@ def val_wiki_ds(shared_data: Path) -> datasets.Dataset:
 
 @pytest.fixture(scope="module")
 def corpus(shared_data: Path) -> tuple[datasets.Dataset, dict[str, tuple[str, str]]]:
-    """The earlier embedded corpus, v1 (its composition is checked here; v2's in test_transfer.py)."""
-    return load_pretraining_corpus(shared_data, corpus="v1")
+    """The earlier embedded corpus, v1 (its composition is checked here; v2's in test_transfer.py). It holds P1056, a
+    FewRel 2.0 NYT relation, so the strict check refuses it unless allowed."""
+    with pytest.raises(EvaluationLeakageError, match=r"\['P1056'\] \(FewRel 2.0 val_nyt: P1056\)"):
+        load_pretraining_corpus(shared_data, corpus="v1")
+    return load_pretraining_corpus(shared_data, corpus="v1", allow_eval_relations=True)
 
 
 def _raw(path: Path) -> dict:
@@ -152,6 +157,7 @@ def test_pretraining_corpus_counts(corpus, shared_data: Path) -> None:
     assert labels["P569"][0] == "date of birth"  # one of the 7 only in labels.json
     assert all(name for name, _ in labels.values())
     assert not set(counts) & set(_raw(shared_data / "fewrel/val_wiki.json"))
+    assert set(counts) & FEWREL_EVAL_RELATIONS.keys() == {"P1056"}
 
 
 def test_merging_two_files(tmp_path: Path) -> None:
@@ -324,6 +330,7 @@ def test_pretraining_corpus_rejects_val_wiki_relation(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"evaluation relation\(s\) \['P177'\]"):
         load_pretraining_corpus(tmp_path, corpus="v1")
 
+    assert load_pretraining_corpus(tmp_path, corpus="v1", allow_eval_relations=True)[0]["relation"] == ["P6", "P6", "P177"]
     _write(tmp_path / "pretrain/docred_sentences.json", {"P6": [_instance()]})
     dataset, labels = load_pretraining_corpus(tmp_path, corpus="v1")
     assert dataset["relation"] == ["P6", "P6"]

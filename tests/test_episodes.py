@@ -147,7 +147,6 @@ def test_same_seed_same_episodes_across_processes(probes: dict[str, dict]) -> No
 @pytest.mark.parametrize("mode", ["offline", "online"])
 def test_metric_loads_by_path_without_network(probes: dict[str, dict], mode: str) -> None:
     assert probes[mode]["attempts"] == [], "evaluate.load tried to reach the network"
-    assert probes[mode]["load_s"] < 10.0
 
 
 @pytest.mark.parametrize("mode", ["offline", "online"])

@@ -38,11 +38,20 @@ def run(checkpoint, tmp_path, small_files, *extra):
     return evaluate_fewrel.main(argv), json.loads(out.read_text())
 
 
-def test_json_and_model_card(checkpoint, tmp_path, small_files):
+def test_json_and_model_card(checkpoint, tmp_path, small_files, tiny_model, processor, data_dir):
     results, written = run(checkpoint, tmp_path, small_files, "--update_card", str(checkpoint))
     assert set(written) == {"5-1", "zs-5", "pubmed/5-1"} and written == json.loads(json.dumps(results))
+    # the oracle: the same episodes scored by the evaluator on the in-memory model that was saved
+    from modeling_sacon.data import load_fewrel_json, load_label_table
+    from modeling_sacon.fewshot.evaluation import FewShotEvaluator
+
+    evaluator = FewShotEvaluator(tiny_model, processor, load_fewrel_json(small_files[0]),
+                                 load_label_table(data_dir / "fewrel" / "pid2name.json"), show_progress=False)
+    expected = evaluator.evaluate(["5-1", "zs-5"], 20, 0, "prototype", "cosine")
+    for setting in ("5-1", "zs-5"):
+        assert written[setting]["accuracy"] == pytest.approx(expected[setting]["accuracy"], abs=1e-9)
     for value in written.values():
-        assert 0.0 <= value["accuracy"] <= 1.0 and value["episodes"] == 20 and value["ci95"] > 0
+        assert value["episodes"] == 20 and value["ci95"] > 0
     run(checkpoint, tmp_path, small_files, "--update_card", str(checkpoint))  # a second run replaces, not appends
     text = (checkpoint / "README.md").read_text()
     assert text.count(EVAL_SECTION_START) == 1

@@ -237,9 +237,12 @@ def test_stock_trainer_reduces_loss_and_checkpoint_round_trips(processor, val_ro
     print("before", before, "\nafter", after, "\ntrain losses", losses)
     assert after["eval_train_loss"] < 0.7 * before["eval_train_loss"]  # the episodes it was trained on
     assert np.mean(losses[-2:]) < np.mean(losses[:2])
-    assert "eval_val_accuracy" in after and 0.0 <= after["eval_val_accuracy"] <= 1.0
-
     model.eval()
+    with torch.no_grad():  # the oracle: the model's own predictions on every held-out episode, counted here
+        whole = collator([held_out[i] for i in range(len(held_out))])
+        correct = (model(**whole).logits.argmax(-1) == whole["labels"]).float().mean().item()
+    assert after["eval_val_accuracy"] == pytest.approx(correct, abs=1e-6)
+
     batch = collator([held_out[i] for i in range(4)])
     with torch.no_grad():
         reference = model(**batch).logits
@@ -300,13 +303,20 @@ def test_finetune_script_end_to_end_on_a_tiny_checkpoint(processor, tiny_model, 
     tiny_model.save_pretrained(tmp_path / "tiny")
     processor.save_pretrained(tmp_path / "tiny")
     out = tmp_path / "out"
-    metrics = finetune.main([
-        "--model_name_or_path", str(tmp_path / "tiny"), "--output_dir", str(out), "--max_steps", "4",
-        "--eval_steps", "2", "--save_steps", "2", "--eval_episodes", "4", "--train_episodes", "16",
-        "--learning_rate", "1e-3", "--disable_tqdm", "true", "--torch_num_threads", "1",
-    ])
-    assert set(metrics["eval_accuracy_by_step"]) == {2, 4} and 0.0 <= metrics["best_eval_accuracy"] <= 1.0
-    assert metrics["best_checkpoint"].endswith(("checkpoint-2", "checkpoint-4"))
+    options = ["--model_name_or_path", str(tmp_path / "tiny"), "--output_dir", str(out), "--max_steps", "4",
+               "--eval_steps", "2", "--save_steps", "2", "--eval_episodes", "4", "--train_episodes", "16",
+               "--learning_rate", "1e-3", "--disable_tqdm", "true", "--torch_num_threads", "1"]
+    with pytest.raises(ValueError, match="would select a checkpoint on --validation_file, the split the run reports"):
+        finetune.main([*options, "--load_best_model_at_end", "true", "--eval_strategy", "steps"])
+    metrics = finetune.main([*options, "--selection_relations", "5", "--eval_strategy", "steps",
+                             "--load_best_model_at_end", "true"])
+    # checkpoints are scored on 5 held-out training relations; val_wiki is scored once, on the kept model
+    assert set(metrics["selection_accuracy_by_step"]) == {2, 4}
+    best_step = max(metrics["selection_accuracy_by_step"], key=lambda step: (metrics["selection_accuracy_by_step"][step], -step))
+    assert metrics["best_selection_accuracy"] == metrics["selection_accuracy_by_step"][best_step]
+    assert metrics["best_checkpoint"].endswith(f"checkpoint-{best_step}")
+    assert "eval_accuracy" in metrics and not any(key.startswith("eval_") and key != "eval_accuracy_by_step"
+                                                  and "selection" in key for key in metrics)
     model = SaconForFewShotRelationClassification.from_pretrained(out)
     assert model.config.fewshot_method == "label_augmented"
     assert (out / "tokenizer.json").is_file() and (out / "finetune_results.json").is_file()

@@ -230,11 +230,23 @@ def train(processor, data, tmp_path, **options):
     return trainer.model, recorder.steps, logs
 
 
-def test_trainer_cached_steps_equal_uncached_steps_with_gradient_accumulation(processor, data, tmp_path):
+def test_trainer_cached_steps_equal_uncached_steps_with_gradient_accumulation(processor, data, tmp_path, monkeypatch):
     """Two optimizer steps of 2 accumulated micro-batches of 8, cached in mini-batches of 3: the same gradients at
-    every step, the same parameters after it (SGD), the same logged loss terms."""
+    every step, the same parameters after it (SGD), the same logged loss terms. A spy proves the cached step ran
+    (a Trainer falling back to the plain step would pass the comparison)."""
+    from modeling_sacon.training import gradcache
+
+    calls = []
+
+    def spy(model, inputs, mini_batch_size, **kwargs):
+        calls.append((len(inputs["input_ids"]), mini_batch_size))
+        return cached_contrastive_step(model, inputs, mini_batch_size, **kwargs)
+
+    monkeypatch.setattr(gradcache, "cached_contrastive_step", spy)
     plain_model, plain_grads, plain_logs = train(processor, data, tmp_path / "plain")
+    assert calls == []
     cached_model, cached_grads, cached_logs = train(processor, data, tmp_path / "cached", contrastive_mini_batch_size=3)
+    assert calls == [(8, 3)] * 4  # 2 optimizer steps x 2 accumulated micro-batches, each cached in mini-batches of 3
     assert len(plain_grads) == len(cached_grads) == 2
     for plain, cached in zip(plain_grads, cached_grads):
         diff, name = max_grad_diff(plain, cached)

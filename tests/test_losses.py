@@ -108,3 +108,18 @@ def test_deduplicate_labels_keeps_first_row_per_relation():
     assert labels.tolist() == [2, 1, 0, 0]
     with pytest.raises(ValueError, match="no label row"):
         deduplicate_labels(embeds, relation_ids, torch.tensor([5]))
+
+
+def test_non_default_anchored_weights_against_hand_computed_values():
+    """The objective (what the model's forward calls) with weights 0.3 / 2.5 and scale 2 on the one-hot example."""
+    from modeling_sacon import SaconConfig
+    from modeling_sacon.losses import SaconObjective
+
+    config = SaconConfig(sentence_anchored_weight=0.3, label_anchored_weight=2.5, label_anchored_reduction="sum")
+    sentence_embeds, label_embeds, labels = one_hot_example()
+    e2 = math.exp(2.0)  # logits are 2 * cosine: 2 for a sentence's own label, 0 for the other
+    expected_s = math.log((e2 + 1) / e2)
+    expected_l = (3 * math.log((3 * e2 + 1) / e2) + math.log((e2 + 3) / e2)) / 2
+    total, s_loss, l_loss = SaconObjective(config).contrastive(sentence_embeds, label_embeds, labels, torch.tensor(math.log(2.0)))
+    assert s_loss.item() == pytest.approx(expected_s, abs=1e-6) and l_loss.item() == pytest.approx(expected_l, abs=1e-6)
+    assert total.item() == pytest.approx((0.3 * expected_s + 2.5 * expected_l) / 2, abs=1e-6)

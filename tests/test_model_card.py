@@ -73,7 +73,7 @@ def test_card_without_mlm_and_blanking_from_the_collator(processor, data, tmp_pa
     assert "The corpus has 6 relations and 24 instances." in card
     assert "(two independent encoders: one for sentences, one for labels)" in card
     assert "The pre-training corpus was not recorded." in card  # nothing given: no embedded-corpus text claimed
-    assert "None of the FewRel 1.0 evaluation relations" not in card
+    assert "None of the FewRel evaluation relations" not in card
 
 
 def test_card_with_one_mlm_tower_and_explicit_fields(processor, data, tmp_path, one_thread):
@@ -85,7 +85,7 @@ def test_card_with_one_mlm_tower_and_explicit_fields(processor, data, tmp_path, 
     assert "tokens chosen with probability 0.25;" in card  # the explicit field wins over the collator's 0.2
     assert NO_MLM not in card and BOTH_MLM not in card
     assert "Entity mentions are never blanked." in card and "[BLANK]` with probability" not in card
-    assert "Six synthetic relations." in card and "None of the FewRel 1.0 evaluation relations" in card
+    assert "Six synthetic relations." in card and "None of the FewRel evaluation relations" in card
 
 
 def test_rendered_card_says_nothing_it_was_not_told():

@@ -299,3 +299,25 @@ def test_a_checkpoint_saved_before_the_config_split_still_loads():
         for model in (fewshot.sacon, dual):
             assert torch.allclose(model.get_sentence_features(ids, mask, positions), expected["sentence"], atol=1e-6)
             assert torch.allclose(model.get_label_features(ids, mask), expected["label"], atol=1e-6)
+
+
+def test_marker_pooling_reads_the_hand_placed_positions(processor, tiny_model):
+    """[h ; t] are the encoder's hidden states at exactly the given rows' positions (identity projection)."""
+    batch = processor(["<e1>Paris</e1> is the capital of <e2>France</e2>", "<e2>Bern</e2> , capital of <e1>Swiss</e1>"])
+    positions = torch.tensor([[3, 1], [0, 5]])  # arbitrary, hand-placed: not even on the markers
+    with torch.no_grad():
+        hidden = tiny_model.sentence_encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        features = tiny_model.get_sentence_features(batch["input_ids"], batch["attention_mask"], positions)
+    expected = torch.stack([torch.cat([hidden[0, 3], hidden[0, 1]]), torch.cat([hidden[1, 0], hidden[1, 5]])])
+    torch.testing.assert_close(features, expected, rtol=0, atol=1e-6)
+
+
+def test_swapping_head_and_tail_changes_the_sentence_feature(processor, tiny_model):
+    """The relation is directed: "Paris capital of France" and its swap must not share a representation."""
+    tokens = "Paris is the capital of France".split()
+    batch = processor([{"tokens": tokens, "head": (0, 1), "tail": (5, 6)}, {"tokens": tokens, "head": (5, 6), "tail": (0, 1)}])
+    with torch.no_grad():
+        forward, swapped = tiny_model.get_sentence_features(**batch)
+    assert not torch.allclose(forward, swapped, atol=1e-3)
+    half = forward.shape[0] // 2  # not merely the two halves exchanged: the markers themselves differ
+    assert not torch.allclose(forward, torch.cat([swapped[half:], swapped[:half]]), atol=1e-3)

@@ -16,7 +16,7 @@ from transformers import TrainerCallback
 
 from modeling_sacon import SaconConfig, SaconDualEncoderModel
 from modeling_sacon.data.collator import SERVE_KEY, SaconPretrainingCollator, ServedDataset, ServeKeyedBatchSampler
-from modeling_sacon.data import DataFormatError, RelationBalancedBatchSampler, UnknownRelationError
+from modeling_sacon.data import DataFormatError, EvaluationLeakageError, RelationBalancedBatchSampler, UnknownRelationError
 from modeling_sacon.training.trainer import LOSS_TERMS, SaconTrainer, SaconTrainingArguments, ShuffledBatchSampler
 
 from conftest import tiny_bert_config
@@ -326,8 +326,8 @@ def test_script_rejects_fewrel_evaluation_relations(pretrain, tmp_path, no_model
     """P108 is a relation of FewRel's hidden test set: pre-training on it would inflate the few-shot results."""
     corpus = fewrel_file(tmp_path / "corpus.json", {"P17": [INSTANCE] * 2, "P1376": [INSTANCE] * 2, "P108": [INSTANCE] * 2})
     labels = fewrel_file(tmp_path / "labels.json", {**LABELS, "P108": ["employer", "person's employer"]})
-    leak = r"the training data contains FewRel evaluation relation\(s\) \['P108'\].*pass --allow_eval_relations"
-    with pytest.raises(DataFormatError, match=leak):
+    leak = r"the training data contains FewRel evaluation relation\(s\) \['P108'\] \(FewRel 1.0 hidden test: P108\).*pass --allow_eval_relations"
+    with pytest.raises(EvaluationLeakageError, match=leak):
         run_script(pretrain, tmp_path, "--train_files", corpus, "--label_files", labels)
     with pytest.raises(AssertionError, match="a model was loaded"):  # allowed: the checks pass, the model is next
         run_script(pretrain, tmp_path, "--train_files", corpus, "--label_files", labels, "--allow_eval_relations",

@@ -32,6 +32,7 @@ from modeling_sacon.data.collator import DEFAULT_BLANK_PROBABILITY, DEFAULT_MLM_
 from modeling_sacon.data import (
     PRETRAIN_LABEL_FILES,
     check_relation_leakage,
+    check_sentence_overlap,
     hf_few_rel_label_table,
     label_texts,
     load_fewrel_json,
@@ -178,7 +179,7 @@ def load_training_data(data_args: DataArguments):
         card = {"corpus_description": f"Relation-corpus files: {', '.join(f'`{Path(p).name}`' for p in data_args.train_files)}."}
     else:
         source = f"the embedded pre-training corpus ({data_args.corpus})"
-        dataset, table = load_pretraining_corpus(corpus=data_args.corpus)
+        dataset, table = load_pretraining_corpus(corpus=data_args.corpus, allow_eval_relations=data_args.allow_eval_relations)
         if data_args.label_files:
             table = {**table, **load_label_table(data_args.label_files)}
         card = {"corpus_description": EMBEDDED_CORPUS_DESCRIPTIONS[data_args.corpus],
@@ -283,6 +284,13 @@ def final_step_evaluation(trainer: SaconTrainer) -> dict[str, float]:
     return {}
 
 
+def strict_override_note(leaked: list[str], overlap: int) -> str:
+    """What `--allow_eval_relations` let through, for the model card."""
+    found = [f"FewRel evaluation relation(s) {', '.join(leaked)}"] if leaked else []
+    found += [f"{overlap} sentence(s) of the evaluation file"] if overlap else []
+    return " and ".join(found) or "nothing (no evaluation relation or sentence was found)"
+
+
 def seen_relation_names(labels: dict[str, tuple[str, str]]) -> list[str]:
     return [f"{relation} ({name})" if name and name != relation else relation for relation, (name, _) in labels.items()]
 
@@ -382,10 +390,11 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Sac
         train_dataset, labels, card_facts = load_training_data(data_args)
     eval_dataset, eval_labels = load_eval_data(data_args)
     relations = list(labels)
-    leaked = check_relation_leakage(
-        relations, eval_dataset["relation"] if eval_dataset is not None else (), source="the training data",
-        allow=data_args.allow_eval_relations, hint="remove them or pass --allow_eval_relations",
-    )
+    # The strict protocol: every known FewRel evaluation relation, whatever --eval_fewrel, and the evaluation sentences.
+    strict = {"source": "the training data", "allow": data_args.allow_eval_relations,
+              "hint": "remove them or pass --allow_eval_relations (the model card then says so)"}
+    leaked = check_relation_leakage(relations, eval_dataset.unique("relation") if eval_dataset is not None else (), **strict)
+    overlap = check_sentence_overlap(train_dataset, eval_dataset, **strict) if eval_dataset is not None else 0
     check_training_options(training_args, relations)
     logger.info(f"training data: {len(train_dataset)} rows, {len(relations)} relations ({card_facts['source']})")
     if eval_dataset is not None:
@@ -429,7 +438,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Sac
             "num_relations": len(relations),
             "num_instances": len(train_dataset),
             "seen_relations": seen_relation_names(labels),
-            "excludes_fewrel_eval": not leaked,
+            "excludes_fewrel_eval": not leaked and not overlap,
+            "eval_leakage_allowed": strict_override_note(leaked, overlap) if data_args.allow_eval_relations else None,
             "share_encoders": model_args.share_encoders,
             "blank_probability": data_args.blank_probability,
             "mlm_probability": model_args.mlm_probability,

@@ -14,15 +14,18 @@ __all__ = ["HubCheckpointCardCallback", "LogitScaleClampCallback"]
 class LogitScaleClampCallback(TrainerCallback):
     """Clamps `logit_scale` to `config.logit_scale_max` after every optimizer step (as CLIP trainers do).
 
-    A clamp inside the forward pass alone traps the scale: once the parameter passes the maximum its gradient is zero
-    and it never comes back. Clamping the parameter itself keeps it at most the maximum, where it stays learnable.
+    The forward pass already uses at most the maximum on every path (`logit_scale_value`, a straight-through clamp),
+    so the bound holds without this; clamping the parameter too keeps it from drifting past the bound, from where
+    it would need as many steps to come back. Works for the dual encoder and the few-shot model (`model.sacon`),
+    under any Trainer it is added to.
     """
 
     def on_optimizer_step(self, args, state, control, model=None, **kwargs):
-        scale = getattr(model, "logit_scale", None)
-        if isinstance(scale, torch.nn.Parameter):
-            with torch.no_grad():
-                scale.clamp_(max=model.config.logit_scale_max)
+        for module in model.modules() if model is not None else ():
+            scale = getattr(module, "logit_scale", None)
+            if isinstance(scale, torch.nn.Parameter):
+                with torch.no_grad():
+                    scale.clamp_(max=module.config.logit_scale_max)
         return control
 
 
