@@ -12,10 +12,16 @@ import torch
 from transformers import BertConfig
 
 from modeling_sacon import SaconConfig, SaconDualEncoderModel, SaconProcessor
-from modeling_sacon.data import get_data_dir
+from modeling_sacon.data import DATA_DIR_ENV, get_data_dir
 from modeling_sacon.utils.defaults import default_backbone_path
 
 from hub_server import FakeHub
+
+# Tests (and the commands they start) read the development layout, the data beside the checkout, unless
+# SACON_DATA_DIR says otherwise; the library itself takes explicit locations only.
+DEV_DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
+if DEV_DATA_DIR.is_dir():
+    os.environ.setdefault(DATA_DIR_ENV, str(DEV_DATA_DIR))
 
 
 def tiny_bert_config(vocab_size: int) -> BertConfig:

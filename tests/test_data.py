@@ -95,11 +95,22 @@ def test_data_dir_env_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
         get_data_dir()
 
 
-def test_default_data_dir_is_next_to_repo(shared_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(DATA_DIR_ENV, raising=False)
-    if (REPO_ROOT / ".." / "shared" / "data").is_dir():
-        assert get_data_dir() == (REPO_ROOT / ".." / "shared" / "data").resolve()
-    assert resolve_data_path("fewrel/pid2name.json").is_file()
+def test_data_dir_is_explicit_and_its_absence_says_where_data_come_from(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No ../shared/data guess in the library: an explicit directory wins over SACON_DATA_DIR, and without either the
+    error names the Hub dataset and the push command."""
+    monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path / "missing"))
+    (tmp_path / "x.json").write_text("{}")
+    assert get_data_dir(tmp_path) == tmp_path.resolve()
+    assert resolve_data_path("x.json", tmp_path) == tmp_path.resolve() / "x.json"
+    monkeypatch.delenv(DATA_DIR_ENV)
+    for call in (get_data_dir, lambda: resolve_data_path("fewrel/pid2name.json")):
+        with pytest.raises(FileNotFoundError, match="no data directory given") as err:
+            call()
+        assert "thunlp/few_rel" in str(err.value) and "examples/push_corpus.py" in str(err.value)
+    with pytest.raises(FileNotFoundError, match="data_dir='nowhere' is not an existing directory"):
+        get_data_dir("nowhere")
 
 
 # --------------------------------------------------------------------------- real files

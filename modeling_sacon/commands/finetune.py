@@ -20,7 +20,7 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from modeling_sacon.commands import parse_arguments
-from modeling_sacon.data import load_fewrel_json, load_label_table
+from modeling_sacon.data import load_fewrel_json, load_label_table, resolve_data_path
 from modeling_sacon.utils.loading import load_sacon_model
 from modeling_sacon.data.episodes import parse_setting
 from modeling_sacon.metrics import load_fewrel_accuracy
@@ -52,6 +52,7 @@ class ModelArguments:
 
 @dataclass
 class DataArguments:
+    data_dir: str | None = field(default=None, metadata={"help": "directory of the relative files (default: SACON_DATA_DIR)"})
     train_file: str = field(default="fewrel_train_sample/train_wiki_sample.json", metadata={"help": "FewRel JSON"})
     validation_file: str = field(default="fewrel/val_wiki.json", metadata={"help": "FewRel JSON"})
     label_file: str = field(default="fewrel/pid2name.json", metadata={"help": "{relation: [name, description]}"})
@@ -136,9 +137,9 @@ def main(argv: list[str] | None = None, defaults: Mapping[str, Any] | None = Non
     model, processor = load_model(model_args)
     if data_args.max_length is not None:
         processor.max_length = data_args.max_length
-    label_table = load_label_table(data_args.label_file)
+    label_table = load_label_table(resolve_data_path(data_args.label_file, data_args.data_dir))
 
-    train = load_fewrel_json(data_args.train_file)
+    train = load_fewrel_json(resolve_data_path(data_args.train_file, data_args.data_dir))
     zero_shot = model_args.fewshot_method == "zero_shot"
     train_dataset = EpisodicDataset(
         train, n_way=data_args.n_way, k_shot=0 if zero_shot else data_args.k_shot, q_query=data_args.q_query,
@@ -149,7 +150,7 @@ def main(argv: list[str] | None = None, defaults: Mapping[str, Any] | None = Non
         raise ValueError(f"--eval_setting {setting} has NOTA queries: add --fewshot_nota")
     if data_args.na_rate and not model_args.fewshot_nota:
         raise ValueError("--na_rate > 0 trains on NOTA queries: add --fewshot_nota")
-    validation = load_fewrel_json(data_args.validation_file)
+    validation = load_fewrel_json(resolve_data_path(data_args.validation_file, data_args.data_dir))
     eval_dataset = EpisodicDataset(
         validation, n_way=setting.n_way, k_shot=0 if zero_shot else setting.k_shot, q_query=data_args.eval_q_query,
         nota_fraction=setting.nota_fraction, zero_shot=zero_shot, seed=data_args.eval_seed,
