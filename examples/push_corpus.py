@@ -37,7 +37,7 @@ def size_category(rows: int) -> str:
     return "n>1M"
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repo_id", help="Hub dataset to create or update (ORG/NAME); without it nothing is pushed")
     parser.add_argument("--private", action="store_true", help="create the dataset private")
@@ -48,6 +48,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not args.repo_id and not args.output_dir:
         parser.error("give --repo_id (push) or --output_dir (write locally), or both")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
 
     # 1. The corpus, checked as for pre-training (labels for every relation, no FewRel evaluation relation).
     dataset, labels = load_pretraining_corpus(get_data_dir(args.data_dir), corpus=args.corpus)
