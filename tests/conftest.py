@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import BertConfig
+from transformers import AutoTokenizer, BertConfig, BertModel
 
 from modeling_sacon import SaconConfig, SaconDualEncoderModel, SaconProcessor
 from modeling_sacon.data import DATA_DIR_ENV, get_data_dir
@@ -29,6 +29,15 @@ def tiny_bert_config(vocab_size: int) -> BertConfig:
         vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
         max_position_embeddings=128,
     )
+
+
+def save_tiny_backbone(path: Path) -> str:
+    """A tiny random BERT saved with the packaged tokenizer at `path`: a stand-in "pretrained" backbone."""
+    tokenizer = AutoTokenizer.from_pretrained(default_backbone_path())
+    torch.manual_seed(0)
+    BertModel(tiny_bert_config(len(tokenizer)), add_pooling_layer=False).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
 
 
 @pytest.fixture(scope="session")

@@ -179,21 +179,9 @@ def test_merging_two_files(tmp_path: Path) -> None:
 
 
 def _hf_split(rows: list[dict]) -> datasets.Dataset:
-    entity = {
-        "text": datasets.Value("string"),
-        "type": datasets.Value("string"),
-        "indices": datasets.List(datasets.List(datasets.Value("int64"))),
-    }
-    features = datasets.Features(
-        {
-            "relation": datasets.Value("string"),
-            "tokens": datasets.List(datasets.Value("string")),
-            "head": entity,
-            "tail": entity,
-            "names": datasets.List(datasets.Value("string")),
-        }
-    )
-    return datasets.Dataset.from_list(rows, features=features, split="val_wiki")
+    from modeling_sacon.data.hub import FEW_REL_FEATURES
+
+    return datasets.Dataset.from_list(rows, features=FEW_REL_FEATURES, split="val_wiki")
 
 
 def _hf_row(relation="P931", head_idx=((4,), (6,)), names=("place served by transport hub", "desc")) -> dict:

@@ -12,17 +12,14 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-import torch
 import yaml
-from transformers import AutoTokenizer, BertModel
 
 from modeling_sacon.commands import evaluate
 from modeling_sacon.data import load_hub_few_rel, load_pretraining_corpus
 from modeling_sacon.data.hub import CORPUS_DATA_FILE, CORPUS_LABELS_FILE, PARQUET_EXPORT_REVISION, few_rel_layout
 from modeling_sacon.training.model_card import render_model_card
-from modeling_sacon.utils.defaults import default_backbone_path
 
-from conftest import tiny_bert_config
+from conftest import save_tiny_backbone
 from hub_server import hub_env
 from test_collator import synthetic_rows
 from test_pretrain_push import write_fewrel
@@ -114,11 +111,7 @@ def corpus_data_dir(tmp_path):
 
 @pytest.fixture
 def backbone(tmp_path):
-    tokenizer = AutoTokenizer.from_pretrained(default_backbone_path())
-    torch.manual_seed(0)
-    BertModel(tiny_bert_config(len(tokenizer)), add_pooling_layer=False).save_pretrained(tmp_path / "backbone")
-    tokenizer.save_pretrained(tmp_path / "backbone")
-    return str(tmp_path / "backbone")
+    return save_tiny_backbone(tmp_path / "backbone")
 
 
 PRETRAIN_TINY = ["--max_seq_length", "32", "--per_device_train_batch_size", "8", "--max_steps", "2", "--save_strategy",
