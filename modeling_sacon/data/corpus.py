@@ -130,7 +130,10 @@ def resolve_data_path(path: PathLike, data_dir: PathLike | None = None) -> Path:
     path = Path(path).expanduser()
     if path.is_absolute() or path.exists():
         return path
-    candidate = get_data_dir(data_dir) / path
+    try:
+        candidate = get_data_dir(data_dir) / path
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{path} not found in {Path.cwd()}, and {err}") from None
     if not candidate.exists():
         raise FileNotFoundError(f"{path} not found (neither relative to {Path.cwd()} nor to {candidate.parent})")
     return candidate
