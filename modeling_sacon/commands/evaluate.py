@@ -149,6 +149,7 @@ def main(argv: list[str] | None = None, defaults: Mapping[str, Any] | None = Non
 
         update_model_card_results(
             args.update_card, results, method=args.method, seed=args.seed,
+            splits={"": args.dataset_split, "pubmed/": args.pubmed_split} if args.dataset_name else None,
             command="python examples/evaluate_fewrel.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         )
         logger.info("results written into the model card %s/README.md", args.update_card)
