@@ -28,7 +28,6 @@ from modeling_sacon.scoring import FEWSHOT_METHODS, check_method
 
 logger = logging.getLogger("evaluate_fewrel")
 ENCODERS = ("sacon", "marker", "mean_pooling")
-DEFAULT_LABEL_FILE = "fewrel/pid2name.json"
 
 
 @dataclass
@@ -52,10 +51,9 @@ class EvalArguments:
     pubmed_split: str = field(default="val_pubmed", metadata={"help": "FewRel 2.0 split with --dataset_name; '' skips"})
     data_dir: str | None = field(default=None, metadata={"help": "directory of the relative files (default: SACON_DATA_DIR)"})
     data_file: str = field(default="fewrel/val_wiki.json", metadata={"help": "FewRel JSON, relative to --data_dir"})
-    label_file: str | None = field(
-        default=None,
-        metadata={"help": f"relation -> [name, description]; default: {DEFAULT_LABEL_FILE}, with --dataset_name the "
-                  "rows' own names"},
+    label_file: str = field(
+        default="fewrel/pid2name.json",
+        metadata={"help": "relation -> [name, description] of the JSON files (a Hub dataset's rows carry their own)"},
     )
     settings: str = field(default="5-1,5-5,10-1,10-5,zs-5,zs-10,nota-5-1-0.5", metadata={"help": "comma-separated"})
     pubmed_file: str = field(default="fewrel/val_pubmed.json", metadata={"help": "FewRel 2.0 domain adaptation; '' skips"})
@@ -109,8 +107,7 @@ def run(args: EvalArguments) -> dict[str, dict]:
     pubmed_settings = parse_settings(args.pubmed_settings) if pubmed else []
     # 2. Model (or baseline encoder), data, labels.
     make = build_evaluator_factory(args)
-    # A Hub dataset's rows carry their names; a given --label_file wins over them.
-    label_files = [args.label_file] if args.label_file else [] if args.dataset_name else [DEFAULT_LABEL_FILE]
+    label_files = [] if args.dataset_name else [args.label_file]  # a Hub dataset's rows carry their names
     jobs = [(args.dataset_split, args.data_file, main_settings, "", False)]
     if pubmed_settings:  # PubMed relations: names, no descriptions
         jobs.append((args.pubmed_split, args.pubmed_file, pubmed_settings, "pubmed/", True))
