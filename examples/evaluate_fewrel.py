@@ -4,13 +4,21 @@
     python examples/evaluate_fewrel.py --model_name_or_path outputs/sacon-minilm
     python examples/evaluate_fewrel.py --encoder mean_pooling          # the packaged MiniLM, off the shelf
     python examples/evaluate_fewrel.py --encoder marker                # MiniLM with [h;t] marker pooling, untrained
+    python examples/evaluate_fewrel.py --encoder marker --dataset_name thunlp/few_rel \
+        --dataset_revision refs/convert/parquet --dataset_split val_wiki   # FewRel from the Hub
 
 Every distinct sentence is encoded once; episodes (seeded, identical for every model) are scored on the cache.
 Prints a markdown table; `--output_json` writes {setting: {"accuracy", "ci95", "episodes"}} and `--update_card DIR`
 writes the results into the model card of checkpoint DIR.
 """
 
+import os
+from pathlib import Path
+
 from modeling_sacon.commands.evaluate import main
 
+# The development layout (the data beside the checkout) unless SACON_DATA_DIR or --data_dir say otherwise.
+DATA_DIR = os.environ.get("SACON_DATA_DIR") or str(Path(__file__).resolve().parents[2] / "shared" / "data")
+
 if __name__ == "__main__":
-    main()
+    main(defaults={"data_dir": DATA_DIR})

@@ -3,6 +3,8 @@
     python examples/evaluate_zeroshot.py --model_name_or_path outputs/sacon-minilm
     python examples/evaluate_zeroshot.py --model_name_or_path outputs/sacon-minilm \\
         --splits '../shared/data/zeroshot/fewrel_rel2id_*_ori.json' --output_json zs.json --plot zs.png
+    python examples/evaluate_zeroshot.py --model_name_or_path outputs/sacon-minilm \
+        --dataset_name thunlp/few_rel --dataset_revision refs/convert/parquet     # sentences and labels from the Hub
 
 Every sentence of a split's m test relations is classified among those m by its nearest label text (cosine); macro
 P/R/F1 as ZS-BERT's compute_macro_PRF. A checkpoint whose `pretraining_relations.json` holds a test relation is
@@ -14,6 +16,7 @@ from __future__ import annotations
 import glob
 import json
 import logging
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,9 +24,7 @@ from pathlib import Path
 import torch
 from transformers import HfArgumentParser
 
-from modeling_sacon.data import (
-    get_data_dir, hf_few_rel_label_table, load_fewrel_json, load_hf_few_rel, load_label_table,
-)
+from modeling_sacon.data import get_data_dir, load_fewrel_json, load_hub_few_rel, load_label_table
 from modeling_sacon.fewshot.zeroshot_protocol import (
     ZeroShotEvaluator, load_pretraining_relations, load_zeroshot_split, plot_confusions, results_to_json, summarize,
 )
@@ -33,20 +34,24 @@ logger = logging.getLogger("evaluate_zeroshot")
 DEFAULT_SPLITS = "zeroshot/fewrel_rel2id_*.json"
 DEFAULT_FEWREL_FILES = ("fewrel/val_wiki.json", "fewrel_train_sample/train_wiki_sample.json")
 DEFAULT_LABEL_FILES = ("fewrel/pid2name.json",)
+# The development layout (the data beside the checkout) unless SACON_DATA_DIR or --data_dir say otherwise.
+DATA_DIR = os.environ.get("SACON_DATA_DIR") or str(Path(__file__).resolve().parents[2] / "shared" / "data")
 
 
 @dataclass
 class ZeroShotArguments:
     model_name_or_path: str = field(metadata={"help": "SaCon checkpoint (directory or Hub id)"})
     splits: list[str] = field(
-        default_factory=list, metadata={"help": f"split files or globs; default: {DEFAULT_SPLITS} in SACON_DATA_DIR"}
+        default_factory=list, metadata={"help": f"split files or globs; default: {DEFAULT_SPLITS} in --data_dir"}
     )
     fewrel_files: list[str] = field(
         default_factory=list, metadata={"help": f"FewRel JSON files with the test sentences; default: {DEFAULT_FEWREL_FILES}"}
     )
     dataset_name: str | None = field(default=None, metadata={"help": "Hub dataset in the thunlp/few_rel layout"})
-    dataset_revision: str | None = field(default=None)
+    dataset_config_name: str | None = field(default=None)
+    dataset_revision: str | None = field(default=None, metadata={"help": "thunlp/few_rel: refs/convert/parquet"})
     dataset_splits: list[str] = field(default_factory=lambda: ["train_wiki", "val_wiki"])
+    data_dir: str = field(default=DATA_DIR, metadata={"help": "directory of the default files (SACON_DATA_DIR)"})
     label_files: list[str] = field(
         default_factory=list, metadata={"help": f"relation -> [name, description]; default: {DEFAULT_LABEL_FILES}"}
     )
@@ -57,9 +62,9 @@ class ZeroShotArguments:
     no_progress: bool = field(default=False)
 
 
-def expand_splits(patterns: list[str]) -> list[str]:
-    """The split files of `patterns` (files or globs); a pattern matching nothing is an error."""
-    patterns = patterns or [str(get_data_dir() / DEFAULT_SPLITS)]
+def expand_splits(patterns: list[str], data_dir: str) -> list[str]:
+    """The split files of `patterns` (files or globs, default: those in `data_dir`); one matching nothing is an error."""
+    patterns = patterns or [str(get_data_dir(data_dir) / DEFAULT_SPLITS)]
     files = []
     for pattern in patterns:
         matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
@@ -72,21 +77,18 @@ def expand_splits(patterns: list[str]) -> list[str]:
 def load_sentences_and_labels(args: ZeroShotArguments):
     """(list of FewRel-row datasets, label table, description of the source) from files or the Hub layout."""
     if args.dataset_name:
-        import datasets
-
-        splits = [
-            datasets.load_dataset(args.dataset_name, split=split, revision=args.dataset_revision)
-            for split in args.dataset_splits
-        ]
-        table = {}
-        for split in splits:
-            table.update(hf_few_rel_label_table(split))
+        sentences, table = [], {}
+        for split in args.dataset_splits:
+            rows, split_table = load_hub_few_rel(
+                args.dataset_name, split, config=args.dataset_config_name, revision=args.dataset_revision
+            )
+            sentences.append(rows)
+            table.update(split_table)
         if args.label_files:
             table.update(load_label_table(args.label_files))
-        source = f"{args.dataset_name}[{','.join(args.dataset_splits)}]"
-        return [load_hf_few_rel(split) for split in splits], table, source
-    files = args.fewrel_files or [str(get_data_dir() / f) for f in DEFAULT_FEWREL_FILES]
-    label_files = args.label_files or [str(get_data_dir() / f) for f in DEFAULT_LABEL_FILES]
+        return sentences, table, f"{args.dataset_name}[{','.join(args.dataset_splits)}]"
+    files = args.fewrel_files or [str(get_data_dir(args.data_dir) / f) for f in DEFAULT_FEWREL_FILES]
+    label_files = args.label_files or [str(get_data_dir(args.data_dir) / f) for f in DEFAULT_LABEL_FILES]
     return [load_fewrel_json(files)], load_label_table(label_files), ", ".join(Path(f).name for f in files)
 
 
@@ -105,7 +107,7 @@ def main(argv: list[str] | None = None):
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     (args,) = HfArgumentParser(ZeroShotArguments).parse_args_into_dataclasses(args=argv)
     # 1. Splits, sentences and labels, validated before the model is loaded.
-    splits = sorted((load_zeroshot_split(path) for path in expand_splits(args.splits)), key=lambda s: (s.m, s.name))
+    splits = sorted((load_zeroshot_split(path) for path in expand_splits(args.splits, args.data_dir)), key=lambda s: (s.m, s.name))
     sentences, label_table, source = load_sentences_and_labels(args)
     # 2. Model, and the relations it was pre-trained on (refused per split if they hold a test relation).
     model, processor = load_sacon_model(args.model_name_or_path)

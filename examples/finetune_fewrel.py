@@ -18,11 +18,18 @@ Any `TrainingArguments` option works (`--learning_rate`, `--per_device_train_bat
 script `examples/finetune_fewrel.py` sets the run's budget (steps, evaluation cadence, output directory).
 """
 
+import os
+from pathlib import Path
+
 from modeling_sacon.commands.finetune import main
+
+# The development layout (the data beside the checkout) unless SACON_DATA_DIR or --data_dir say otherwise.
+DATA_DIR = os.environ.get("SACON_DATA_DIR") or str(Path(__file__).resolve().parents[2] / "shared" / "data")
 
 # Sized for about 10 minutes on two CPU cores with all-MiniLM-L6-v2. Command-line options override each of these.
 CPU_BUDGET = {
     "output_dir": "sacon-fewrel-finetuned",
+    "data_dir": DATA_DIR,
     "max_steps": 120,
     "eval_steps": 60,
     "save_steps": 60,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import textwrap
 from collections.abc import Mapping, Sequence
@@ -34,6 +35,8 @@ from modeling_sacon.utils.loading import load_sacon_model  # noqa: E402
 from modeling_sacon.fewshot.evaluation import SaconEncoder, encode_length_sorted  # noqa: E402
 
 logger = logging.getLogger("plot_embeddings")
+# The development layout (the data beside the checkout) unless SACON_DATA_DIR or --data_dir say otherwise.
+DATA_DIR = os.environ.get("SACON_DATA_DIR") or str(Path(__file__).resolve().parents[2] / "shared" / "data")
 
 PROJECTIONS = ("pca",)
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
@@ -270,7 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model_name_or_path", default=None,
                         help="a SaCon checkpoint directory (default: compose SaCon untrained from the packaged MiniLM)")
-    parser.add_argument("--data_file", default="fewrel/val_wiki.json", help="FewRel JSON, relative to SACON_DATA_DIR")
+    parser.add_argument("--data_dir", default=DATA_DIR, help="directory of the relative files")
+    parser.add_argument("--data_file", default="fewrel/val_wiki.json", help="FewRel JSON, relative to --data_dir")
     parser.add_argument("--label_file", default="fewrel/pid2name.json", help="relation -> [name, description]")
     parser.add_argument("--no_labels", action="store_true", help="plot sentences only (no label stars)")
     parser.add_argument("--label_fallback", action="store_true",
@@ -289,7 +293,7 @@ def main(argv: Sequence[str] | None = None) -> str:
     """Returns the path of the PNG written."""
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     args = build_parser().parse_args(argv)
-    data_path = resolve_data_path(args.data_file)
+    data_path = resolve_data_path(args.data_file, args.data_dir)
     instances = select_instances(load_fewrel_json(data_path), args.per_relation, args.seed)
     relations = [row["relation"] for row in instances]
     distinct = list(dict.fromkeys(relations))
@@ -297,7 +301,7 @@ def main(argv: Sequence[str] | None = None) -> str:
     label_list = None
     if not args.no_labels or args.label_file:
         try:
-            table = load_label_table(resolve_data_path(args.label_file))
+            table = load_label_table(resolve_data_path(args.label_file, args.data_dir))
             texts = label_texts(distinct, table, fallback=args.label_fallback, source=str(data_path))
             names = {r: name for r, (name, _) in texts.items()}
             label_list = None if args.no_labels else [texts[r] for r in distinct]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -32,6 +33,9 @@ from modeling_sacon.utils.loading import load_sacon_model
 from modeling_sacon.data.episodes import load_test_episodes, prediction_filename, write_predictions
 from modeling_sacon.fewshot.evaluation import SaconEncoder, encode_length_sorted, sentence_key
 from modeling_sacon.scoring import FEWSHOT_METHODS, SIMILARITIES, prototype_logits
+
+# The development layout (the data beside the checkout) unless SACON_DATA_DIR or --data_dir say otherwise.
+DATA_DIR = os.environ.get("SACON_DATA_DIR") or str(Path(__file__).resolve().parents[2] / "shared" / "data")
 
 logger = logging.getLogger("predict_fewrel_leaderboard")
 
@@ -119,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--method", default="prototype", choices=FEWSHOT_METHODS,
                         help="prototype: support mean; label_augmented: support mean + relation text (needs "
                              "--label_file); zero_shot: relation text only")
+    parser.add_argument("--data_dir", default=DATA_DIR, help="directory of the relative files")
     parser.add_argument("--label_file", default="fewrel/pid2name.json",
                         help="relation id -> [name, description], for the label methods")
     parser.add_argument("--label_fallback", action="store_true",
@@ -141,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, str]:
     files = {}
     outputs: dict[str, Path] = {}
     for test_file in args.test_file:
-        path = resolve_data_path(test_file)
+        path = resolve_data_path(test_file, args.data_dir)
         episodes = load_test_episodes(path)
         n_way, k_shot = len(episodes[0]["meta_train"]), len(episodes[0]["meta_train"][0])
         out = Path(args.output_dir) / prediction_filename(n_way, k_shot)
@@ -152,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, str]:
         files[test_file], outputs[test_file] = (episodes, n_way, k_shot), out
     label_table = None
     if args.method != "prototype":
-        label_table = load_label_table(resolve_data_path(args.label_file))
+        label_table = load_label_table(resolve_data_path(args.label_file, args.data_dir))
         for test_file, (episodes, _, _) in files.items():  # every relation id must have a text before encoding
             label_texts((r for e in episodes for r in e["relation"]), label_table, fallback=args.label_fallback,
                         source=str(test_file))

@@ -11,6 +11,7 @@ and writes model (safetensors + code), processor and model card to outputs/sacon
     accelerate launch --config_file examples/accelerate_configs/multi_gpu.yaml examples/pretrain.py \\
         --sentence_model_name_or_path bert-base-uncased --max_steps 20000 --bf16
     python examples/pretrain.py --train_files my_corpus.json --label_files my_labels.json
+    python examples/pretrain.py --dataset_name org/sacon-pretraining-corpus            # the corpus from the Hub
     python examples/pretrain.py --push_to_hub --hub_model_id org/sacon-base             # every checkpoint -> Hub
     python examples/pretrain.py args.json                                      # all options in one JSON file
 
@@ -18,11 +19,18 @@ Every option of `modeling_sacon.commands.pretrain` (`ModelArguments`, `DataArgum
 `SaconTrainingArguments` works; a run finds and resumes its last complete checkpoint in --output_dir.
 """
 
+import os
+from pathlib import Path
+
 from modeling_sacon.commands.pretrain import main
+
+# The development layout (the data beside the checkout) unless SACON_DATA_DIR or --data_dir say otherwise.
+DATA_DIR = os.environ.get("SACON_DATA_DIR") or str(Path(__file__).resolve().parents[2] / "shared" / "data")
 
 # The README's main job: sized for a few minutes on two CPU cores. Command-line options override each of these.
 CPU_BUDGET = {
     "output_dir": "outputs/sacon-minilm",
+    "data_dir": DATA_DIR,
     "max_steps": 500,
     "logging_steps": 10,
     "save_steps": 100,

@@ -10,11 +10,16 @@ scores meaningful (see examples/pretrain.py).
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 
 import torch
 
 from modeling_sacon.data import get_data_dir, label_texts, load_fewrel_json, load_label_table
 from modeling_sacon.utils.loading import load_sacon_model
+
+# The development layout (the data beside the checkout) unless SACON_DATA_DIR or --data_dir say otherwise.
+DATA_DIR = os.environ.get("SACON_DATA_DIR") or str(Path(__file__).resolve().parents[2] / "shared" / "data")
 
 
 def main() -> None:
@@ -22,15 +27,17 @@ def main() -> None:
     parser.add_argument("--model_name_or_path", default=None, help="a SaCon checkpoint (default: compose MiniLM)")
     parser.add_argument("--sentences", type=int, default=4, help="how many val_wiki sentences to classify")
     parser.add_argument("--top_k", type=int, default=3)
+    parser.add_argument("--data_dir", default=DATA_DIR, help="the FewRel files' directory (fewrel/)")
     args = parser.parse_args()
 
     # 1. Model and processor: a SaCon checkpoint, or two copies of the offline backbone composed on the spot.
     model, processor = load_sacon_model(args.model_name_or_path)
 
     # 2. Data: FewRel val_wiki sentences and the label texts of its 16 relations.
-    data = load_fewrel_json(get_data_dir() / "fewrel" / "val_wiki.json")
+    data_dir = get_data_dir(args.data_dir)
+    data = load_fewrel_json(data_dir / "fewrel" / "val_wiki.json")
     relations = list(dict.fromkeys(data["relation"]))
-    labels = label_texts(relations, load_label_table(get_data_dir() / "fewrel" / "pid2name.json"))
+    labels = label_texts(relations, load_label_table(data_dir / "fewrel" / "pid2name.json"))
     picks = data.select(range(0, len(data), len(data) // args.sentences)[: args.sentences])
 
     # 3. Encode both towers once and rank the labels of every sentence by scaled cosine.

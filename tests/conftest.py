@@ -9,13 +9,19 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import BertConfig
+from transformers import AutoTokenizer, BertConfig, BertModel
 
 from modeling_sacon import SaconConfig, SaconDualEncoderModel, SaconProcessor
-from modeling_sacon.data import get_data_dir
+from modeling_sacon.data import DATA_DIR_ENV, get_data_dir
 from modeling_sacon.utils.defaults import default_backbone_path
 
 from hub_server import FakeHub
+
+# Tests (and the commands they start) read the development layout, the data beside the checkout, unless
+# SACON_DATA_DIR says otherwise; the library itself takes explicit locations only.
+DEV_DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
+if DEV_DATA_DIR.is_dir():
+    os.environ.setdefault(DATA_DIR_ENV, str(DEV_DATA_DIR))
 
 
 def tiny_bert_config(vocab_size: int) -> BertConfig:
@@ -23,6 +29,15 @@ def tiny_bert_config(vocab_size: int) -> BertConfig:
         vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
         max_position_embeddings=128,
     )
+
+
+def save_tiny_backbone(path: Path) -> str:
+    """A tiny random BERT saved with the packaged tokenizer at `path`: a stand-in "pretrained" backbone."""
+    tokenizer = AutoTokenizer.from_pretrained(default_backbone_path())
+    torch.manual_seed(0)
+    BertModel(tiny_bert_config(len(tokenizer)), add_pooling_layer=False).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
 
 
 @pytest.fixture(scope="session")

@@ -28,6 +28,9 @@ dataset/space file URLs carry a ``datasets/`` or ``spaces/`` prefix):
 - ``POST|DELETE /api/{type}/{repo}/branch/{branch}``
 - ``HEAD|GET /[datasets/|spaces/]{repo}/resolve/{rev}/{path}`` (``Range`` supported)
 
+These also serve ``datasets.load_dataset`` of a dataset repo (card, ``configs``, Parquet files; a revision such as
+``refs/convert/parquet``, made with :meth:`FakeHub.create_branch`, URL-encoded in the path).
+
 Fault injection (:meth:`FakeHub.inject`): the next requests matching a method and a path pattern get, in order, an
 HTTP error status, a dropped connection (before or after the request takes effect), or a delay (a slow upload; a
 timeout for a client with a shorter one). :attr:`FakeHub.injected` records what was injected where.
@@ -216,6 +219,15 @@ class FakeHub:
                 snapshot.pop(path, None)
             snapshot.update(files)
             return self._add_commit(repo, revision, snapshot, message, "").oid
+
+    def create_branch(self, repo_id: str, branch: str, repo_type: str = "model", start: str = "main") -> None:
+        """A branch at ``start`` (e.g. ``refs/convert/parquet``, where the Hub keeps a dataset's Parquet conversion)."""
+        with self._lock:
+            repo = self._repos[(repo_type, repo_id)]
+            commit = self._resolve(repo, start)
+            if commit is None:
+                raise KeyError(f"unknown revision {start!r} of {repo_type} {repo_id}")
+            repo.branches[branch] = commit.oid
 
     def files(self, repo_id: str, revision: str = "main", repo_type: str = "model") -> dict[str, bytes]:
         """Full ``{path: bytes}`` snapshot at a branch or commit sha (KeyError if unknown)."""
@@ -638,7 +650,7 @@ def _refs(repo: _Repo) -> dict[str, Any]:
 
     return {
         "branches": [ref(b, f"refs/heads/{b}") for b in repo.branches if not b.startswith("refs/")],
-        "converts": [],
+        "converts": [ref(b, b) for b in repo.branches if b.startswith("refs/convert/")],
         "tags": [],
         "pullRequests": [ref(b, b) for b in repo.branches if b.startswith("refs/pr/")],
     }

@@ -100,11 +100,22 @@ def test_data_dir_env_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
         get_data_dir()
 
 
-def test_default_data_dir_is_next_to_repo(shared_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(DATA_DIR_ENV, raising=False)
-    if (REPO_ROOT / ".." / "shared" / "data").is_dir():
-        assert get_data_dir() == (REPO_ROOT / ".." / "shared" / "data").resolve()
-    assert resolve_data_path("fewrel/pid2name.json").is_file()
+def test_data_dir_is_explicit_and_its_absence_says_where_data_come_from(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No ../shared/data guess in the library: an explicit directory wins over SACON_DATA_DIR, and without either the
+    error names the Hub dataset and the push command."""
+    monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path / "missing"))
+    (tmp_path / "x.json").write_text("{}")
+    assert get_data_dir(tmp_path) == tmp_path.resolve()
+    assert resolve_data_path("x.json", tmp_path) == tmp_path.resolve() / "x.json"
+    monkeypatch.delenv(DATA_DIR_ENV)
+    for call in (get_data_dir, lambda: resolve_data_path("fewrel/pid2name.json")):
+        with pytest.raises(FileNotFoundError, match="no data directory given") as err:
+            call()
+        assert "thunlp/few_rel" in str(err.value) and "examples/push_corpus.py" in str(err.value)
+    with pytest.raises(FileNotFoundError, match="data_dir='nowhere' is not an existing directory"):
+        get_data_dir("nowhere")
 
 
 # --------------------------------------------------------------------------- real files
@@ -174,21 +185,9 @@ def test_merging_two_files(tmp_path: Path) -> None:
 
 
 def _hf_split(rows: list[dict]) -> datasets.Dataset:
-    entity = {
-        "text": datasets.Value("string"),
-        "type": datasets.Value("string"),
-        "indices": datasets.List(datasets.List(datasets.Value("int64"))),
-    }
-    features = datasets.Features(
-        {
-            "relation": datasets.Value("string"),
-            "tokens": datasets.List(datasets.Value("string")),
-            "head": entity,
-            "tail": entity,
-            "names": datasets.List(datasets.Value("string")),
-        }
-    )
-    return datasets.Dataset.from_list(rows, features=features, split="val_wiki")
+    from modeling_sacon.data.hub import FEW_REL_FEATURES
+
+    return datasets.Dataset.from_list(rows, features=FEW_REL_FEATURES, split="val_wiki")
 
 
 def _hf_row(relation="P931", head_idx=((4,), (6,)), names=("place served by transport hub", "desc")) -> dict:

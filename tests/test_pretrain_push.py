@@ -12,11 +12,8 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load as load_safetensors
-from transformers import AutoTokenizer, BertModel
 
-from modeling_sacon.utils.defaults import default_backbone_path
-
-from conftest import tiny_bert_config
+from conftest import save_tiny_backbone
 from hub_server import hub_env, run_client
 from test_collator import synthetic_rows
 
@@ -41,10 +38,7 @@ def write_fewrel(rows: list[dict], path: Path) -> str:
 @pytest.fixture
 def inputs(tmp_path):
     """A tiny random BERT saved as the "backbone" (with the packaged tokenizer), a corpus and an evaluation split."""
-    tokenizer = AutoTokenizer.from_pretrained(default_backbone_path())
-    torch.manual_seed(0)
-    BertModel(tiny_bert_config(len(tokenizer)), add_pooling_layer=False).save_pretrained(tmp_path / "backbone")
-    tokenizer.save_pretrained(tmp_path / "backbone")
+    save_tiny_backbone(tmp_path / "backbone")
     train, table = synthetic_rows(num_relations=6, per_relation=6, seed=1)
     evaluation, eval_table = synthetic_rows(num_relations=6, per_relation=3, seed=2)
     evaluation = [{**row, "relation": "E" + row["relation"][1:]} for row in evaluation]

@@ -19,7 +19,7 @@ import torch
 from transformers import AutoModel, AutoTokenizer
 
 from modeling_sacon.commands import parse_arguments
-from modeling_sacon.data import load_fewrel_json, load_label_table, resolve_data_path
+from modeling_sacon.data import load_fewrel_source
 from modeling_sacon.utils.defaults import default_backbone_path
 from modeling_sacon.utils.loading import load_sacon_model
 from modeling_sacon.data.episodes import parse_settings
@@ -40,8 +40,21 @@ class EvalArguments:
         metadata={"help": "sacon: a SaCon checkpoint; marker: compose SaCon from a plain encoder, untrained; "
                   "mean_pooling: the plain encoder's mean-pooled sentence embedding"},
     )
-    data_file: str = field(default="fewrel/val_wiki.json", metadata={"help": "FewRel JSON, relative to SACON_DATA_DIR"})
-    label_file: str = field(default="fewrel/pid2name.json", metadata={"help": "relation -> [name, description]"})
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "Hub dataset in the few_rel layout (thunlp/few_rel); replaces the files below"}
+    )
+    dataset_config_name: str | None = field(default=None, metadata={"help": "its configuration"})
+    dataset_revision: str | None = field(
+        default=None, metadata={"help": "its revision (thunlp/few_rel: refs/convert/parquet, its Parquet conversion)"}
+    )
+    dataset_split: str = field(default="val_wiki", metadata={"help": "split evaluated with --dataset_name"})
+    pubmed_split: str = field(default="val_pubmed", metadata={"help": "FewRel 2.0 split with --dataset_name; '' skips"})
+    data_dir: str | None = field(default=None, metadata={"help": "directory of the relative files (default: SACON_DATA_DIR)"})
+    data_file: str = field(default="fewrel/val_wiki.json", metadata={"help": "FewRel JSON, relative to --data_dir"})
+    label_file: str = field(
+        default="fewrel/pid2name.json",
+        metadata={"help": "relation -> [name, description] of the JSON files (a Hub dataset's rows carry their own)"},
+    )
     settings: str = field(default="5-1,5-5,10-1,10-5,zs-5,zs-10,nota-5-1-0.5", metadata={"help": "comma-separated"})
     pubmed_file: str = field(default="fewrel/val_pubmed.json", metadata={"help": "FewRel 2.0 domain adaptation; '' skips"})
     pubmed_settings: str = field(default="5-1,5-5")
@@ -90,21 +103,25 @@ def build_evaluator_factory(args: EvalArguments):
 def run(args: EvalArguments) -> dict[str, dict]:
     # 1. Validate the settings before loading anything heavy.
     main_settings = parse_settings(args.settings)
-    pubmed_settings = parse_settings(args.pubmed_settings) if args.pubmed_file else []
+    pubmed = args.pubmed_split if args.dataset_name else args.pubmed_file
+    pubmed_settings = parse_settings(args.pubmed_settings) if pubmed else []
     # 2. Model (or baseline encoder), data, labels.
     make = build_evaluator_factory(args)
-    label_table = load_label_table(resolve_data_path(args.label_file))
-    jobs = [(args.data_file, main_settings, "", False)]
-    if pubmed_settings:
-        jobs.append((args.pubmed_file, pubmed_settings, "pubmed/", True))  # PubMed relations: names, no descriptions
+    label_files = [] if args.dataset_name else [args.label_file]  # a Hub dataset's rows carry their names
+    jobs = [(args.dataset_split, args.data_file, main_settings, "", False)]
+    if pubmed_settings:  # PubMed relations: names, no descriptions
+        jobs.append((args.pubmed_split, args.pubmed_file, pubmed_settings, "pubmed/", True))
     # 3. Encode each split once, then score every setting on the cache.
     results: dict[str, dict] = {}
-    for data_file, settings, prefix, fallback in jobs:
-        path = resolve_data_path(data_file)
-        evaluator = make(load_fewrel_json(path), label_table, fallback, str(path))
+    for split, data_file, settings, prefix, fallback in jobs:
+        dataset, label_table, source = load_fewrel_source(
+            data_file, label_files, dataset_name=args.dataset_name, split=split, config=args.dataset_config_name,
+            revision=args.dataset_revision, data_dir=args.data_dir,
+        )
+        evaluator = make(dataset, label_table, fallback, source)
         start = time.perf_counter()
         scored = evaluator.evaluate(settings, args.episodes, args.seed, args.method, args.similarity)
-        logger.info("%s: %d settings in %.1fs", path.name, len(settings), time.perf_counter() - start)
+        logger.info("%s: %d settings in %.1fs", source, len(settings), time.perf_counter() - start)
         results.update({prefix + name: value for name, value in scored.items()})
     return results
 
@@ -129,6 +146,7 @@ def main(argv: list[str] | None = None, defaults: Mapping[str, Any] | None = Non
 
         update_model_card_results(
             args.update_card, results, method=args.method, seed=args.seed,
+            splits={"": args.dataset_split, "pubmed/": args.pubmed_split} if args.dataset_name else None,
             command="python examples/evaluate_fewrel.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         )
         logger.info("results written into the model card %s/README.md", args.update_card)

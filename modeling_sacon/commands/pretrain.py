@@ -33,10 +33,10 @@ from modeling_sacon.data import (
     PRETRAIN_LABEL_FILES,
     check_relation_leakage,
     check_sentence_overlap,
-    hf_few_rel_label_table,
+    get_data_dir,
     label_texts,
-    load_fewrel_json,
-    load_hf_few_rel,
+    load_fewrel_source,
+    load_hub_few_rel,
     load_label_table,
     load_pretraining_corpus,
     load_relation_corpus,
@@ -54,6 +54,7 @@ logger = logging.getLogger("pretrain")
 
 DEFAULT_BACKBONE_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
 NONE_VALUES = ("", "none", "None")
+EVAL_LABEL_FILE = "fewrel/pid2name.json"
 
 
 @dataclass
@@ -99,9 +100,18 @@ class DataArguments:
                   "authors' cpdata.json list ([{tokens, h: {name, id, pos}, t, r}]) or JSON Lines (one instance per line, "
                   "with 'r' or 'relation'); CP / JSON Lines are streamed into a cached Arrow file. Default: the embedded corpus."},
     )
-    dataset_name: str | None = field(default=None, metadata={"help": "A Hub dataset in the few_rel schema, e.g. few_rel."})
-    dataset_config_name: str | None = field(default=None, metadata={"help": "Its configuration (few_rel: default)."})
-    dataset_split: str = field(default="train_wiki", metadata={"help": "Its split used for pre-training."})
+    dataset_name: str | None = field(
+        default=None,
+        metadata={"help": "A Hub dataset in the few_rel layout: a corpus pushed by examples/push_corpus.py (label texts "
+                  "from its labels.json), or thunlp/few_rel (--dataset_revision refs/convert/parquet, --dataset_split "
+                  "train_wiki)."},
+    )
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Its configuration."})
+    dataset_revision: str | None = field(default=None, metadata={"help": "Its revision (branch, tag or commit)."})
+    dataset_split: str = field(default="train", metadata={"help": "Its split used for pre-training."})
+    data_dir: str | None = field(
+        default=None, metadata={"help": "Directory of the embedded corpus and of relative files (default: SACON_DATA_DIR)."}
+    )
     label_files: list[str] | None = field(
         default=None,
         metadata={"help": "Label tables {relation: [name, description]}, later files win (default for --train_files: "
@@ -132,9 +142,15 @@ class DataArguments:
         default="fewrel/val_wiki.json",
         metadata={"help": "FewRel JSON scored at the end (and at --eval_strategy); 'none' skips evaluation."},
     )
-    eval_label_files: list[str] = field(
-        default_factory=lambda: ["fewrel/pid2name.json"],
-        metadata={"help": "Label tables of the evaluation relations (zero-shot / label-augmented methods)."},
+    eval_dataset_name: str | None = field(
+        default=None, metadata={"help": "Score a Hub dataset in the few_rel layout instead (thunlp/few_rel)."}
+    )
+    eval_dataset_revision: str | None = field(default=None, metadata={"help": "Its revision (refs/convert/parquet)."})
+    eval_dataset_split: str = field(default="val_wiki", metadata={"help": "Its split scored."})
+    eval_label_files: list[str] | None = field(
+        default=None,
+        metadata={"help": "Label tables of the evaluation relations (zero-shot / label-augmented methods); default: "
+                  f"{EVAL_LABEL_FILE}, with --eval_dataset_name the rows' own names."},
     )
     allow_eval_relations: bool = field(
         default=False, metadata={"help": "Allow training relations that are FewRel evaluation relations (leakage)."}
@@ -159,33 +175,37 @@ def load_training_data(data_args: DataArguments):
     if data_args.train_files and data_args.dataset_name:
         raise ValueError("give --train_files or --dataset_name, not both")
     if data_args.dataset_name:
-        split = datasets.load_dataset(data_args.dataset_name, data_args.dataset_config_name, split=data_args.dataset_split)
         source = f"{data_args.dataset_name}[{data_args.dataset_split}]"
-        dataset = load_hf_few_rel(split, source=source)
-        table = hf_few_rel_label_table(split)
+        dataset, table = load_hub_few_rel(
+            data_args.dataset_name, data_args.dataset_split, config=data_args.dataset_config_name,
+            revision=data_args.dataset_revision,
+        )
         if data_args.label_files:
-            table.update(load_label_table(data_args.label_files))
+            table.update(load_label_table(data_files(data_args, data_args.label_files)))
         card = {"corpus_description": f"The `{data_args.dataset_name}` dataset, split `{data_args.dataset_split}`.",
                 "datasets": [data_args.dataset_name]}
     elif data_args.train_files:
         source = ", ".join(data_args.train_files)
-        dataset = load_relation_corpus(data_args.train_files)  # FewRel JSON, the authors' (CP) list or JSON Lines
+        train_files = data_files(data_args, data_args.train_files)
+        dataset = load_relation_corpus(train_files)  # FewRel JSON, the authors' (CP) list or JSON Lines
         # Label texts: the default tables < the rows' own texts (cpdata.json's rname / rstate) < explicit --label_files.
-        carried = relation_corpus_label_table(data_args.train_files)
+        carried = relation_corpus_label_table(train_files)
         if data_args.label_files:
-            table = {**carried, **load_label_table(data_args.label_files)}
+            table = {**carried, **load_label_table(data_files(data_args, data_args.label_files))}
         else:
-            table = {**load_label_table(list(PRETRAIN_LABEL_FILES)), **carried}
+            table = {**load_label_table(data_files(data_args, PRETRAIN_LABEL_FILES)), **carried}
         card = {"corpus_description": f"Relation-corpus files: {', '.join(f'`{Path(p).name}`' for p in data_args.train_files)}."}
     else:
         source = f"the embedded pre-training corpus ({data_args.corpus})"
-        dataset, table = load_pretraining_corpus(corpus=data_args.corpus, allow_eval_relations=data_args.allow_eval_relations)
+        dataset, table = load_pretraining_corpus(
+            get_data_dir(data_args.data_dir), corpus=data_args.corpus, allow_eval_relations=data_args.allow_eval_relations
+        )
         if data_args.label_files:
-            table = {**table, **load_label_table(data_args.label_files)}
+            table = {**table, **load_label_table(data_files(data_args, data_args.label_files))}
         card = {"corpus_description": EMBEDDED_CORPUS_DESCRIPTIONS[data_args.corpus],
                 "datasets": ["thunlp/few_rel", "thunlp/docred"]}
     for split_file in data_args.exclude_relations_from or ():
-        dataset, note = exclude_split_relations(dataset, split_file, source)
+        dataset, note = exclude_split_relations(dataset, split_file, source, data_args.data_dir)
         card["corpus_description"] += f" {note}"
     if data_args.max_train_samples is not None:
         dataset = dataset.select(range(min(data_args.max_train_samples, len(dataset))))
@@ -198,9 +218,11 @@ def load_training_data(data_args: DataArguments):
     return dataset, labels, {**card, "source": source}
 
 
-def exclude_split_relations(dataset: datasets.Dataset, split_file: str, source: str) -> tuple[datasets.Dataset, str]:
+def exclude_split_relations(
+    dataset: datasets.Dataset, split_file: str, source: str, data_dir: str | None = None
+) -> tuple[datasets.Dataset, str]:
     """`dataset` without the test and eval relations of a zero-shot split file, and the model card's sentence on it."""
-    split = load_zeroshot_split(resolve_data_path(split_file))
+    split = load_zeroshot_split(resolve_data_path(split_file, data_dir))
     dataset, removed = filter_corpus_for_split(dataset, split)
     logger.info(
         f"--exclude_relations_from {split_file}: {len(dataset)} rows of {source} kept without the split's test and eval "
@@ -211,13 +233,27 @@ def exclude_split_relations(dataset: datasets.Dataset, split_file: str, source: 
     return dataset, note
 
 
+def data_files(data_args: DataArguments, paths) -> list[str]:
+    """Paths as given, relative ones taken in --data_dir (or SACON_DATA_DIR) when they are not found as they are."""
+    return [str(resolve_data_path(path, data_args.data_dir)) for path in paths]
+
+
 def load_eval_data(data_args: DataArguments):
     """(FewRel rows, label table) to score, or (None, None)."""
-    if data_args.eval_fewrel is None or data_args.eval_fewrel in NONE_VALUES:
+    if not data_args.eval_dataset_name and (data_args.eval_fewrel is None or data_args.eval_fewrel in NONE_VALUES):
         return None, None
-    dataset = load_fewrel_json(data_args.eval_fewrel)
-    table = load_label_table(data_args.eval_label_files) if data_args.eval_label_files else None
+    # A Hub split's rows carry their names; the default table is for FewRel JSON.
+    label_files = data_args.eval_label_files or ([] if data_args.eval_dataset_name else [EVAL_LABEL_FILE])
+    dataset, table, _ = load_fewrel_source(
+        data_args.eval_fewrel, label_files, dataset_name=data_args.eval_dataset_name,
+        split=data_args.eval_dataset_split, revision=data_args.eval_dataset_revision, data_dir=data_args.data_dir,
+    )
     return dataset, table
+
+
+def eval_split_name(data_args: DataArguments) -> str:
+    """The evaluated split, for the logs and the model card."""
+    return data_args.eval_dataset_split if data_args.eval_dataset_name else Path(data_args.eval_fewrel).stem
 
 
 def check_training_options(training_args: SaconTrainingArguments, relations: list[str]) -> None:
@@ -398,7 +434,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Sac
     check_training_options(training_args, relations)
     logger.info(f"training data: {len(train_dataset)} rows, {len(relations)} relations ({card_facts['source']})")
     if eval_dataset is not None:
-        logger.info(f"evaluation: {len(eval_dataset)} rows of {data_args.eval_fewrel}, {training_args.fewrel_eval_settings}")
+        logger.info(f"evaluation: {len(eval_dataset)} rows of {eval_split_name(data_args)}, {training_args.fewrel_eval_settings}")
 
     resume = training_args.resume_from_checkpoint
     if resume in ("last", "latest", "true", "True"):
@@ -443,7 +479,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Sac
             "share_encoders": model_args.share_encoders,
             "blank_probability": data_args.blank_probability,
             "mlm_probability": model_args.mlm_probability,
-            "eval_split": Path(data_args.eval_fewrel).stem if eval_dataset is not None else None,
+            "eval_split": eval_split_name(data_args) if eval_dataset is not None else None,
             "training": {"max sentence length": data_args.max_seq_length, "entity blanking": data_args.blank_probability},
         },
     )

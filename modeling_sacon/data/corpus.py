@@ -24,6 +24,7 @@ import torch.utils.data
 
 __all__ = [
     "DATA_DIR_ENV",
+    "DATA_SOURCES_HINT",
     "INSTANCE_FEATURES",
     "DataFormatError",
     "UnknownRelationError",
@@ -92,35 +93,39 @@ class UnknownRelationError(KeyError):
 # --------------------------------------------------------------------------- locations
 
 
-def get_data_dir() -> Path:
-    """Directory holding the shared data: ``$SACON_DATA_DIR``, else ``<repo>/../shared/data``.
+#: Where the data come from, for the error when no data directory is given.
+DATA_SOURCES_HINT = (
+    "FewRel is on the Hub (--dataset_name thunlp/few_rel --dataset_revision refs/convert/parquet), the "
+    "pre-training corpus is pushed there with `python examples/push_corpus.py --repo_id ORG/NAME` and read with "
+    "--dataset_name ORG/NAME; for files, pass --data_dir or set " + DATA_DIR_ENV + " (docs/data.md)"
+)
 
-    The data must never be copied into the repository, so it is found next to it; the
-    environment variable lets installed copies and CI point elsewhere.
+
+def get_data_dir(data_dir: PathLike | None = None) -> Path:
+    """The data directory: ``data_dir`` when given, else ``$SACON_DATA_DIR``.
+
+    The library takes explicit locations only (the examples pass their development default); a missing
+    directory is an error that says where the data come from.
     """
-    env = os.environ.get(DATA_DIR_ENV)
-    if env:
-        path = Path(env).expanduser()
-        if path.is_dir():
-            return path.resolve()
-        raise FileNotFoundError(f"{DATA_DIR_ENV}={env!r} is not an existing directory")
-    candidates = [
-        Path(__file__).resolve().parents[2] / ".." / "shared" / "data",
-        Path.cwd() / ".." / "shared" / "data",
-    ]
-    for candidate in candidates:
-        if candidate.is_dir():
-            return candidate.resolve()
-    tried = ", ".join(str(c) for c in candidates)
-    raise FileNotFoundError(f"no data directory found (tried {tried}); set {DATA_DIR_ENV}")
+    where = "data_dir" if data_dir is not None else DATA_DIR_ENV
+    value = data_dir if data_dir is not None else os.environ.get(DATA_DIR_ENV)
+    if not value:
+        raise FileNotFoundError(f"no data directory given; {DATA_SOURCES_HINT}")
+    path = Path(value).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(f"{where}={str(value)!r} is not an existing directory; {DATA_SOURCES_HINT}")
+    return path.resolve()
 
 
-def resolve_data_path(path: PathLike) -> Path:
-    """Absolute or existing paths are returned as-is; others are taken relative to the data dir."""
+def resolve_data_path(path: PathLike, data_dir: PathLike | None = None) -> Path:
+    """Absolute or existing paths are returned as-is; others are taken relative to :func:`get_data_dir`."""
     path = Path(path).expanduser()
     if path.is_absolute() or path.exists():
         return path
-    candidate = get_data_dir() / path
+    try:
+        candidate = get_data_dir(data_dir) / path
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{path} not found in {Path.cwd()}, and {err}") from None
     if not candidate.exists():
         raise FileNotFoundError(f"{path} not found (neither relative to {Path.cwd()} nor to {candidate.parent})")
     return candidate

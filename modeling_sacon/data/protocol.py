@@ -26,17 +26,17 @@ __all__ = [
     "normalised_sentences",
 ]
 
-#: FewRel 1.0 validation: the keys of `data/val_wiki.json` in thunlp/FewRel (commit 278a231; ../shared/data/fewrel).
+#: FewRel 1.0 validation: the keys of `data/val_wiki.json` in thunlp/FewRel (commit 278a231; the data directory's fewrel/).
 FEWREL_VAL_WIKI_RELATIONS = frozenset(
     "P177 P364 P2094 P361 P641 P59 P413 P206 P412 P155 P26 P410 P25 P463 P40 P921".split()
 )
 #: FewRel 1.0 hidden test set (private, scored on the leaderboard): its 20 Wikidata ids, as listed in
-#: ../shared/data/pretrain/SOURCE.md and pretrain_v2/SOURCE.md.
+#: the data directory's pretrain/SOURCE.md and pretrain_v2/SOURCE.md.
 FEWREL_TEST_RELATIONS = frozenset(
     "P50 P53 P54 P69 P81 P108 P119 P161 P166 P170 P171 P172 P179 P272 P488 P607 P749 P1269 P1441 P2416".split()
 )
 #: FewRel 2.0 domain adaptation, NYT (`data/val_nyt.json` of thunlp/FewRel): the relations it has beyond the two lists
-#: above, as ../shared/data/pretrain_v2/SOURCE.md lists them (the file itself is not on these machines).
+#: above, as the data directory's pretrain_v2/SOURCE.md lists them (the file itself is not part of it).
 FEWREL_NYT_RELATIONS = frozenset("P1056 P162 P186 P344 P414 P452 P509".split())
 #: FewRel 2.0 domain adaptation, PubMed: the keys of `data/val_pubmed.json` in thunlp/FewRel (UMLS relation names).
 FEWREL_PUBMED_RELATIONS = frozenset(
