@@ -147,3 +147,36 @@ def test_unknown_relation_raises_naming_it(processor, rows_and_table):
         SaconPretrainingCollator(processor, table, blank_probability=1.5)
     with pytest.raises(ValueError, match="same id"):
         SaconPretrainingCollator(processor, table, relation_to_id={"R0": 0, "R1": 0})
+
+
+def test_hard_label_negatives_are_the_batch_relations_nearest_outside_it(processor, rows_and_table):
+    rows, table = rows_and_table
+    neighbors = {"R0": ["R1", "R3", "R4"], "R1": ["R0", "R4", "R5"], "R2": ["R5"]}
+    picked = [rows[i] for i in (0, 45, 1)]  # relations R0 R1 R0
+    collator = SaconPretrainingCollator(processor, table, mlm_probability=0.0, label_negatives=3,
+                                        label_negative_neighbors=neighbors)
+    rows_of = lambda batch: [list(table)[i] for i in batch["label_relation_ids"].tolist()]  # noqa: E731
+    # rank 0: R0 -> R1 (in the batch), R1 -> R0 (in the batch); rank 1: R3, R4; rank 2: R4 taken, R5
+    assert rows_of(collator(picked)) == ["R0", "R1", "R3", "R4", "R5"]
+    # neighbours running out: the rest are random relations outside the batch and the chosen ones, seeded
+    collator.label_negatives = 4
+    drawn = rows_of(collator(picked))
+    assert drawn[:5] == ["R0", "R1", "R3", "R4", "R5"] and drawn[5] == "R2"
+
+
+def test_nearest_relations_agree_with_the_label_encoder(processor, tiny_model, rows_and_table):
+    from modeling_sacon.fewshot.evaluation import SaconEncoder
+    from modeling_sacon.training.hard_negatives import nearest_relations
+
+    _, table = rows_and_table
+    tiny_model.train()
+    neighbors = nearest_relations(tiny_model, processor, table, k=2, batch_size=4)  # two encoding batches
+    assert tiny_model.training  # put back as it was
+    features = torch.nn.functional.normalize(SaconEncoder(tiny_model.eval(), processor).encode_labels(
+        [tuple(table[r]) for r in table]), dim=-1)
+    relations = list(table)
+    for i, relation in enumerate(relations):
+        others = sorted((j for j in range(len(relations)) if j != i), key=lambda j: -float(features[i] @ features[j]))
+        assert neighbors[relation] == [relations[j] for j in others[:2]]
+    with pytest.raises(ValueError, match="k must be"):
+        nearest_relations(tiny_model, processor, table, k=0)

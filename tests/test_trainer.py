@@ -359,3 +359,10 @@ def test_trainer_rejects_a_batch_of_one_relation(processor, data, tmp_path):
     with pytest.raises(ValueError, match=r"instances_per_relation \(4\) = 1: a contrastive batch needs at least two"):
         trainer_for(processor, data, tiny(processor, 0), arguments(tmp_path, per_device_train_batch_size=4, instances_per_relation=4,
                                                                      balanced_batches=True))
+
+
+def test_script_rejects_hard_label_negatives_without_a_count(pretrain, tmp_path, no_model_loading):
+    corpus = fewrel_file(tmp_path / "corpus.json", {"P17": [INSTANCE] * 3, "P1376": [INSTANCE] * 3})
+    labels = fewrel_file(tmp_path / "labels.json", LABELS)
+    with pytest.raises(ValueError, match=r"--hard_label_negatives chooses the --label_negatives: give --label_negatives N"):
+        run_script(pretrain, tmp_path, "--train_files", corpus, "--label_files", labels, "--hard_label_negatives")

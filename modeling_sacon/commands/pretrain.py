@@ -47,6 +47,7 @@ from modeling_sacon.utils.defaults import default_backbone_path
 from modeling_sacon.data.episodes import parse_settings
 from modeling_sacon.fewshot.zeroshot_protocol import filter_corpus_for_split, load_zeroshot_split, save_pretraining_relations
 from modeling_sacon.training.checkpoints import last_complete_checkpoint
+from modeling_sacon.training.hard_negatives import nearest_relations
 from modeling_sacon.training.model_card import EMBEDDED_CORPUS_DESCRIPTIONS
 from modeling_sacon.training.trainer import SaconTrainer, SaconTrainingArguments, check_batch_shape
 
@@ -87,6 +88,11 @@ class ModelArguments:
         default=0,
         metadata={"help": "Relation descriptions of other corpus relations added to each batch as extra negatives of "
                   "the sentence-anchored softmax (no sentences of their own)."},
+    )
+    hard_label_negatives: bool = field(
+        default=False,
+        metadata={"help": "Take the --label_negatives among the batch relations' nearest relations by label-text "
+                  "embedding (computed once with the starting label encoder) instead of at random."},
     )
     temperature: float = field(default=0.07, metadata={"help": "Initial temperature (logit_scale = log(1 / temperature))."})
     learn_temperature: bool = field(default=True, metadata={"help": "Learn logit_scale (--logit_scale_learning_rate)."})
@@ -400,6 +406,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Sac
     # 1. Arguments.
     if not 0.0 < model_args.temperature <= 1.0:
         raise ValueError(f"--temperature must be in (0, 1], got {model_args.temperature}")
+    if model_args.hard_label_negatives and model_args.label_negatives < 1:
+        raise ValueError("--hard_label_negatives chooses the --label_negatives: give --label_negatives N (N >= 1)")
 
     # 2. Logging and seed.
     logging.basicConfig(
@@ -455,6 +463,10 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Sac
         blank_probability=data_args.blank_probability, mlm_probability=model_args.mlm_probability,
         sentence_mlm=model.config.sentence_mlm_weight > 0, label_mlm=model.config.label_mlm_weight > 0,
         label_negatives=model.config.label_negatives,
+        label_negative_neighbors=(
+            nearest_relations(model, processor, labels, model.config.label_negatives)
+            if model_args.hard_label_negatives else None
+        ),
         seed=training_args.data_seed if training_args.data_seed is not None else training_args.seed,
     )
 
@@ -480,7 +492,12 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Sac
             "blank_probability": data_args.blank_probability,
             "mlm_probability": model_args.mlm_probability,
             "eval_split": eval_split_name(data_args) if eval_dataset is not None else None,
-            "training": {"max sentence length": data_args.max_seq_length, "entity blanking": data_args.blank_probability},
+            "training": {
+                "max sentence length": data_args.max_seq_length, "entity blanking": data_args.blank_probability,
+                **({"label negatives per batch": f"{model_args.label_negatives} "
+                    f"({'nearest by label text' if model_args.hard_label_negatives else 'random'})"}
+                   if model_args.label_negatives else {}),
+            },
         },
     )
 

@@ -64,6 +64,10 @@ class SaconPretrainingCollator:
         label_negatives: relation descriptions appended to the label rows beyond the batch's own relations, drawn
             (from the batch's generator) among the other relations of `relation_to_id`: extra negatives of the
             sentence-anchored softmax (the model needs `SaconConfig.label_negatives` > 0 to accept them).
+        label_negative_neighbors: relation -> other relations nearest first (see
+            `modeling_sacon.training.hard_negatives.nearest_relations`). When given, the label negatives are the
+            batch relations' nearest neighbours outside the batch (taken rank by rank, relation by relation), then
+            random ones if those run out: hard negatives for relations that zero-shot classification confuses.
         sentence_mlm / label_mlm: mask that tower's inputs and return its MLM labels. Turn one off when its MLM
             weight is 0: masked tokens would otherwise corrupt the contrastive inputs with no MLM loss to learn from.
         seed: base seed of the per-batch generators (see the module docstring).
@@ -83,6 +87,7 @@ class SaconPretrainingCollator:
     sentence_mlm: bool = True
     label_mlm: bool = True
     label_negatives: int = 0
+    label_negative_neighbors: Mapping[str, Sequence[str]] | None = None
     calls: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
@@ -134,13 +139,23 @@ class SaconPretrainingCollator:
         return torch.Generator().manual_seed(derive_seed(*entropy))
 
     def draw_label_negatives(self, distinct: Sequence[str], generator: torch.Generator) -> list[str]:
-        """`label_negatives` relations outside the batch (fewer if the corpus has fewer), in a seeded random order."""
+        """`label_negatives` relations outside the batch (fewer if the corpus has fewer): the batch relations' nearest
+        neighbours first when `label_negative_neighbors` is given, the rest in a seeded random order."""
         if not self.label_negatives:
             return []
-        taken = set(distinct)
+        taken, chosen = set(distinct), []
+        if self.label_negative_neighbors is not None:
+            lists = [self.label_negative_neighbors.get(r, ()) for r in distinct]
+            for rank in range(max(map(len, lists), default=0)):
+                for neighbors in lists:
+                    if len(chosen) == self.label_negatives:
+                        return chosen
+                    if rank < len(neighbors) and neighbors[rank] not in taken and neighbors[rank] in self.label_table:
+                        chosen.append(neighbors[rank])
+                        taken.add(neighbors[rank])
         pool = [r for r in self._negative_pool if r not in taken]
-        order = torch.randperm(len(pool), generator=generator)[: self.label_negatives]
-        return [pool[i] for i in order.tolist()]
+        order = torch.randperm(len(pool), generator=generator)[: self.label_negatives - len(chosen)]
+        return chosen + [pool[i] for i in order.tolist()]
 
     def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         if not features:
