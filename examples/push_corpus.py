@@ -21,6 +21,7 @@ from huggingface_hub import HfApi
 
 from modeling_sacon.data import get_data_dir, load_pretraining_corpus
 from modeling_sacon.data.hub import write_corpus_repo
+from modeling_sacon.training.hub_pushes import retry_with_backoff
 
 # The development layout (the data beside the checkout) unless SACON_DATA_DIR or --data_dir say otherwise.
 DATA_DIR = os.environ.get("SACON_DATA_DIR") or str(Path(__file__).resolve().parents[2] / "shared" / "data")
@@ -45,6 +46,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--corpus", default="v2", choices=PUBLISHABLE_CORPORA)
     parser.add_argument("--data_dir", default=DATA_DIR, help="the data directory holding pretrain_v2/")
     parser.add_argument("--commit_message", default="Upload the SaCon pre-training corpus")
+    parser.add_argument("--push_retries", type=int, default=5, help="retries of a push after a transient Hub error")
+    parser.add_argument("--push_backoff", type=float, default=2.0, help="seconds before the first retry; doubled after")
     args = parser.parse_args(argv)
     if not args.repo_id and not args.output_dir:
         parser.error("give --repo_id (push) or --output_dir (write locally), or both")
@@ -65,10 +68,17 @@ def main(argv: list[str] | None = None) -> None:
         folder = write_corpus_repo(dataset, labels, args.output_dir or scratch, card)
         print(f"{len(dataset)} rows, {len(labels)} relations written to {folder}")
         if args.repo_id:
-            api = HfApi()
-            url = api.create_repo(args.repo_id, repo_type="dataset", private=args.private, exist_ok=True)
-            api.upload_folder(
-                folder_path=folder, repo_id=args.repo_id, repo_type="dataset", commit_message=args.commit_message
+            api, retry = HfApi(), {"retries": args.push_retries, "backoff": args.push_backoff}
+            url = retry_with_backoff(
+                lambda: api.create_repo(args.repo_id, repo_type="dataset", private=args.private, exist_ok=True),
+                f"creating the Hub dataset {args.repo_id}", **retry,
+            )
+            # one commit of the whole folder: the dataset never holds part of it; a retry after a commit whose answer
+            # was lost finds the files there and uploads nothing new
+            retry_with_backoff(
+                lambda: api.upload_folder(folder_path=folder, repo_id=args.repo_id, repo_type="dataset",
+                                          commit_message=args.commit_message),
+                f"push of the corpus to {args.repo_id}", **retry,
             )
             print(f"pushed to {url}")
 

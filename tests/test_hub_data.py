@@ -120,9 +120,17 @@ PRETRAIN_TINY = ["--max_seq_length", "32", "--per_device_train_batch_size", "8",
 
 def test_corpus_pushed_to_the_hub_loads_back_and_trains(fake_hub, tmp_path, corpus_data_dir, backbone, evaluation):
     env = hub_env(fake_hub.endpoint, tmp_path)
+    # a failing Hub: the repository's creation answers 503 once; the commit is dropped before it lands, then lands
+    # with its answer lost (the retry finds every file there and commits nothing more)
+    fake_hub.inject("POST", r"^/api/repos/create$", 503)
+    fake_hub.inject("POST", r"/commit/main$", "drop", "drop_after")
     pushed = run_script("push_corpus.py", ["--repo_id", CORPUS, "--private", "--data_dir", str(corpus_data_dir),
-                                           "--output_dir", str(tmp_path / "repo")], env, tmp_path)
+                                           "--output_dir", str(tmp_path / "repo"), "--push_backoff", "0.01"], env, tmp_path)
     assert pushed.returncode == 0, pushed.stdout[-3000:] + pushed.stderr[-5000:]
+    assert [fault for _, _, fault in fake_hub.injected] == [503, "drop", "drop_after"]
+    assert "creating the Hub dataset org/sacon-corpus failed (attempt 1 of 6)" in pushed.stderr
+    assert f"push of the corpus to {CORPUS} failed (attempt 2 of 6)" in pushed.stderr
+    assert len(fake_hub.commits(CORPUS, repo_type="dataset")) == 2  # the repository's first commit, then the corpus: whole
     files = fake_hub.files(CORPUS, repo_type="dataset")
     assert {CORPUS_DATA_FILE, CORPUS_LABELS_FILE, "README.md"} <= set(files)
     assert all(files[name] == (tmp_path / "repo" / name).read_bytes() for name in (CORPUS_DATA_FILE, "README.md"))
