@@ -53,7 +53,9 @@ class ModelArguments:
 
 @dataclass
 class DataArguments:
-    data_dir: str | None = field(default=None, metadata={"help": "directory of the relative files (default: SACON_DATA_DIR)"})
+    data_dir: str | None = field(
+        default=None, metadata={"help": "directory of the relative files (default: SACON_DATA_DIR)"}
+    )
     train_file: str = field(default="fewrel_train_sample/train_wiki_sample.json", metadata={"help": "FewRel JSON"})
     validation_file: str = field(default="fewrel/val_wiki.json", metadata={"help": "FewRel JSON"})
     label_file: str = field(default="fewrel/pid2name.json", metadata={"help": "{relation: [name, description]}"})
@@ -181,12 +183,12 @@ def main(argv: list[str] | None = None, defaults: Mapping[str, Any] | None = Non
     model, processor = load_model(model_args)
     if data_args.max_length is not None:
         processor.max_length = data_args.max_length
-    label_table = load_label_table(resolve_data_path(data_args.label_file, data_args.data_dir))
+    data_file = functools.partial(resolve_data_path, data_dir=data_args.data_dir)  # relative ones in --data_dir
+    label_table = load_label_table(data_file(data_args.label_file))
 
     setting = parse_setting(data_args.eval_setting)
     train, held_out = split_selection_relations(
-        load_fewrel_json(resolve_data_path(data_args.train_file, data_args.data_dir)), data_args.selection_relations,
-        data_args.n_way, setting.n_way,
+        load_fewrel_json(data_file(data_args.train_file)), data_args.selection_relations, data_args.n_way, setting.n_way
     )
     zero_shot = model_args.fewshot_method == "zero_shot"
     train_dataset = EpisodicDataset(
@@ -202,7 +204,7 @@ def main(argv: list[str] | None = None, defaults: Mapping[str, Any] | None = Non
         nota_fraction=setting.nota_fraction, zero_shot=zero_shot, seed=data_args.eval_seed,
         num_episodes=data_args.eval_episodes,
     )
-    eval_dataset = episodes(load_fewrel_json(resolve_data_path(data_args.validation_file, data_args.data_dir)))  # once, on the final (or selected) model
+    eval_dataset = episodes(load_fewrel_json(data_file(data_args.validation_file)))  # scored once, on the kept model
     selection_dataset = episodes(held_out) if len(held_out) else None
     logger.info(f"train: {train_dataset.sampler}\nselection: {selection_dataset and selection_dataset.sampler}"
                 f"\neval: {eval_dataset.sampler}")

@@ -20,6 +20,7 @@ uninterrupted run (and between `dataloader_num_workers` settings).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -105,6 +106,7 @@ class SaconPretrainingCollator:
         if self.label_negatives < 0:
             raise ValueError(f"label_negatives must be >= 0, got {self.label_negatives}")
         self._negative_pool = [r for r in self.relation_to_id if r in self.label_table]
+        self._negative_ids = frozenset(self._negative_pool)  # a negative needs a label text and a corpus-wide id
 
     # -- validation -----------------------------------------------------------------------------------------------
 
@@ -145,14 +147,13 @@ class SaconPretrainingCollator:
             return []
         taken, chosen = set(distinct), []
         if self.label_negative_neighbors is not None:
-            lists = [self.label_negative_neighbors.get(r, ()) for r in distinct]
-            for rank in range(max(map(len, lists), default=0)):
-                for neighbors in lists:
-                    if len(chosen) == self.label_negatives:
-                        return chosen
-                    if rank < len(neighbors) and neighbors[rank] not in taken and neighbors[rank] in self.label_table:
-                        chosen.append(neighbors[rank])
-                        taken.add(neighbors[rank])
+            ranks = itertools.zip_longest(*(self.label_negative_neighbors.get(r, ()) for r in distinct))
+            for candidate in itertools.chain.from_iterable(ranks):  # every relation's nearest, then its second, ...
+                if len(chosen) == self.label_negatives:
+                    return chosen
+                if candidate in self._negative_ids and candidate not in taken:  # None: a shorter list ran out
+                    chosen.append(candidate)
+                    taken.add(candidate)
         pool = [r for r in self._negative_pool if r not in taken]
         order = torch.randperm(len(pool), generator=generator)[: self.label_negatives - len(chosen)]
         return chosen + [pool[i] for i in order.tolist()]
