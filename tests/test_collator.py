@@ -180,3 +180,13 @@ def test_nearest_relations_agree_with_the_label_encoder(processor, tiny_model, r
         assert neighbors[relation] == [relations[j] for j in others[:2]]
     with pytest.raises(ValueError, match="k must be"):
         nearest_relations(tiny_model, processor, table, k=0)
+
+
+def test_a_neighbour_without_a_corpus_id_is_not_a_negative(processor, rows_and_table):
+    rows, table = rows_and_table
+    relation_to_id = {r: i for i, r in enumerate(table) if r != "R3"}  # R3 has a label text but no id
+    collator = SaconPretrainingCollator(processor, table, relation_to_id, mlm_probability=0.0, label_negatives=2,
+                                        label_negative_neighbors={"R0": ["R3", "R4"]})
+    batch = collator([rows[0], rows[45]])  # relations R0 R1
+    ids = {i: r for r, i in relation_to_id.items()}
+    assert [ids[i] for i in batch["label_relation_ids"].tolist()][:3] == ["R0", "R1", "R4"]
