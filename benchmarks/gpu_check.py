@@ -7,7 +7,7 @@ Two runs of `examples/pretrain.py` on one CUDA GPU, nothing downloaded:
    backbone's uncased tokenizer, which has bert-base-uncased's vocabulary), composed with `from_encoders_pretrained`,
    200 bf16 steps: the log shows both towers' MLM heads carried over and every loss term finite at the paper's size.
 2. The packaged all-MiniLM-L6-v2 (or `--backbone`) with the tuned recipe (v2 corpus, shuffled batches,
-   `budgets.TUNED_RECIPE`: learning rate 1e-4, entity blanking 0.3), batch 128, bf16. Reports sentence tokens per
+   `budgets.CPU_RECIPE`: learning rate 1e-4, entity blanking 0.3), batch 128, bf16. Reports sentence tokens per
    second (non-padding, the Trainer's `include_num_input_tokens_seen`), sentences per second, and val_wiki 5-way
    1-shot prototypes, zero-shot 5-way and label-augmented 5-1 on 10,000 episodes.
 
@@ -35,7 +35,7 @@ from transformers import AutoTokenizer, BertConfig, BertForMaskedLM, HfArgumentP
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: `benchmarks.harness`
 
-from benchmarks.harness.budgets import TUNED_RECIPE
+from benchmarks.harness.budgets import CPU_RECIPE
 from modeling_sacon.utils.defaults import default_backbone_path
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -49,11 +49,11 @@ class GpuCheckArguments:
     minilm_steps: int = field(default=1500, metadata={"help": "Pre-training steps of the MiniLM run."})
     minilm_batch_size: int = field(default=128, metadata={"help": "Sentences per batch (the authors: 128)."})
     minilm_learning_rate: float = field(
-        default=float(TUNED_RECIPE["learning_rate"]), metadata={"help": "Peak learning rate (the tuned recipe's)."}
+        default=float(CPU_RECIPE["learning_rate"]), metadata={"help": "Peak learning rate (the main command's)."}
     )
     minilm_blank_probability: float = field(
-        default=float(TUNED_RECIPE["blank_probability"]),
-        metadata={"help": "Probability of blanking each entity mention (the tuned recipe's)."},
+        default=float(CPU_RECIPE["blank_probability"]),
+        metadata={"help": "Probability of blanking each entity mention (the main command's)."},
     )
     bert_steps: int = field(default=200, metadata={"help": "Steps of the bert-base-sized run."})
     bert_batch_size: int = field(default=64)

@@ -7,6 +7,7 @@ A tiny random BERT, a few optimizer steps, 20 episodes: the numbers mean nothing
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import os
 import shlex
@@ -149,8 +150,9 @@ def _macro_prf_from_confusion(confusion: list[list[int]]) -> tuple[float, float,
 
 
 def _check_zeroshot(zeroshot: dict, output_dir: Path) -> dict:
-    """Per-split P/R/F1 of the zero-shot evaluator (checked against its own confusion counts), the shared `ori` run,
-    one filtered run per seeded split, and strictness as recorded by each run."""
+    """Per-split P/R/F1 of the zero-shot evaluator (checked against its own confusion counts), the `ori` splits on the
+    ablations' `full` run, the seeded splits on one run without all their test and eval relations, and strictness as
+    recorded by each run."""
     from modeling_sacon.data import get_data_dir
     from modeling_sacon.fewshot.zeroshot_protocol import (
         load_pretraining_relations,
@@ -161,27 +163,27 @@ def _check_zeroshot(zeroshot: dict, output_dir: Path) -> dict:
     units = {}
     for key, split in zeroshot["per_split"].items():
         m, name = key.split("/")
-        unit = "zeroshot/eval-ori" if name == "ori" else f"zeroshot/eval-{m}-{name}"
+        unit = "zeroshot/eval-ori" if name == "ori" else "zeroshot/eval-heldout"
         units[key] = stored = next(s for s in json.loads(common.UnitStore(output_dir).path(unit).read_text())["result"]["splits"]
                                    if s["split"] == key)
         assert split["num_sentences"] == 5 * int(m[1:])  # tiny splits: 5 sentences per test relation
         precision, recall, f1 = _macro_prf_from_confusion(stored["confusion"])
         assert (split["precision"], split["recall"], split["f1"]) == pytest.approx((precision, recall, f1))
-        assert split["checkpoint"] == ("quality/pretrain-seed1" if name == "ori" else f"zeroshot/pretrain-{m}-{name}")
+        assert split["checkpoint"] == ("ablations/pretrain-full" if name == "ori" else "zeroshot/pretrain-heldout")
     for m in ("5", "10"):
         entry = zeroshot["summary"][m]
         assert entry["n_splits"] == 2 and entry["missing"] == []
         values = [zeroshot["per_split"][f"m{m}/{name}"]["f1"] for name in ("ori", "40")]
         assert entry["f1"]["mean"] == pytest.approx(sum(values) / 2)
         assert entry["f1"]["std"] == pytest.approx(abs(values[0] - values[1]) / 2**0.5)  # sample std of two values
-    for m in (5, 10):  # a seeded run saw none of its split's test and eval relations, and its card says so
-        run = output_dir / "runs" / f"zeroshot-m{m}-40"
+    run = output_dir / "runs" / "zeroshot-heldout"
+    seen = set(load_pretraining_relations(run))
+    for m in (5, 10):  # the seeded run saw none of either split's test and eval relations, and its card says so
         split = load_zeroshot_split(get_data_dir() / "zeroshot" / f"fewrel_rel2id_{m}_40.json")
-        seen = set(load_pretraining_relations(run))
         assert not seen & split.held_out and len(seen) == zeroshot["per_split"][f"m{m}/40"]["pretraining_relations"]
         assert f"`fewrel_rel2id_{m}_40.json`" in (run / "README.md").read_text()
-    # the shared `ori` run (unfiltered) did see relations a seeded split holds out: why seeded splits need their own runs
-    assert set(load_pretraining_relations(output_dir / "runs" / "pretrain-seed1")) & split.held_out
+    # the `ori` run (unfiltered) did see relations a seeded split holds out: why seeded splits need a run of their own
+    assert set(load_pretraining_relations(output_dir / "runs" / "ablation-full")) & split.held_out
     return zeroshot
 
 
@@ -191,10 +193,10 @@ def _check_zeroshot_partial(output_dir: Path) -> None:
 
     budget, store = budgets.SMOKE, common.UnitStore(output_dir)
     units = zeroshot.zeroshot_training_units(budget, str(output_dir / "backbone"), output_dir)
-    training = {u["name"]: store.load(u["name"]) for u in units if u["name"] != "zeroshot/pretrain-m5-40"}
+    training = {u["name"]: store.load(u["name"]) for u in units if u["name"] != "zeroshot/pretrain-heldout"}
     evaluations = {u["name"]: store.load(f"zeroshot/eval-{u['zeroshot_key']}") for u in units if u["name"] in training}
     partial = zeroshot.assemble_zeroshot(budget, units, training, evaluations)
-    assert partial["summary"]["5"]["missing"] == ["m5/40"] and partial["summary"]["10"]["missing"] == []
+    assert partial["summary"]["5"]["missing"] == ["m5/40"] and partial["summary"]["10"]["missing"] == ["m10/40"]
     lines = report._zeroshot(partial, budget)
     assert any(line.startswith("| 5 | 1 of 2 |") and "40 not run" in line for line in lines), lines
     assert any("(1 of 2 splits)" in line for line in lines if line.startswith("| SaCon"))
@@ -209,10 +211,13 @@ def test_budgets():
     assert 2 * cpu.ablation_steps >= cpu.pretrain_steps and cpu.ablation_episodes < cpu.eval_episodes  # >= half length
     # the CPU budget's own arithmetic (planning constants in budgets.py) stays within 4 hours
     assert budgets.estimate(cpu)["total"] <= 4 * 3600
-    # the zero-shot block: 13 runs of the main table's recipe (ori shared, 12 seeded) and their evaluations, within 6 hours
-    zeroshot = budgets.estimate_zeroshot(cpu)
-    run = cpu.pretrain_steps * budgets.CPU_PLANNING.pretrain_step_s * cpu.quality_batch_size / 32 + budgets.CPU_PLANNING.process_s
-    assert zeroshot["pre-training, seeded splits"] == pytest.approx(12 * run) and zeroshot["total"] <= 6 * 3600
+    # the zero-shot block: 2 runs of the main command's recipe (ori, and one for the 12 seeded splits), or 13 with a run
+    # per seeded split, and their evaluations, within 6 hours either way
+    run = cpu.pretrain_steps * budgets.CPU_PLANNING.pretrain_step_s * cpu.pretrain_batch_size / 32 + budgets.CPU_PLANNING.process_s
+    shared = budgets.estimate_zeroshot(cpu)
+    per_split = budgets.estimate_zeroshot(cpu.with_overrides({"zeroshot_pretraining": "per_split"}))
+    assert shared["pre-training, seeded splits"] == pytest.approx(run) and shared["total"] <= 3600
+    assert per_split["pre-training, seeded splits"] == pytest.approx(12 * run) and per_split["total"] <= 6 * 3600
     resized = cpu.with_overrides({"pretrain_steps": "200", "seeds": "1,2", "ablation_pool_per_relation": "none"})
     assert (resized.pretrain_steps, resized.seeds, resized.ablation_pool_per_relation) == (200, (1, 2), None)
     with pytest.raises(ValueError, match="unknown budget field"):
@@ -252,11 +257,11 @@ def test_full_ablation_at_the_main_length_is_the_main_run(harness, tmp_path):
     assert cpu.ablation_steps == cpu.pretrain_steps and not cpu.main_table_is_default_recipe
     main = {u["name"]: u for u in quality.quality_training_units(cpu, "minilm", tmp_path)}
     full = {u["variant"]: u for u in quality.ablation_training_units(cpu, "minilm", tmp_path)}["full"]
-    assert full["name"] == "ablations/pretrain-full" and "--learning_rate" not in full["argv"]
     seed1 = main[f"quality/pretrain-seed{cpu.ablation_seed}"]["argv"]
-    batch = seed1[seed1.index("--per_device_train_batch_size") + 1]
-    extra = list(cpu.quality_extra_args)
-    assert (batch, seed1[-len(extra):]) == (str(cpu.quality_batch_size), extra)
+    batch = seed1.index("--per_device_train_batch_size") + 1
+    assert full["name"] == "ablations/pretrain-full" and seed1[batch] == str(cpu.quality_batch_size)
+    # the same recipe but for the batch size (and the output directory)
+    assert seed1[2:batch] + seed1[batch + 1:] == full["argv"][2:batch] + full["argv"][batch + 1:]
     budget = cpu.with_overrides({"quality_batch_size": "none", "quality_extra_args": ""})
     main = {u["name"]: u for u in quality.quality_training_units(budget, "minilm", tmp_path)}
     ablations = {u["variant"]: u for u in quality.ablation_training_units(budget, "minilm", tmp_path)}
@@ -265,6 +270,43 @@ def test_full_ablation_at_the_main_length_is_the_main_run(harness, tmp_path):
     assert all(u["name"].startswith("ablations/") for v, u in ablations.items() if v != "full")
     half = plain_budgets.CPU.with_overrides({"ablation_steps": "250"})
     assert {u["variant"]: u for u in quality.ablation_training_units(half, "minilm", tmp_path)}["full"]["name"] == "ablations/pretrain-full"
+
+
+def test_zeroshot_units_share_the_main_run_and_hold_out_every_seeded_split(tmp_path):
+    """The block's `ori` unit is the ablations' `full` run (one run, not two); the seeded splits share one run whose
+    argv holds out every seeded split file, or, per split, one run each with its own file; nothing else is accepted."""
+    from benchmarks.harness import quality, zeroshot
+
+    cpu = budgets.CPU
+    full = {u["variant"]: u for u in quality.ablation_training_units(cpu, "minilm", tmp_path)}["full"]
+    units = zeroshot.zeroshot_training_units(cpu, "minilm", tmp_path)
+    assert [u["name"] for u in units] == [full["name"], "zeroshot/pretrain-heldout"]
+    assert units[0]["spec"] == full["spec"] and units[0]["splits"] == [f"zeroshot/fewrel_rel2id_{m}_ori.json" for m in (5, 10, 15)]
+    seeded = [f"zeroshot/fewrel_rel2id_{m}_{name}.json" for m in (5, 10, 15) for name in ("40", "41", "42", "43")]
+    argv = units[1]["argv"]
+    assert units[1]["splits"] == seeded
+    # the main command's recipe: `full`'s argv but for the output directory, plus the held-out split files
+    assert argv == ["--output_dir", str(tmp_path / "runs" / "zeroshot-heldout"), *full["argv"][2:], "--exclude_relations_from", *seeded]
+    per_split = zeroshot.zeroshot_training_units(cpu.with_overrides({"zeroshot_pretraining": "per_split"}), "minilm", tmp_path)
+    assert [u["splits"] for u in per_split[1:]] == [[f] for f in seeded]
+    assert all(u["argv"][-2:] == ["--exclude_relations_from", f] for u, f in zip(per_split[1:], seeded))
+    with pytest.raises(ValueError, match="zeroshot_pretraining"):
+        zeroshot.zeroshot_training_units(cpu.with_overrides({"zeroshot_pretraining": "each"}), "minilm", tmp_path)
+
+
+def test_a_zeroshot_block_run_alone_leaves_the_main_summary_alone():
+    """`--only zeroshot` writes `<budget>_zeroshot` only (the default sections' summary may rest on units this output
+    directory does not hold); its summary lists only the block's missing units."""
+    run_all = importlib.import_module("benchmarks.run_all")
+    results = {"units": {"missing": []}, "quality": {"x": 1}, "ablations": {}, "speed": {}, "zeroshot": {"y": 2}}
+    missing = ["quality/pretrain-seed1", "zeroshot/pretrain-heldout"]
+    only = run_all.committed_summaries("cpu", ["zeroshot"], results, missing)
+    assert list(only) == ["cpu_zeroshot"] and only["cpu_zeroshot"]["quality"] is None
+    assert only["cpu_zeroshot"]["units"]["missing"] == ["zeroshot/pretrain-heldout"]
+    assert only["cpu_zeroshot"]["summary_file"] == "benchmarks/results/cpu_zeroshot.json"
+    both = run_all.committed_summaries("cpu", ["quality", "zeroshot"], results, missing)
+    assert list(both) == ["cpu", "cpu_zeroshot"] and both["cpu"]["quality"] == {"x": 1}
+    assert list(run_all.committed_summaries("cpu", ["speed"], results, missing)) == ["cpu"]
 
 
 def test_sweep_recipes_are_valid_pretrain_arguments(harness):
@@ -289,10 +331,23 @@ def test_tuned_recipe_is_its_measured_sweep_recipe(harness):
 
     _, _, plain_budgets = harness
     tuned = ["--per_device_train_batch_size", str(plain_budgets.TUNED_BATCH_SIZE),
-             *plain_budgets.as_argv(plain_budgets.TUNED_RECIPE)]
+             *plain_budgets.as_argv(plain_budgets.CPU_RECIPE)]
     assert shlex.split(recipe_sweep.RECIPES["b64_lr1e-4_blank0.3"][0]) == tuned
     cpu = plain_budgets.CPU
-    assert ["--per_device_train_batch_size", str(cpu.quality_batch_size), *cpu.quality_extra_args] == tuned
+    assert ["--per_device_train_batch_size", str(cpu.quality_batch_size), *cpu.pretrain_extra_args, *cpu.quality_extra_args] == tuned
+
+
+def test_cpu_budget_trains_the_main_command_recipe(harness):
+    """The CPU budget's runs train what `python examples/pretrain.py` trains: its `CPU_BUDGET` recipe options are
+    `budgets.CPU_RECIPE`, so the ablations' `full` run (and the zero-shot block's `ori` run) is the main command's."""
+    _, _, plain_budgets = harness
+    spec = importlib.util.spec_from_file_location("pretrain_example", REPO / "examples" / "pretrain.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    recipe = {key: example.CPU_BUDGET[key] for key in plain_budgets.CPU_RECIPE}
+    assert recipe == {key: float(value) for key, value in plain_budgets.CPU_RECIPE.items()}
+    assert example.CPU_BUDGET["max_steps"] == plain_budgets.CPU.pretrain_steps
+    assert plain_budgets.CPU.pretrain_extra_args == plain_budgets.as_argv(plain_budgets.CPU_RECIPE)
 
 
 def test_no_training_starts_no_run(harness, tmp_path):

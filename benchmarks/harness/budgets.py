@@ -37,13 +37,13 @@ before (relation-balanced default, 250-step ablations) took 111.9 min end to end
 If the cores turn out slower or faster than planned, resize with `--set pretrain_steps=N` or
 `--set ablation_steps=N`; units the change does not affect are kept.
 
-The zero-shot block (`run_all.py --only zeroshot`, `estimate_zeroshot`) has its own budget, 6 hours on 2 cores, and is
-not part of the default sections: 15 splits (m = 5, 10, 15 x ori, 40-43) need 13 pre-training runs of the main table's
-recipe (500 steps at batch 64: 500 x 2.7 s + 20 s = 22.8 min each), since the three `ori` splits share one run (row
-(c)'s run of seed 1, the same argv: free when the quality section has run) and each of the 12 seeded splits pre-trains
-on its own filtered corpus; evaluation encodes the 10,500 val_wiki sentences of the `ori` test relations once and about
-236 sentences per seeded test relation (120 seeded test relations: 28,300 sentences), about 4 min in all. Total: about
-5.0 h (4.6 h when the quality section's run is stored), within 6 hours.
+The zero-shot block (`run_all.py --only zeroshot`, `estimate_zeroshot`) is not part of the default sections. Its 15
+splits (m = 5, 10, 15 x ori, 40-43) need two pre-training runs of `examples/pretrain.py`'s recipe (500 x 1.35 s + 20 s
+= 11.6 min each): the three `ori` splits share the ablations' `full` run (free when the ablations have run), and the 12
+seeded splits share one run on the corpus without all their test and eval relations. Evaluation encodes the 10,500
+val_wiki sentences of the `ori` test relations once and about 236 sentences per seeded test relation (120 seeded test
+relations: 28,300 sentences), about 4 min in all: about 27 min. `--set zeroshot_pretraining=per_split` pre-trains each
+seeded split on its own filtered corpus instead: 13 runs, about 2.6 h.
 
 Ablations run at the main runs' length with one seed and are scored on 2,000 episodes drawn from the first 100
 sentences of each val_wiki relation (1,600 sentences), not on all 700 per relation: they rank the variants against
@@ -61,11 +61,12 @@ PUBMED_SETTINGS = "5-1,5-5"
 ABLATION_SETTINGS = "5-1,zs-5"
 
 
-# The README's 25-minute recipe, on top of `examples/pretrain.py`'s defaults: one definition for the CPU budget's rows
-# (c)-(e) and `gpu_check.py`'s MiniLM run (at its own batch size). `recipe_sweep.py`'s `b64_lr1e-4_blank0.3` is the
-# measured record of it (tests/test_benchmarks.py checks that they agree).
+# The main command's recipe on top of the package's defaults: `examples/pretrain.py`'s `CPU_BUDGET` sets the same
+# options (tests/test_benchmarks.py checks that they agree; docs/method.md has the measurements). Every run of the
+# CPU budget trains it, and `gpu_check.py`'s MiniLM run. The README's 25-minute recipe (rows (c)-(e)) is this recipe
+# at `TUNED_BATCH_SIZE`; `recipe_sweep.py`'s `b64_lr1e-4_blank0.3` is the measured record of that one.
+CPU_RECIPE = {"learning_rate": "1e-4", "blank_probability": "0.3"}
 TUNED_BATCH_SIZE = 64
-TUNED_RECIPE = {"learning_rate": "1e-4", "blank_probability": "0.3"}
 
 
 def as_argv(options: dict[str, str]) -> tuple[str, ...]:
@@ -94,7 +95,7 @@ class Budget:
     pretrain_extra_args: tuple[str, ...] = ()
     # rows (c)-(e) only, on top of the recipe above (None: pretrain_batch_size): the main table may run a longer
     # recipe than `examples/pretrain.py`'s defaults, which the ablations, the data-scaling block and the speed section
-    # keep (the CPU budget: the README's 25-minute recipe, `TUNED_RECIPE` at `TUNED_BATCH_SIZE`)
+    # keep (the CPU budget: the README's 25-minute recipe, `CPU_RECIPE` at `TUNED_BATCH_SIZE`)
     quality_batch_size: int | None = None
     quality_extra_args: tuple[str, ...] = ()
 
@@ -120,10 +121,12 @@ class Budget:
     ablation_pool_per_relation: int | None = 100
 
     # the zero-shot block (`run_all.py --only zeroshot`; harness/zeroshot.py): RE-Matching's FewRel splits, pre-trained at
-    # the main table's recipe and length, seed seeds[0]; the `ori` splits share row (c)'s run, each seeded split has its own
+    # examples/pretrain.py's recipe, seed ablation_seed; the `ori` splits share the ablations' `full` run; the seeded
+    # splits: "shared" (one run without every seeded split's test and eval relations) or "per_split" (one run each)
     zeroshot_ms: tuple[int, ...] = (5, 10, 15)
     zeroshot_splits: tuple[str, ...] = ("ori", "40", "41", "42", "43")
     zeroshot_pool_per_relation: int | None = None  # test sentences per relation (None: all; smoke: a few)
+    zeroshot_pretraining: str = "shared"
 
     # speed and memory
     speed_step_warmup: int = 2
@@ -200,7 +203,7 @@ SMOKE = Budget(
     speed_pool_per_relation=10,
     speed_encode_repeats=1,
     speed_scoring_repeats=1,
-    zeroshot_ms=(5, 10),  # the shared `ori` run scores two splits; two seeded runs: one filtered corpus per (m, split)
+    zeroshot_ms=(5, 10),  # the shared `ori` run scores two splits; the seeded splits m5/40 and m10/40 share one run
     zeroshot_splits=("ori", "40"),
     zeroshot_pool_per_relation=5,
     threads=1,
@@ -215,9 +218,9 @@ CPU = Budget(
     pretrain_steps=500,  # examples/pretrain.py's default
     pretrain_batch_size=32,
     pretrain_save_steps=100,
+    pretrain_extra_args=as_argv(CPU_RECIPE),
     # rows (c)-(e): the README's 25-minute recipe (about 20 min a run on idle cores)
     quality_batch_size=TUNED_BATCH_SIZE,
-    quality_extra_args=as_argv(TUNED_RECIPE),
     finetune_steps=100,
     finetune_batch_size=2,
     eval_episodes=10_000,
@@ -338,11 +341,12 @@ def estimate(budget: Budget, plan: Planning = CPU_PLANNING) -> dict[str, float]:
 
 
 def estimate_zeroshot(budget: Budget, plan: Planning = CPU_PLANNING) -> dict[str, float]:
-    """Seconds per part of the zero-shot block: pre-training runs at the main table's recipe and length (the `ori` run
-    is row (c)'s run of seed `seeds[0]`: free once the quality section has run), then one evaluation per checkpoint
-    (the `ori` splits' union of test relations is encoded once)."""
-    run = budget.pretrain_steps * plan.pretrain_step_s * budget.main_table_batch_size / 32 + plan.process_s
+    """Seconds per part of the zero-shot block: pre-training runs at `examples/pretrain.py`'s recipe (the `ori` run is
+    the ablations' `full` run: free once the ablations have run; the seeded splits: one run, or one per split), then
+    one evaluation per checkpoint (the `ori` splits' union of test relations is encoded once)."""
+    run = budget.pretrain_steps * plan.pretrain_step_s * budget.pretrain_batch_size / 32 + plan.process_s
     seeded = [m for m in budget.zeroshot_ms for name in budget.zeroshot_splits if name != "ori"]
+    seeded_runs = min(1, len(seeded)) if budget.zeroshot_pretraining == "shared" else len(seeded)
     per_val = plan.val_wiki_sentences / plan.val_wiki_relations
     if budget.zeroshot_pool_per_relation:
         per_val = min(per_val, budget.zeroshot_pool_per_relation)
@@ -352,10 +356,10 @@ def estimate_zeroshot(budget: Budget, plan: Planning = CPU_PLANNING) -> dict[str
     ori = "ori" in budget.zeroshot_splits
     ori_sentences = min(max(budget.zeroshot_ms), plan.val_wiki_relations) * per_val if ori else 0
     parts = {
-        "pre-training, ori (row (c)'s run)": run if ori else 0.0,
-        "pre-training, seeded splits": len(seeded) * run,
+        "pre-training, ori (the ablations' full run)": run if ori else 0.0,
+        "pre-training, seeded splits": seeded_runs * run,
         "evaluations": (ori_sentences + sum(seeded) * per_seeded) / plan.encode_sentences_per_s
-        + (ori + len(seeded)) * plan.model_load_s,
+        + (ori + seeded_runs) * plan.model_load_s,
     }
     parts["total"] = sum(parts.values())
     return parts

@@ -519,7 +519,7 @@ def assemble_quality(budget: Budget, evaluations: dict, training: dict) -> dict:
             "pool_per_relation": budget.eval_pool_per_relation,
             "pretrain_steps": budget.pretrain_steps,
             "pretrain_batch_size": budget.main_table_batch_size,
-            "pretrain_extra_args": list(budget.quality_extra_args),
+            "pretrain_extra_args": [*budget.pretrain_extra_args, *budget.quality_extra_args],
             "finetune_steps": budget.finetune_steps,
             "finetune_batch_size": budget.finetune_batch_size,
         },

@@ -45,7 +45,8 @@ def render(results: dict) -> str:
         f"{machine.get('load_average')}. Compute time of all units: {results['timing']['units_wall_s'] / 60:.1f} min "
         f"(this invocation: {results['timing']['total_wall_s'] / 60:.1f} min, {len(results['units']['computed'])} units "
         f"computed, {len(results['units']['cached'])} reused from earlier invocations). "
-        f"Raw numbers: `benchmarks/results/{budget.name}.json` (and `results.json` in the run's output directory).",
+        f"Raw numbers: `{results.get('summary_file') or f'benchmarks/results/{budget.name}.json'}` (and `results.json` "
+        "in the run's output directory).",
         "",
     ]
     if results.get("quality"):
@@ -67,7 +68,7 @@ def _quality(quality: dict, budget: Budget) -> list[str]:
     protocol = quality["protocol"]
     columns = quality["columns"]
     pool = protocol["pool_per_relation"]
-    extra = " ".join(protocol.get("pretrain_extra_args") or [])  # the main table's recipe on top of the script's
+    extra = " ".join(protocol.get("pretrain_extra_args") or [])  # the recipe on top of the package defaults
     extra = f" `{extra}`" if extra else ""
     lines = [
         "### Few-shot relation classification (strict protocol)",
@@ -232,6 +233,14 @@ def _span(values: list[int]) -> str:
     return f"{min(values)}" if min(values) == max(values) else f"{min(values)}-{max(values)}"
 
 
+SEEDED_PRETRAINING = {
+    "shared": "the seeded splits on one run on the embedded corpus without the test and eval relations of every seeded "
+              "split (`--exclude_relations_from` all twelve files: stricter than each split needs). ",
+    "per_split": "each seeded split on its own run, on the embedded corpus without that split's test and eval relations "
+                 "(`--exclude_relations_from` its file). ",
+}
+
+
 def _zeroshot(zeroshot: dict, budget: Budget) -> list[str]:
     """Per m: this project's mean (± sample std over the splits) beside the published rows; splits without a stored
     evaluation read "not run"."""
@@ -246,12 +255,13 @@ def _zeroshot(zeroshot: dict, budget: Budget) -> list[str]:
         "Macro P / R / F1 (%) as ZS-BERT's `compute_macro_PRF`: every test sentence of a split is classified among its m "
         "test relations by the nearest label text (cosine), with the package's zero-shot evaluator "
         "(`modeling_sacon.fewshot.zeroshot_protocol`, `examples/evaluate_zeroshot.py`); mean ± sample std over the "
-        f"splits of each m ({', '.join(names)}). Each split is scored on a checkpoint pre-trained "
+        f"splits of each m ({', '.join(names)}). Checkpoints: `examples/pretrain.py`'s recipe "
         f"({protocol['pretrain_steps']} steps of batch {protocol['pretrain_batch_size']}{f' `{extra}`' if extra else ''}, "
-        f"seed {protocol['pretraining_seed']}) on the embedded corpus without that split's test and eval relations "
-        "(`--exclude_relations_from`); the `ori` splits, whose test relations are val_wiki's (which the corpus does not "
-        "hold), share row (c)'s run. Every checkpoint's `pretraining_relations.json` is checked against the test "
-        "relations before scoring. Test sentences: "
+        f"seed {protocol['pretraining_seed']}); the `ori` splits, whose test relations are val_wiki's (which the corpus "
+        "does not hold), are scored on the main command's run (the ablations' `full`); "
+        + (SEEDED_PRETRAINING.get(protocol.get("seeded_pretraining"), ""))
+        + "Every checkpoint's `pretraining_relations.json` is checked against the test relations before scoring. "
+        "Test sentences: "
         + ("all of " if not pool else f"the first {pool} per relation of ")
         + f"{' + '.join(f'`{f}`' for f in protocol['sentences'])}.",
         "",
