@@ -6,8 +6,8 @@
     python benchmarks/recipe_sweep.py --only b64,b32_neg32              # a subset
     python benchmarks/recipe_sweep.py --recipe "mine=--max_steps 200 --learning_rate 1e-4"
 
-Every run is `examples/pretrain.py`'s `main(argv)` in its own subprocess (peak RSS from `os.wait4`), on top of the
-script's defaults, and every evaluation goes through `evaluate_fewrel.py`'s code path (`quality.evaluate_model`):
+Every run is the package command's `main(argv)` (`modeling_sacon.commands.pretrain`, without `examples/pretrain.py`'s
+`CPU_BUDGET`) in its own subprocess (peak RSS from `os.wait4`), on top of its defaults, and every evaluation goes through `evaluate_fewrel.py`'s code path (`quality.evaluate_model`):
 exactly what the benchmark table measures, on val_wiki only (tuning never looks at the hidden test relations, and
 val_pubmed is left for the final table). Units are cached under `--output_dir/units/`: rerunning resumes.
 Writes `sweep.json` and `sweep.md` there.
@@ -26,8 +26,9 @@ from benchmarks.harness.common import UnitStore, fingerprint, log, run_worker, w
 from benchmarks.harness.quality import evaluate_model
 from benchmarks.harness.train_worker import script_defaults
 
-# name -> (extra pretrain.py arguments, what it tests), on top of examples/pretrain.py's defaults (v2 corpus, plain
-# shuffled batches of 32; the length is the sweep's --steps, default 300). The `*_balanced*` recipes are the
+# name -> (extra pretrain.py arguments, what it tests), on top of the package command's defaults (v2 corpus, plain
+# shuffled batches of 32, learning rate 5e-5, blanking 0.7: not examples/pretrain.py's CPU_BUDGET; the length is the
+# sweep's --steps, default 300). The `*_balanced*` recipes are the
 # relation-balanced scheme, the default until the 500-step comparison in the README (`b32` against `b32_balanced`).
 RECIPES: dict[str, tuple[str, str]] = {
     "b32": ("", "defaults: v2 corpus (912 relations), shuffled batches of 32, no MLM without a pretrained head"),

@@ -3,13 +3,13 @@
 
 With no argument it pre-trains two copies of the packaged, offline all-MiniLM-L6-v2 on the embedded corpus
 (`pretrain_v2`: 912 Wikidata relations, no FewRel evaluation relation) in shuffled batches of 32 for 500 steps
-(about 12 minutes on two CPU cores: `CPU_BUDGET` below), scores FewRel val_wiki 5-way 1-shot prototypes at the end,
+(a quarter of an hour on two CPU cores: `CPU_BUDGET` below), scores FewRel val_wiki 5-way 1-shot prototypes at the end,
 and writes model (safetensors + code), processor and model card to outputs/sacon-minilm:
 
     python examples/pretrain.py
     accelerate launch examples/pretrain.py                                    # same, or on all configured GPUs
     accelerate launch --config_file examples/accelerate_configs/multi_gpu.yaml examples/pretrain.py \\
-        --sentence_model_name_or_path bert-base-uncased --max_steps 20000 --bf16
+        --sentence_model_name_or_path bert-base-uncased --max_steps 20000 --learning_rate 3e-5 --bf16
     python examples/pretrain.py --train_files my_corpus.json --label_files my_labels.json
     python examples/pretrain.py --dataset_name org/sacon-pretraining-corpus            # the corpus from the Hub
     python examples/pretrain.py --push_to_hub --hub_model_id org/sacon-base             # every checkpoint -> Hub
