@@ -63,13 +63,17 @@ class ZeroShotArguments:
 
 
 def expand_splits(patterns: list[str], data_dir: str) -> list[str]:
-    """The split files of `patterns` (files or globs, default: those in `data_dir`); one matching nothing is an error."""
-    patterns = patterns or [str(get_data_dir(data_dir) / DEFAULT_SPLITS)]
-    files = []
-    for pattern in patterns:
+    """The split files of `patterns` (files or globs, default: those in `data_dir`), each taken as given or, when not
+    found so, in `data_dir` (as `pretrain.py --exclude_relations_from` takes them); one matching nothing is an error."""
+    def existing(pattern: str) -> list[str]:
         matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
-        if not matches or not Path(matches[0]).is_file():
-            raise FileNotFoundError(f"--splits {pattern!r}: no such split file")
+        return matches if matches and Path(matches[0]).is_file() else []
+
+    files = []
+    for pattern in patterns or [DEFAULT_SPLITS]:
+        matches = existing(pattern) or (not Path(pattern).is_absolute() and existing(str(get_data_dir(data_dir) / pattern)))
+        if not matches:
+            raise FileNotFoundError(f"--splits {pattern!r}: no such split file (as given, nor in the data dir)")
         files.extend(matches)
     return files
 

@@ -250,6 +250,21 @@ def test_example_script_on_a_tiny_checkpoint(tiny_model, processor, small_fewrel
         evaluate_zeroshot.main(argv)
 
 
+def test_split_files_are_found_as_given_or_in_the_data_dir(data_dir, tmp_path, monkeypatch):
+    """`--splits` takes a file, a glob, or either relative to the data dir (as `--exclude_relations_from` does); a name
+    found nowhere is an error naming it."""
+    monkeypatch.chdir(tmp_path)  # no zeroshot/ here: relative names can only come from the data dir
+    in_data = [str(data_dir / "zeroshot" / f"fewrel_rel2id_10_{name}.json") for name in ("40", "41", "42", "43", "ori")]
+    assert evaluate_zeroshot.expand_splits(["zeroshot/fewrel_rel2id_10_41.json"], str(data_dir)) == [in_data[1]]
+    assert evaluate_zeroshot.expand_splits(["zeroshot/fewrel_rel2id_10_*.json"], str(data_dir)) == in_data
+    assert evaluate_zeroshot.expand_splits([in_data[4]], str(data_dir)) == [in_data[4]]
+    assert len(evaluate_zeroshot.expand_splits([], str(data_dir))) == 15  # the default: every split of the data dir
+    (tmp_path / "mine.json").write_text("{}")
+    assert evaluate_zeroshot.expand_splits(["mine.json"], str(data_dir)) == ["mine.json"]
+    with pytest.raises(FileNotFoundError, match="'zeroshot/fewrel_rel2id_20_40.json': no such split file"):
+        evaluate_zeroshot.expand_splits(["zeroshot/fewrel_rel2id_20_40.json"], str(data_dir))
+
+
 def test_pretraining_on_a_filtered_corpus_records_only_unseen_relations(pretrain, small_fewrel, data_dir, tmp_path):
     """examples/pretrain.py writes the relations it saw next to the model; with `--exclude_relations_from SPLIT`
     (filter_corpus_for_split on the loaded corpus) they hold no test or eval relation of the split, so the evaluator
