@@ -170,6 +170,10 @@ def _check_zeroshot(zeroshot: dict, output_dir: Path) -> dict:
         precision, recall, f1 = _macro_prf_from_confusion(stored["confusion"])
         assert (split["precision"], split["recall"], split["f1"]) == pytest.approx((precision, recall, f1))
         assert split["checkpoint"] == ("ablations/pretrain-full" if name == "ori" else "zeroshot/pretrain-heldout")
+        assert split["top_confusions"] == stored["top_confusions"][:3]  # the summary's, each a cell of the matrix
+        for pair in split["top_confusions"]:
+            gold, predicted = stored["relations"].index(pair["gold"]), stored["relations"].index(pair["predicted"])
+            assert gold != predicted and stored["confusion"][gold][predicted] == pair["count"] > 0
     for m in ("5", "10"):
         entry = zeroshot["summary"][m]
         assert entry["n_splits"] == 2 and entry["missing"] == []

@@ -226,6 +226,8 @@ class Workspace:
                 "--report_to", "none", "--disable_tqdm", "True", "--output_dir", self.output_dir(invocation),
             ],
             "examples/evaluate_fewrel.py": [*small_eval, "--episodes", "10", "--no_progress", "--output_json", f"{out}.json"],
+            "examples/evaluate_zeroshot.py": ["--fewrel_files", str(self.small["val_wiki"]), "--no_progress",
+                                              "--output_json", f"{out}.json"],
             "examples/finetune_fewrel.py": [
                 "--max_steps", "1", "--train_episodes", "4", "--eval_episodes", "4", "--validation_file",
                 str(self.small["val_wiki"]), "--output_dir", str(out), "--disable_tqdm", "true", "--report_to", "none",

@@ -315,6 +315,14 @@ def _zeroshot(zeroshot: dict, budget: Budget) -> list[str]:
            "scored; RE-Matching drops them from training)." if eval_seen else ""),
         "",
     ]
+    confused = [(key, split["top_confusions"]) for key, split in per_split.items() if split.get("top_confusions")]
+    if confused:
+        lines += ["Most confused relation pairs per split (gold -> predicted: test sentences):", "",
+                  "| split | F1 (%) | most confused |", "|---|---:|---|"]
+        lines += [f"| {key} | {100 * per_split[key]['f1']:.2f} | "
+                  + "; ".join(f"{c['gold_name']} -> {c['predicted_name']}: {c['count']}" for c in pairs) + " |"
+                  for key, pairs in confused]
+        lines.append("")
     runs = zeroshot.get("training_runs", {})
     if runs:
         wall = sum(run["wall_s"] for run in runs.values())

@@ -35,6 +35,7 @@ from .quality import (
 
 SENTENCE_FILES = ("fewrel/val_wiki.json", "fewrel_train_sample/train_wiki_sample.json")  # in the data dir
 LABEL_FILE = "fewrel/pid2name.json"
+TOP_CONFUSIONS = 3  # most confused (gold, predicted) pairs kept per split in the summary
 SPLIT_SUMMARY_FIELDS = ("precision", "recall", "f1", "per_relation_f1_mean", "accuracy", "num_sentences",
                         "num_predicted_relations")
 
@@ -187,6 +188,7 @@ def assemble_zeroshot(budget: Budget, units: list[dict], training: dict, evaluat
                 "eval_relations_seen": result["strictness"]["eval_relations_seen"][split["split"]],
                 "pretraining_relations": result["strictness"]["pretraining_relations"],
                 "train_relations_seen": result["strictness"]["train_relations_seen"][split["split"]],
+                "top_confusions": split["top_confusions"][:TOP_CONFUSIONS],
             }
     summary = {}
     for m, entry in summarize(list(scored.values())).items():
