@@ -11,7 +11,7 @@ hold: they are scored on the ablations' `full` run, which is the main command's 
   training relations of the corpus, 38% of its rows), scored on all of them. Each split is strict, and stricter
   than it needs (its checkpoint also misses the other splits' relations); two runs make the block, not thirteen.
 * ``per_split``: one run per (m, split), with `--exclude_relations_from` that split's file: what the protocol asks at
-  the least, thirteen runs (about 5 hours on 2 idle cores).
+  the least, thirteen runs (about 2.6 hours on 2 idle cores).
 
 Each checkpoint's evaluation is a unit; the evaluator refuses a checkpoint whose recorded `pretraining_relations.json`
 holds a test relation, and a checkpoint without that file is refused here.
