@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from transformers import HfArgumentParser
 
-from modeling_sacon.data import get_data_dir, load_fewrel_json, load_hub_few_rel, load_label_table
+from modeling_sacon.data import get_data_dir, load_fewrel_json, load_hub_few_rel, load_label_table, resolve_data_path
 from modeling_sacon.fewshot.zeroshot_protocol import (
     ZeroShotEvaluator, load_pretraining_relations, load_zeroshot_split, plot_confusions, results_to_json, summarize,
 )
@@ -65,14 +65,14 @@ class ZeroShotArguments:
 def expand_splits(patterns: list[str], data_dir: str) -> list[str]:
     """The split files of `patterns` (files or globs, default: those in `data_dir`), each taken as given or, when not
     found so, in `data_dir` (as `pretrain.py --exclude_relations_from` takes them); one matching nothing is an error."""
-    def existing(pattern: str) -> list[str]:
-        matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
-        return matches if matches and Path(matches[0]).is_file() else []
-
     files = []
     for pattern in patterns or [DEFAULT_SPLITS]:
-        matches = existing(pattern) or (not Path(pattern).is_absolute() and existing(str(get_data_dir(data_dir) / pattern)))
-        if not matches:
+        try:  # a file: resolve_data_path's rule; a glob: the same rule, as given first, then in the data dir
+            matches = ([str(resolve_data_path(pattern, data_dir))] if not glob.has_magic(pattern)
+                       else sorted(glob.glob(pattern)) or sorted(glob.glob(str(get_data_dir(data_dir) / pattern))))
+        except FileNotFoundError:
+            matches = []
+        if not matches or not Path(matches[0]).is_file():
             raise FileNotFoundError(f"--splits {pattern!r}: no such split file (as given, nor in the data dir)")
         files.extend(matches)
     return files

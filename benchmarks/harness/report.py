@@ -235,7 +235,7 @@ def _span(values: list[int]) -> str:
 
 SEEDED_PRETRAINING = {
     "shared": "the seeded splits on one run on the embedded corpus without the test and eval relations of every seeded "
-              "split (`--exclude_relations_from` all twelve files: stricter than each split needs). ",
+              "split (`--exclude_relations_from` every seeded split's file: stricter than each split needs). ",
     "per_split": "each seeded split on its own run, on the embedded corpus without that split's test and eval relations "
                  "(`--exclude_relations_from` its file). ",
 }
