@@ -1,6 +1,7 @@
 """Zero-shot protocol (RE-Matching's FewRel splits): the ZS-BERT metric by hand, split validation, strictness, and a
 tiny SaCon model end to end against independently computed predictions, through the library and the example script."""
 
+import importlib
 import json
 import logging
 import sys
@@ -340,3 +341,41 @@ def test_example_script_reads_the_hub_layout_like_the_json_files(tiny_model, pro
     from_files = evaluate_zeroshot.main([*common, "--fewrel_files", *map(str, small_fewrel)])
     from_hub = evaluate_zeroshot.main([*common, "--dataset_name", str(tmp_path / "hub")])
     assert from_hub["splits"] == from_files["splits"] and from_hub["splits"][0]["num_sentences"] == 15
+
+
+# --------------------------------------------------------------------------- inference-time levers (benchmarks/)
+
+
+def test_direction_aware_and_transductive_scores_by_hand():
+    levers = importlib.import_module("benchmarks.zeroshot_levers")
+    scores = torch.tensor([[0.9, 0.8], [0.2, 0.6]])
+    swapped = torch.tensor([[0.5, 1.0], [0.4, 0.6]])  # sentence 0 read backwards fits label 1 better than forwards
+    # only a label matching the backwards reading *better* loses: 0.8 - 2 * 0.2, 0.2 - 2 * 0.2; the rest unchanged
+    assert torch.allclose(levers.direction_aware(scores, swapped, 2.0), torch.tensor([[0.9, 0.4], [-0.2, 0.6]]))
+    assert torch.allclose(levers.transductive(scores), torch.tensor([[0.35, 0.1], [-0.35, -0.1]]))
+
+
+def test_levers_protocol_row_is_the_evaluators_f1(tiny_model, processor, small_fewrel, data_dir, tmp_path):
+    levers = importlib.import_module("benchmarks.zeroshot_levers")
+    checkpoint = tmp_path / "ckpt"
+    tiny_model.save_pretrained(checkpoint)
+    processor.save_pretrained(checkpoint)
+    save_pretraining_relations(checkpoint, ["P31", "P17"])
+    out = tmp_path / "levers.json"
+    argv = ["--model_name_or_path", str(checkpoint), "--data_dir", str(data_dir), "--splits",
+            "zeroshot/fewrel_rel2id_5_ori.json", "zeroshot/fewrel_rel2id_10_40.json",
+            "--fewrel_files", *map(str, small_fewrel), "--batch_size", "8", "--output_json", str(out)]
+    result = levers.main(argv)
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    splits = [load_zeroshot_split(data_dir / "zeroshot" / f) for f in ("fewrel_rel2id_5_ori.json", "fewrel_rel2id_10_40.json")]
+    table = load_label_table(data_dir / "fewrel" / "pid2name.json")
+    evaluator = ZeroShotEvaluator(tiny_model.eval(), processor, [load_fewrel_json(small_fewrel)], table, batch_size=4)
+    protocol = result["per_split"]["protocol: name [SEP] description"]
+    for split in splits:
+        assert protocol[split.key] == pytest.approx(100 * evaluator.evaluate_split(split).f1, abs=0.006)
+    assert result["mean_f1"]["protocol: name [SEP] description"] == {"5": protocol["m5/ori"], "10": protocol["m10/40"]}
+    assert len(result["per_split"]) == 4 + 1 + 2 + 1  # label forms, their ensemble, direction weights, transductive
+
+    save_pretraining_relations(checkpoint, ["P31", "P641"])  # P641 (sport): a test relation of 5_ori
+    with pytest.raises(ValueError, match=r"P641 \(sport\) of .*fewrel_rel2id_5_ori\.json"):
+        levers.main(argv)

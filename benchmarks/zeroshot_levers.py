@@ -1,0 +1,154 @@
+#!/usr/bin/env python
+"""Inference-time levers on RE-Matching's zero-shot splits for one checkpoint: label-text forms, direction-aware
+scoring and a transductive calibration, each scored with the protocol's macro F1 beside the protocol's own scoring.
+
+    python benchmarks/zeroshot_levers.py --model_name_or_path outputs/sacon-minilm               # the ori splits
+    python benchmarks/zeroshot_levers.py --model_name_or_path CKPT --splits 'zeroshot/fewrel_rel2id_*_4?.json' \\
+        --output_json levers.json
+
+Every sentence is encoded once (and once more with head and tail exchanged); every lever is a different label text
+or a different score over the same vectors, so the table compares levers on identical sentences. The `protocol` row
+is exactly `examples/evaluate_zeroshot.py`'s scoring (the nearest "name [SEP] description" by cosine). Tune levers
+on the `ori` splits (FewRel's validation relations) only; the seeded splits are for reporting. The checkpoint's
+recorded pre-training relations are checked against every split's test relations first, as the evaluator does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import datasets
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: `benchmarks.harness`
+import benchmarks.harness  # noqa: E402,F401  (the development data directory, unless SACON_DATA_DIR is set)
+from modeling_sacon.data import get_data_dir, load_fewrel_json, load_label_table
+from modeling_sacon.fewshot.evaluation import SaconEncoder, encode_length_sorted
+from modeling_sacon.fewshot.zeroshot_protocol import (
+    ZeroShotSplit, check_strictness, gather_test_sentences, load_pretraining_relations, load_zeroshot_split, macro_prf,
+)
+from modeling_sacon.utils.loading import load_sacon_model
+
+DEFAULT_SPLITS = "zeroshot/fewrel_rel2id_*_ori.json"
+FEWREL_FILES = ("fewrel/val_wiki.json", "fewrel_train_sample/train_wiki_sample.json")
+LABEL_FILE = "fewrel/pid2name.json"
+
+# label-text forms: (name, description) -> what the label tower reads
+LABEL_FORMS: dict[str, Callable[[str, str], str | tuple[str, str]]] = {
+    "name [SEP] description": lambda name, description: (name, description),  # the protocol's (pre-training's form)
+    "name only": lambda name, description: name,
+    "description only": lambda name, description: description or name,
+    "name: description": lambda name, description: f"{name}: {description}",
+}
+ENSEMBLE = ("name [SEP] description", "name: description", "description only")  # the forms that keep the description
+SWAP_WEIGHTS = (0.5, 1.0)  # direction-aware penalty weights
+
+
+def direction_aware(scores: torch.Tensor, swapped: torch.Tensor, weight: float) -> torch.Tensor:
+    """Penalise a label that matches the sentence read backwards (head and tail exchanged) better than as written:
+    such a label describes the inverse direction (a `child` sentence read backwards is a `mother` one)."""
+    return scores - weight * (swapped - scores).clamp(min=0)
+
+
+def transductive(scores: torch.Tensor) -> torch.Tensor:
+    """Subtract each label's mean score over the split's test sentences: uses the test set as a whole, which the
+    protocol does not allow (shown as a diagnostic of label bias, not as a result)."""
+    return scores - scores.mean(dim=0, keepdim=True)
+
+
+def lever_scores(
+    sentences: torch.Tensor, swapped: torch.Tensor, labels: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """Every lever's [n, m] scores from L2-normalised sentence, swapped-sentence and (per label form) label vectors."""
+    protocol = sentences @ labels["name [SEP] description"].T
+    out = {"protocol: name [SEP] description": protocol}
+    out.update({f"label text: {form}": sentences @ vectors.T for form, vectors in labels.items()
+                if form != "name [SEP] description"})
+    ensemble = F.normalize(sum(labels[form] for form in ENSEMBLE), dim=-1)  # prompt ensembling, as CLIP's
+    out["label text: mean of " + " / ".join(ENSEMBLE)] = sentences @ ensemble.T
+    backwards = swapped @ labels["name [SEP] description"].T
+    out.update({f"direction-aware, weight {w:g}": direction_aware(protocol, backwards, w) for w in SWAP_WEIGHTS})
+    out["transductive calibration (not the protocol)"] = transductive(protocol)
+    return out
+
+
+@torch.no_grad()
+def measure(encoder, splits: Sequence[ZeroShotSplit], sources, label_table, batch_size: int = 128) -> dict:
+    """{lever: {split key: F1 %}} and each lever's mean F1 per m (keyed "5", "10", ...: as in the JSON)."""
+    relations = list(dict.fromkeys(r for split in splits for r in split.test))
+    rows = gather_test_sentences(sources, relations, source="the test sentences")
+    backwards = rows.map(lambda row: {"head": row["tail"], "tail": row["head"]})
+    sentences = F.normalize(encode_length_sorted(encoder, list(rows), batch_size), dim=-1)
+    swapped = F.normalize(encode_length_sorted(encoder, list(backwards), batch_size), dim=-1)
+    labels = {form: F.normalize(encoder.encode_labels([make(*label_table[r]) for r in relations]), dim=-1)
+              for form, make in LABEL_FORMS.items()}
+    index = {r: i for i, r in enumerate(relations)}
+    rows_of: dict[str, list[int]] = {r: [] for r in relations}
+    for i, relation in enumerate(rows["relation"][:]):
+        rows_of[relation].append(i)
+    per_split: dict[str, dict[str, float]] = {}
+    for split in splits:
+        selected = [i for r in split.test for i in rows_of[r]]
+        columns = [index[r] for r in split.test]
+        gold = [k for k, r in enumerate(split.test) for _ in rows_of[r]]
+        scores = lever_scores(sentences[selected], swapped[selected], {f: v[columns] for f, v in labels.items()})
+        for lever, values in scores.items():
+            per_split.setdefault(lever, {})[split.key] = round(100 * macro_prf(gold, values.argmax(-1).tolist()).f1, 2)
+    means = {lever: {str(m): round(sum(f1 for key, f1 in values.items() if key.startswith(f"m{m}/"))
+                              / sum(key.startswith(f"m{m}/") for key in values), 2)
+                     for m in sorted({s.m for s in splits})} for lever, values in per_split.items()}
+    return {"per_split": per_split, "mean_f1": means}
+
+
+def markdown(result: dict) -> str:
+    ms = list(next(iter(result["mean_f1"].values())))
+    base = result["mean_f1"]["protocol: name [SEP] description"]
+    lines = ["| lever | " + " | ".join(f"m={m} F1 (%)" for m in ms) + " |", "|---|" + "---:|" * len(ms)]
+    for lever, means in result["mean_f1"].items():
+        cells = [f"{means[m]:.2f}" + ("" if lever.startswith("protocol") else f" ({means[m] - base[m]:+.2f})") for m in ms]
+        lines.append(f"| {lever} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model_name_or_path", required=True)
+    parser.add_argument("--splits", nargs="+", default=[DEFAULT_SPLITS], help="split files or globs (in --data_dir)")
+    parser.add_argument("--data_dir", default=None, help="default: SACON_DATA_DIR (the data beside the checkout)")
+    parser.add_argument("--fewrel_files", nargs="+", default=list(FEWREL_FILES),
+                        help="FewRel JSON files of the test sentences (in --data_dir unless found as given)")
+    parser.add_argument("--batch_size", type=int, default=128)
+    parser.add_argument("--output_json", default=None)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    datasets.disable_progress_bars()
+    data_dir = get_data_dir(args.data_dir)
+    files = sorted({f for pattern in args.splits for f in glob.glob(str(data_dir / pattern)) or glob.glob(pattern)})
+    if not files:
+        raise SystemExit(f"--splits {args.splits}: no split file in {data_dir} nor as given")
+    splits = sorted((load_zeroshot_split(f) for f in files), key=lambda s: (s.m, s.name))
+    label_table = load_label_table([data_dir / LABEL_FILE])
+    check_strictness(splits, load_pretraining_relations(args.model_name_or_path), label_table,
+                     checkpoint=args.model_name_or_path)
+    model, processor = load_sacon_model(args.model_name_or_path)
+    sources = [load_fewrel_json([f if Path(f).is_file() else data_dir / f for f in args.fewrel_files])]
+    result = {"model": args.model_name_or_path, "splits": [s.key for s in splits],
+              **measure(SaconEncoder(model.eval(), processor), splits, sources, label_table, args.batch_size)}
+    print(markdown(result))
+    if args.output_json:
+        Path(args.output_json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output_json).write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
