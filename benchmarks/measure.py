@@ -3,6 +3,7 @@
 
     python benchmarks/measure.py step_breakdown [--threads 1]       # where the label tower's step overhead goes
     python benchmarks/measure.py cpu_threads [--output FILE]        # one torch thread against the process's cores
+    python benchmarks/measure.py sentence_packing                   # packed against padded sentences, per step
     python benchmarks/measure.py synthetic_corpus --output DIR      # a paper-scale corpus in the authors' format
 
 `python benchmarks/measure.py TOOL --help` lists a tool's options.
@@ -16,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: `benchmarks.harness`
 
-TOOLS = ("step_breakdown", "cpu_threads", "synthetic_corpus")
+TOOLS = ("step_breakdown", "cpu_threads", "sentence_packing", "synthetic_corpus")
 
 
 def main(argv: list[str] | None = None):

@@ -102,15 +102,15 @@ def export_onnx(
 ) -> dict[str, Path]:
     """Write both towers and the processor to `output_dir`; returns {"sentence": path, "label": path}.
 
-    The label tower is exported on the plain padded path: `pack_label_texts` re-packs rows by their lengths (a
-    data-dependent step a static graph cannot hold) and gives the same features up to float rounding anyway.
+    Both towers are exported on the plain padded path: `pack_sentences` / `pack_label_texts` re-pack rows by their
+    lengths (a data-dependent step a static graph cannot hold) and give the same features up to float rounding anyway.
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     model.eval()
     paths = {"sentence": output_dir / SENTENCE_FILE, "label": output_dir / LABEL_FILE}
-    packing = model.config.pack_label_texts
-    model.config.pack_label_texts = False
+    packing = (model.config.pack_sentences, model.config.pack_label_texts)
+    model.config.pack_sentences = model.config.pack_label_texts = False
     try:
         with torch.no_grad():
             _export_tower(SentenceTower(model), processor.encode_instances(EXAMPLE_SENTENCES),
@@ -118,7 +118,7 @@ def export_onnx(
             _export_tower(LabelTower(model), processor.encode_labels(EXAMPLE_LABELS),
                           ["label_features", "label_embeds"], paths["label"], opset_version)
     finally:
-        model.config.pack_label_texts = packing
+        model.config.pack_sentences, model.config.pack_label_texts = packing
     processor.save_pretrained(output_dir)
     return paths
 

@@ -3,7 +3,7 @@
 
 With no argument it pre-trains two copies of the packaged, offline all-MiniLM-L6-v2 on the embedded corpus
 (`pretrain_v2`: 912 Wikidata relations, no FewRel evaluation relation) in shuffled batches of 32 for 500 steps
-(about 20 minutes on two CPU cores: `CPU_BUDGET` below), scores FewRel val_wiki 5-way 1-shot prototypes at the end,
+(about 15 minutes on two CPU cores: `CPU_BUDGET` below), scores FewRel val_wiki 5-way 1-shot prototypes at the end,
 and writes model (safetensors + code), processor and model card to outputs/sacon-minilm:
 
     python examples/pretrain.py

@@ -304,6 +304,20 @@ class SaconDualEncoderModel(SaconPreTrainedModel):
         excess = (self.logit_scale - self.config.logit_scale_max).clamp(min=0.0)
         return self.logit_scale - excess.detach()
 
+    @staticmethod
+    def _last_hidden_state(
+        tower: PreTrainedModel,
+        pack: bool,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        token_type_ids: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """[N, L, H] states of a padded batch; with `pack` (and a tower that packs exactly, and some padding), computed
+        on the real tokens packed into fewer rows: the same states at real tokens, zeros at padding."""
+        if pack and attention_mask is not None and packs_sequences(tower) and not bool(attention_mask.all()):
+            return packed_last_hidden_state(tower, input_ids, attention_mask, token_type_ids)
+        return tower(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).last_hidden_state
+
     def encode_sentences(
         self,
         input_ids: torch.Tensor,
@@ -315,9 +329,9 @@ class SaconDualEncoderModel(SaconPreTrainedModel):
         normalised. The hidden states feed the sentence MLM head."""
         if entity_positions is None:
             raise ValueError("entity_positions ([B, 2] head-start and tail-start marker indices) are required")
-        hidden = self.sentence_encoder(
-            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
-        ).last_hidden_state  # [B, L, H]
+        hidden = self._last_hidden_state(
+            self.sentence_encoder, self.config.pack_sentences, input_ids, attention_mask, token_type_ids
+        )  # [B, L, H]
         rows = torch.arange(hidden.shape[0], device=hidden.device).unsqueeze(1)
         pooled = hidden[rows, entity_positions].flatten(1)  # [B, 2H]
         return hidden, self.sentence_projection(pooled)
@@ -332,11 +346,9 @@ class SaconDualEncoderModel(SaconPreTrainedModel):
         configured pooling), projected, not normalised. The hidden states feed the label MLM head."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        tower = self.label_tower
-        if self.config.pack_label_texts and packs_sequences(tower) and not bool(attention_mask.all()):
-            hidden = packed_last_hidden_state(tower, input_ids, attention_mask, token_type_ids)  # [U, L, H]
-        else:
-            hidden = tower(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).last_hidden_state
+        hidden = self._last_hidden_state(
+            self.label_tower, self.config.pack_label_texts, input_ids, attention_mask, token_type_ids
+        )  # [U, L, H]
         cls = hidden[:, 0]
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # padding excluded (the authors' mean includes it)

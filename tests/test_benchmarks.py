@@ -10,6 +10,7 @@ import importlib
 import importlib.util
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -136,6 +137,17 @@ def test_smoke_budget_end_to_end_and_resume(tmp_path, data_dir):
     for title in (1, 8):
         assert lines[title].startswith(("wall time", "cpu time")), lines
         assert lines[title + 1].endswith("(comparator)") and "+0.0%" in lines[title + 1], lines
+
+    # the sentence-packing diagnostic: both arms give the same features before they are timed
+    command = [sys.executable, "benchmarks/measure.py", "sentence_packing", "--backbone", str(output_dir / "backbone"),
+               "--batches", "2", "--repeats", "1"]
+    packing = subprocess.run(command, cwd=REPO, env={**os.environ, "SACON_DATA_DIR": str(data_dir)},
+                             capture_output=True, text=True, timeout=300)
+    assert packing.returncode == 0, packing.stderr[-4000:]
+    header, timing = packing.stdout.strip().splitlines()
+    share, difference = re.search(r"tokens \((\d+)%\); max \|feature difference\| packed vs padded (\S+)", header).groups()
+    assert 20 < int(share) < 100 and float(difference) < 1e-4, header
+    assert re.fullmatch(r"step, median of 2: padded [\d.]+ s, packed [\d.]+ s \([+-][\d.]+%\)", timing), timing
 
 
 def _macro_prf_from_confusion(confusion: list[list[int]]) -> tuple[float, float, float]:

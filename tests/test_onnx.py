@@ -59,16 +59,16 @@ def run(path: Path, encoding) -> list[np.ndarray]:
 
 @pytest.mark.parametrize("tower", ["sentence", "label"])
 def test_onnx_tower_equals_pytorch_on_another_shape(exported, processor, tower):
-    """4 padded rows, longer than the export's 2: dynamic axes and the mask hold. The label tower runs packed in
-    PyTorch (`pack_label_texts`) and padded in ONNX: same features."""
+    """4 padded rows, longer than the export's 2: dynamic axes and the mask hold. Both towers run packed in PyTorch
+    (`pack_sentences`, `pack_label_texts`) and padded in ONNX: same features."""
     model, output_dir, _ = exported
+    assert model.config.pack_sentences and model.config.pack_label_texts  # the export switched packing off while tracing only
     if tower == "sentence":
         encoding, export_encoding = processor.encode_instances(SENTENCES), processor.encode_instances(EXPORTED_SENTENCES)
         get_features = model.get_sentence_features
     else:
         encoding, export_encoding = processor.encode_labels(LABELS), processor.encode_labels(EXPORTED_LABELS)
         get_features = model.get_label_features
-        assert model.config.pack_label_texts  # the export switched packing off while tracing only
     assert encoding["input_ids"].shape[0] != export_encoding["input_ids"].shape[0]
     assert encoding["input_ids"].shape[1] > export_encoding["input_ids"].shape[1]
     assert not bool(encoding["attention_mask"].all())  # padded rows: the mask must really be applied
