@@ -99,57 +99,35 @@ PACKING_LABELS = {
 }
 
 
-def test_packed_label_texts_match_padded_forward_and_gradients(processor, tiny_model):
-    """Packing the label texts into fewer rows changes the cost, not the embeddings, losses or gradients."""
-    assert packs_sequences(tiny_model.label_encoder)
-    relations = ["P1", "P2", "P3", "P4", "P5", "P1"]
-    batch = make_batch(processor, TOY * 2, relations, PACKING_LABELS, mlm_probability=0.3)
+LONG_SENTENCE = {  # a sentence twice as long as TOY's, so two short ones share a packed row
+    "tokens": ("the river thames flows through london , the capital of the united kingdom , and past many towns and "
+               "villages until it reaches the north sea near its estuary").split(),
+    "h": ["thames", "", [[2]]], "t": ["north sea", "", [[24, 25]]],
+}
+
+
+@pytest.mark.parametrize("tower, flag, rows", [("label", "pack_label_texts", 5), ("sentence", "pack_sentences", 6)])
+def test_packed_towers_match_padded_forward_and_gradients(processor, tiny_model, tower, flag, rows):
+    """Packing a tower's sequences into fewer rows changes the cost, not the embeddings, losses or gradients (the
+    sentence tower's entity positions index the padded layout, which the packed states are returned in)."""
+    encoder = tiny_model.label_encoder if tower == "label" else tiny_model.sentence_encoder
+    assert packs_sequences(encoder)
+    relations = ["P1", "P2", "P3", "P4", "P5", "P1"]  # 6 sentences, 5 distinct label texts
+    batch = make_batch(processor, [*TOY, LONG_SENTENCE, *TOY[:2]], relations, PACKING_LABELS, mlm_probability=0.3)
     rows_seen = []
-    tiny_model.label_encoder.register_forward_hook(lambda module, args, kwargs, out: rows_seen.append(kwargs["input_ids"].shape), with_kwargs=True)
+    encoder.register_forward_hook(lambda module, args, kwargs, out: rows_seen.append(kwargs["input_ids"].shape), with_kwargs=True)
     results = {}
     for pack in (False, True):
-        tiny_model.config.pack_label_texts = pack
+        setattr(tiny_model.config, flag, pack)
         tiny_model.zero_grad()
         out = tiny_model(**batch)  # eval mode: no dropout, so both passes are deterministic
         out.loss.backward()
-        grads = {n: p.grad.clone() for n, p in tiny_model.named_parameters() if n.startswith("label_") and p.grad is not None}
+        grads = {n: p.grad.clone() for n, p in tiny_model.named_parameters() if n.startswith(tower) and p.grad is not None}
         results[pack] = (out, grads)
     padded_shape, packed_shape = rows_seen
-    assert padded_shape[0] == 5 and packed_shape[0] < 5  # the packed pass really ran on fewer rows
+    assert padded_shape[0] == rows and packed_shape[0] < rows  # the packed pass really ran on fewer rows
     (padded, padded_grads), (packed, packed_grads) = results[False], results[True]
-    for field in ("loss", "label_mlm_loss", "label_anchored_loss", "label_embeds"):
-        assert torch.allclose(getattr(packed, field), getattr(padded, field), atol=1e-5), field
-    assert padded_grads.keys() == packed_grads.keys() and len(padded_grads) > 10
-    for name, grad in padded_grads.items():
-        assert torch.allclose(packed_grads[name], grad, atol=1e-5), name
-
-
-def test_packed_sentences_match_padded_forward_and_gradients(processor, tiny_model):
-    """Packing the sentences into fewer rows changes the cost, not the features, MLM loss or gradients (the entity
-    positions index the padded layout, which the packed states are returned in)."""
-    assert packs_sequences(tiny_model.sentence_encoder)
-    long = ("the river thames flows through london , the capital of the united kingdom , and past many towns and "
-            "villages until it reaches the north sea near its estuary").split()
-    sentences = [*TOY, {"tokens": long, "h": ["thames", "", [[2]]], "t": ["north sea", "", [[24, 25]]]}, *TOY[:2]]
-    relations = ["P1", "P2", "P3", "P4", "P5", "P1"]
-    batch = make_batch(processor, sentences, relations, PACKING_LABELS, mlm_probability=0.3)
-    lengths = batch["attention_mask"].sum(1)
-    assert lengths.min() * 2 <= batch["attention_mask"].shape[1]  # two short sentences fit one row: packing can pay
-    rows_seen = []
-    tiny_model.sentence_encoder.register_forward_hook(
-        lambda module, args, kwargs, out: rows_seen.append(kwargs["input_ids"].shape), with_kwargs=True)
-    results = {}
-    for pack in (False, True):
-        tiny_model.config.pack_sentences = pack
-        tiny_model.zero_grad()
-        out = tiny_model(**batch)  # eval mode: no dropout, so both passes are deterministic
-        out.loss.backward()
-        grads = {n: p.grad.clone() for n, p in tiny_model.named_parameters() if n.startswith("sentence_") and p.grad is not None}
-        results[pack] = (out, grads)
-    padded_shape, packed_shape = rows_seen
-    assert padded_shape[0] == len(relations) and packed_shape[0] < len(relations)  # fewer rows really ran
-    (padded, padded_grads), (packed, packed_grads) = results[False], results[True]
-    for field in ("loss", "sentence_mlm_loss", "sentence_anchored_loss", "sentence_embeds"):
+    for field in ("loss", f"{tower}_mlm_loss", f"{tower}_anchored_loss", f"{tower}_embeds"):
         assert torch.allclose(getattr(packed, field), getattr(padded, field), atol=1e-5), field
     assert padded_grads.keys() == packed_grads.keys() and len(padded_grads) > 10
     for name, grad in padded_grads.items():
