@@ -16,7 +16,6 @@ recorded pre-training relations are checked against every split's test relations
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -28,10 +27,11 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: `benchmarks.harness`
 import benchmarks.harness  # noqa: E402,F401  (the development data directory, unless SACON_DATA_DIR is set)
-from modeling_sacon.data import get_data_dir, load_fewrel_json, load_label_table
+from modeling_sacon.data import load_fewrel_json, load_label_table, resolve_data_path
 from modeling_sacon.fewshot.evaluation import SaconEncoder, encode_length_sorted
 from modeling_sacon.fewshot.zeroshot_protocol import (
-    ZeroShotSplit, check_strictness, gather_test_sentences, load_pretraining_relations, load_zeroshot_split, macro_prf,
+    ZeroShotSplit, check_strictness, find_split_files, gather_test_sentences, load_pretraining_relations, load_zeroshot_split,
+    macro_prf,
 )
 from modeling_sacon.utils.loading import load_sacon_model
 
@@ -131,16 +131,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     datasets.disable_progress_bars()
-    data_dir = get_data_dir(args.data_dir)
-    files = sorted({f for pattern in args.splits for f in glob.glob(str(data_dir / pattern)) or glob.glob(pattern)})
-    if not files:
-        raise SystemExit(f"--splits {args.splits}: no split file in {data_dir} nor as given")
-    splits = sorted((load_zeroshot_split(f) for f in files), key=lambda s: (s.m, s.name))
-    label_table = load_label_table([data_dir / LABEL_FILE])
+    splits = sorted((load_zeroshot_split(f) for f in find_split_files(args.splits, args.data_dir)), key=lambda s: (s.m, s.name))
+    label_table = load_label_table([resolve_data_path(LABEL_FILE, args.data_dir)])
     check_strictness(splits, load_pretraining_relations(args.model_name_or_path), label_table,
                      checkpoint=args.model_name_or_path)
     model, processor = load_sacon_model(args.model_name_or_path)
-    sources = [load_fewrel_json([f if Path(f).is_file() else data_dir / f for f in args.fewrel_files])]
+    sources = [load_fewrel_json([resolve_data_path(f, args.data_dir) for f in args.fewrel_files])]
     result = {"model": args.model_name_or_path, "splits": [s.key for s in splits],
               **measure(SaconEncoder(model.eval(), processor), splits, sources, label_table, args.batch_size)}
     print(markdown(result))

@@ -13,7 +13,6 @@ refused. Prints, per m, the mean P/R/F1 (± sample std over the splits) and each
 
 from __future__ import annotations
 
-import glob
 import json
 import logging
 import os
@@ -24,9 +23,10 @@ from pathlib import Path
 import torch
 from transformers import HfArgumentParser
 
-from modeling_sacon.data import get_data_dir, load_fewrel_json, load_hub_few_rel, load_label_table, resolve_data_path
+from modeling_sacon.data import get_data_dir, load_fewrel_json, load_hub_few_rel, load_label_table
 from modeling_sacon.fewshot.zeroshot_protocol import (
-    ZeroShotEvaluator, load_pretraining_relations, load_zeroshot_split, plot_confusions, results_to_json, summarize,
+    ZeroShotEvaluator, find_split_files, load_pretraining_relations, load_zeroshot_split, plot_confusions, results_to_json,
+    summarize,
 )
 from modeling_sacon.utils.loading import load_sacon_model
 
@@ -63,19 +63,8 @@ class ZeroShotArguments:
 
 
 def expand_splits(patterns: list[str], data_dir: str) -> list[str]:
-    """The split files of `patterns` (files or globs, default: those in `data_dir`), each taken as given or, when not
-    found so, in `data_dir` (as `pretrain.py --exclude_relations_from` takes them); one matching nothing is an error."""
-    files = []
-    for pattern in patterns or [DEFAULT_SPLITS]:
-        try:  # a file: resolve_data_path's rule; a glob: the same rule, as given first, then in the data dir
-            matches = ([str(resolve_data_path(pattern, data_dir))] if not glob.has_magic(pattern)
-                       else sorted(glob.glob(pattern)) or sorted(glob.glob(str(get_data_dir(data_dir) / pattern))))
-        except FileNotFoundError:
-            matches = []
-        if not matches or not Path(matches[0]).is_file():
-            raise FileNotFoundError(f"--splits {pattern!r}: no such split file (as given, nor in the data dir)")
-        files.extend(matches)
-    return files
+    """The split files of `patterns` (default: every split file in `data_dir`), found as `find_split_files` finds them."""
+    return find_split_files(patterns or [DEFAULT_SPLITS], data_dir)
 
 
 def load_sentences_and_labels(args: ZeroShotArguments):

@@ -12,6 +12,7 @@ where the data lives.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import re
@@ -26,7 +27,7 @@ import numpy as np
 import torch
 from transformers.utils import cached_file, logging
 
-from ..data.corpus import DataFormatError, _read_json_object, label_texts
+from ..data.corpus import DataFormatError, _read_json_object, get_data_dir, label_texts, resolve_data_path
 from ..processing_sacon import SaconProcessor
 from ..scoring import similarity_logits
 from .evaluation import SaconEncoder, encode_length_sorted
@@ -80,6 +81,23 @@ def _relation_ids(value: Any, path: Path, field_name: str) -> tuple[str, ...]:
     if repeated:
         raise DataFormatError(f"{path}: field {field_name!r}: duplicate relation id(s) {repeated}")
     return tuple(ids)
+
+
+def find_split_files(patterns: Sequence[str], data_dir: PathLike | None = None) -> list[str]:
+    """The split files of `patterns` (files or globs), each taken as given or, when not found so, in `data_dir`
+    (`resolve_data_path`'s rule, which `pretrain.py --exclude_relations_from` follows); one matching nothing raises
+    a `FileNotFoundError` naming it."""
+    files = []
+    for pattern in patterns:
+        try:  # a file: resolve_data_path's rule; a glob: the same rule, as given first, then in the data dir
+            matches = ([str(resolve_data_path(pattern, data_dir))] if not glob.has_magic(pattern)
+                       else sorted(glob.glob(pattern)) or sorted(glob.glob(str(get_data_dir(data_dir) / pattern))))
+        except FileNotFoundError:
+            matches = []
+        if not matches or not Path(matches[0]).is_file():
+            raise FileNotFoundError(f"--splits {pattern!r}: no such split file (as given, nor in the data dir)")
+        files.extend(matches)
+    return files
 
 
 def load_zeroshot_split(path: PathLike) -> ZeroShotSplit:
