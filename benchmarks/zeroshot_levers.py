@@ -100,9 +100,9 @@ def measure(encoder, splits: Sequence[ZeroShotSplit], sources, label_table, batc
         scores = lever_scores(sentences[selected], swapped[selected], {f: v[columns] for f, v in labels.items()})
         for lever, values in scores.items():
             per_split.setdefault(lever, {})[split.key] = round(100 * macro_prf(gold, values.argmax(-1).tolist()).f1, 2)
-    means = {lever: {str(m): round(sum(f1 for key, f1 in values.items() if key.startswith(f"m{m}/"))
-                              / sum(key.startswith(f"m{m}/") for key in values), 2)
-                     for m in sorted({s.m for s in splits})} for lever, values in per_split.items()}
+    keys_of_m = {m: [s.key for s in splits if s.m == m] for m in sorted({s.m for s in splits})}
+    means = {lever: {str(m): round(sum(values[k] for k in keys) / len(keys), 2) for m, keys in keys_of_m.items()}
+             for lever, values in per_split.items()}
     return {"per_split": per_split, "mean_f1": means}
 
 

@@ -95,7 +95,7 @@ def find_split_files(patterns: Sequence[str], data_dir: PathLike | None = None) 
         except FileNotFoundError:
             matches = []
         if not matches or not Path(matches[0]).is_file():
-            raise FileNotFoundError(f"--splits {pattern!r}: no such split file (as given, nor in the data dir)")
+            raise FileNotFoundError(f"{pattern!r}: no such split file (as given, nor in the data dir)")
         files.extend(matches)
     return files
 
