@@ -163,8 +163,8 @@ def _macro_prf_from_confusion(confusion: list[list[int]]) -> tuple[float, float,
 
 def _check_zeroshot(zeroshot: dict, output_dir: Path) -> dict:
     """Per-split P/R/F1 of the zero-shot evaluator (checked against its own confusion counts), the `ori` splits on the
-    ablations' `full` run, the seeded splits on one run without all their test and eval relations, and strictness as
-    recorded by each run."""
+    ablations' `full` run, the seeded splits of one seed on one run without all their test and eval relations, and
+    strictness as recorded by each run."""
     from modeling_sacon.data import get_data_dir
     from modeling_sacon.fewshot.zeroshot_protocol import (
         load_pretraining_relations,
@@ -175,13 +175,13 @@ def _check_zeroshot(zeroshot: dict, output_dir: Path) -> dict:
     units = {}
     for key, split in zeroshot["per_split"].items():
         m, name = key.split("/")
-        unit = "zeroshot/eval-ori" if name == "ori" else "zeroshot/eval-heldout"
+        unit = "zeroshot/eval-ori" if name == "ori" else "zeroshot/eval-split40"
         units[key] = stored = next(s for s in json.loads(common.UnitStore(output_dir).path(unit).read_text())["result"]["splits"]
                                    if s["split"] == key)
         assert split["num_sentences"] == 5 * int(m[1:])  # tiny splits: 5 sentences per test relation
         precision, recall, f1 = _macro_prf_from_confusion(stored["confusion"])
         assert (split["precision"], split["recall"], split["f1"]) == pytest.approx((precision, recall, f1))
-        assert split["checkpoint"] == ("ablations/pretrain-full" if name == "ori" else "zeroshot/pretrain-heldout")
+        assert split["checkpoint"] == ("ablations/pretrain-full" if name == "ori" else "zeroshot/pretrain-split40")
         assert split["top_confusions"] == stored["top_confusions"][:3]  # the summary's, each a cell of the matrix
         for pair in split["top_confusions"]:
             gold, predicted = stored["relations"].index(pair["gold"]), stored["relations"].index(pair["predicted"])
@@ -192,7 +192,7 @@ def _check_zeroshot(zeroshot: dict, output_dir: Path) -> dict:
         values = [zeroshot["per_split"][f"m{m}/{name}"]["f1"] for name in ("ori", "40")]
         assert entry["f1"]["mean"] == pytest.approx(sum(values) / 2)
         assert entry["f1"]["std"] == pytest.approx(abs(values[0] - values[1]) / 2**0.5)  # sample std of two values
-    run = output_dir / "runs" / "zeroshot-heldout"
+    run = output_dir / "runs" / "zeroshot-split40"
     seen = set(load_pretraining_relations(run))
     for m in (5, 10):  # the seeded run saw none of either split's test and eval relations, and its card says so
         split = load_zeroshot_split(get_data_dir() / "zeroshot" / f"fewrel_rel2id_{m}_40.json")
@@ -209,7 +209,7 @@ def _check_zeroshot_partial(output_dir: Path) -> None:
 
     budget, store = budgets.SMOKE, common.UnitStore(output_dir)
     units = zeroshot.zeroshot_training_units(budget, str(output_dir / "backbone"), output_dir)
-    training = {u["name"]: store.load(u["name"]) for u in units if u["name"] != "zeroshot/pretrain-heldout"}
+    training = {u["name"]: store.load(u["name"]) for u in units if u["name"] != "zeroshot/pretrain-split40"}
     evaluations = {u["name"]: store.load(f"zeroshot/eval-{u['zeroshot_key']}") for u in units if u["name"] in training}
     partial = zeroshot.assemble_zeroshot(budget, units, training, evaluations)
     assert partial["summary"]["5"]["missing"] == ["m5/40"] and partial["summary"]["10"]["missing"] == ["m10/40"]
@@ -227,11 +227,13 @@ def test_budgets():
     assert 2 * cpu.ablation_steps >= cpu.pretrain_steps and cpu.ablation_episodes < cpu.eval_episodes  # >= half length
     # the CPU budget's own arithmetic (planning constants in budgets.py) stays within 4 hours
     assert budgets.estimate(cpu)["total"] <= 4 * 3600
-    # the zero-shot block: 2 runs of the main command's recipe (ori, and one for the 12 seeded splits), or 13 with a run
-    # per seeded split, and their evaluations, within 6 hours either way
+    # the zero-shot block: runs of the main command's recipe (ori; then one per seed for the 12 seeded splits, one for all
+    # of them, or 12, one per split) and their evaluations, within 6 hours in every mode
     run = cpu.pretrain_steps * budgets.CPU_PLANNING.pretrain_step_s * cpu.pretrain_batch_size / 32 + budgets.CPU_PLANNING.process_s
-    shared = budgets.estimate_zeroshot(cpu)
+    per_seed = budgets.estimate_zeroshot(cpu)
+    shared = budgets.estimate_zeroshot(cpu.with_overrides({"zeroshot_pretraining": "shared"}))
     per_split = budgets.estimate_zeroshot(cpu.with_overrides({"zeroshot_pretraining": "per_split"}))
+    assert per_seed["pre-training, seeded splits"] == pytest.approx(4 * run) and per_seed["total"] <= 1.25 * 3600
     assert shared["pre-training, seeded splits"] == pytest.approx(run) and shared["total"] <= 3600
     assert per_split["pre-training, seeded splits"] == pytest.approx(12 * run) and per_split["total"] <= 6 * 3600
     resized = cpu.with_overrides({"pretrain_steps": "200", "seeds": "1,2", "ablation_pool_per_relation": "none"})
@@ -289,16 +291,23 @@ def test_full_ablation_at_the_main_length_is_the_main_run(harness, tmp_path):
 
 
 def test_zeroshot_units_share_the_main_run_and_hold_out_every_seeded_split(tmp_path):
-    """The block's `ori` unit is the ablations' `full` run (one run, not two); the seeded splits share one run whose
-    argv holds out every seeded split file, or, per split, one run each with its own file; nothing else is accepted."""
+    """The block's `ori` unit is the ablations' `full` run (one run, not two); a seed's splits share one run whose argv
+    holds out that seed's split files, or all seeded splits share one holding out all, or each split has its own run;
+    nothing else is accepted."""
     from benchmarks.harness import quality, zeroshot
 
     cpu = budgets.CPU
     full = {u["variant"]: u for u in quality.ablation_training_units(cpu, "minilm", tmp_path)}["full"]
     units = zeroshot.zeroshot_training_units(cpu, "minilm", tmp_path)
-    assert [u["name"] for u in units] == [full["name"], "zeroshot/pretrain-heldout"]
+    assert [u["name"] for u in units] == [full["name"], *(f"zeroshot/pretrain-split{n}" for n in ("40", "41", "42", "43"))]
     assert units[0]["spec"] == full["spec"] and units[0]["splits"] == [f"zeroshot/fewrel_rel2id_{m}_ori.json" for m in (5, 10, 15)]
+    for unit, name in zip(units[1:], ("40", "41", "42", "43")):
+        files = [f"zeroshot/fewrel_rel2id_{m}_{name}.json" for m in (5, 10, 15)]
+        assert unit["splits"] == files and unit["argv"] == [
+            "--output_dir", str(tmp_path / "runs" / f"zeroshot-split{name}"), *full["argv"][2:], "--exclude_relations_from", *files]
     seeded = [f"zeroshot/fewrel_rel2id_{m}_{name}.json" for m in (5, 10, 15) for name in ("40", "41", "42", "43")]
+    units = zeroshot.zeroshot_training_units(cpu.with_overrides({"zeroshot_pretraining": "shared"}), "minilm", tmp_path)
+    assert [u["name"] for u in units] == [full["name"], "zeroshot/pretrain-heldout"]
     argv = units[1]["argv"]
     assert units[1]["splits"] == seeded
     # the main command's recipe: `full`'s argv but for the output directory, plus the held-out split files

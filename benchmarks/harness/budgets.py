@@ -38,12 +38,13 @@ If the cores turn out slower or faster than planned, resize with `--set pretrain
 `--set ablation_steps=N`; units the change does not affect are kept.
 
 The zero-shot block (`run_all.py --only zeroshot`, `estimate_zeroshot`) is not part of the default sections. Its 15
-splits (m = 5, 10, 15 x ori, 40-43) need two pre-training runs of `examples/pretrain.py`'s recipe (500 x 1.35 s + 20 s
-= 11.6 min each): the three `ori` splits share the ablations' `full` run (free when the ablations have run), and the 12
-seeded splits share one run on the corpus without all their test and eval relations. Evaluation encodes the 10,500
+splits (m = 5, 10, 15 x ori, 40-43) need five pre-training runs of `examples/pretrain.py`'s recipe (500 x 1.35 s + 20 s
+= 11.6 min each): the three `ori` splits share the ablations' `full` run (free when the ablations have run), and each
+seed's three splits share one run on the corpus without their test and eval relations. Evaluation encodes the 10,500
 val_wiki sentences of the `ori` test relations once and about 236 sentences per seeded test relation (120 seeded test
-relations: 28,300 sentences), about 4 min in all: about 27 min. `--set zeroshot_pretraining=per_split` pre-trains each
-seeded split on its own filtered corpus instead: 13 runs, about 2.6 h.
+relations: 28,300 sentences), about 4 min in all: about 62 min. `--set zeroshot_pretraining=shared` pre-trains the 12
+seeded splits on one run without all their relations (2 runs, about 27 min); `per_split`, each on its own filtered
+corpus (13 runs, about 2.6 h).
 
 Ablations run at the main runs' length with one seed and are scored on 2,000 episodes drawn from the first 100
 sentences of each val_wiki relation (1,600 sentences), not on all 700 per relation: they rank the variants against
@@ -122,11 +123,12 @@ class Budget:
 
     # the zero-shot block (`run_all.py --only zeroshot`; harness/zeroshot.py): RE-Matching's FewRel splits, pre-trained at
     # examples/pretrain.py's recipe, seed ablation_seed; the `ori` splits share the ablations' `full` run; the seeded
-    # splits: "shared" (one run without every seeded split's test and eval relations) or "per_split" (one run each)
+    # splits: "per_seed" (one run per seed without its three splits' test and eval relations), "shared" (one run
+    # without every seeded split's) or "per_split" (one run each)
     zeroshot_ms: tuple[int, ...] = (5, 10, 15)
     zeroshot_splits: tuple[str, ...] = ("ori", "40", "41", "42", "43")
     zeroshot_pool_per_relation: int | None = None  # test sentences per relation (None: all; smoke: a few)
-    zeroshot_pretraining: str = "shared"
+    zeroshot_pretraining: str = "per_seed"
 
     # speed and memory
     speed_step_warmup: int = 2
@@ -203,7 +205,7 @@ SMOKE = Budget(
     speed_pool_per_relation=10,
     speed_encode_repeats=1,
     speed_scoring_repeats=1,
-    zeroshot_ms=(5, 10),  # the shared `ori` run scores two splits; the seeded splits m5/40 and m10/40 share one run
+    zeroshot_ms=(5, 10),  # the shared `ori` run scores two splits; the seeded splits m5/40 and m10/40 share seed 40's run
     zeroshot_splits=("ori", "40"),
     zeroshot_pool_per_relation=5,
     threads=1,
@@ -342,11 +344,13 @@ def estimate(budget: Budget, plan: Planning = CPU_PLANNING) -> dict[str, float]:
 
 def estimate_zeroshot(budget: Budget, plan: Planning = CPU_PLANNING) -> dict[str, float]:
     """Seconds per part of the zero-shot block: pre-training runs at `examples/pretrain.py`'s recipe (the `ori` run is
-    the ablations' `full` run: free once the ablations have run; the seeded splits: one run, or one per split), then
+    the ablations' `full` run: free once the ablations have run; the seeded splits: one run per seed, one in all, or
+    one per split), then
     one evaluation per checkpoint (the `ori` splits' union of test relations is encoded once)."""
     run = budget.pretrain_steps * plan.pretrain_step_s * budget.pretrain_batch_size / 32 + plan.process_s
     seeded = [m for m in budget.zeroshot_ms for name in budget.zeroshot_splits if name != "ori"]
-    seeded_runs = min(1, len(seeded)) if budget.zeroshot_pretraining == "shared" else len(seeded)
+    seeds = {name for name in budget.zeroshot_splits if name != "ori"} if seeded else set()
+    seeded_runs = {"shared": min(1, len(seeded)), "per_seed": len(seeds)}.get(budget.zeroshot_pretraining, len(seeded))
     per_val = plan.val_wiki_sentences / plan.val_wiki_relations
     if budget.zeroshot_pool_per_relation:
         per_val = min(per_val, budget.zeroshot_pool_per_relation)

@@ -234,6 +234,9 @@ def _span(values: list[int]) -> str:
 
 
 SEEDED_PRETRAINING = {
+    "per_seed": "each seed's splits (m = 5, 10, 15) on one run on the embedded corpus without the test and eval "
+                "relations of that seed's three files (`--exclude_relations_from` them: the m = 15 split's 20 relations, "
+                "which hold the m = 5 and 10 splits' own, so stricter than m = 5 and 10 need by 10 and 5 relations). ",
     "shared": "the seeded splits on one run on the embedded corpus without the test and eval relations of every seeded "
               "split (`--exclude_relations_from` every seeded split's file: stricter than each split needs). ",
     "per_split": "each seeded split on its own run, on the embedded corpus without that split's test and eval relations "
