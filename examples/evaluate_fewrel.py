@@ -12,13 +12,10 @@ Prints a markdown table; `--output_json` writes {setting: {"accuracy", "ci95", "
 writes the results into the model card of checkpoint DIR.
 """
 
-import os
-from pathlib import Path
-
 from modeling_sacon.commands.evaluate import main
+from modeling_sacon.data import development_data_dir
 
-# The development layout (the data beside the checkout) unless SACON_DATA_DIR or --data_dir say otherwise.
-DATA_DIR = os.environ.get("SACON_DATA_DIR") or str(Path(__file__).resolve().parents[2] / "shared" / "data")
+DATA_DIR = development_data_dir(__file__)  # unless --data_dir says otherwise
 
 if __name__ == "__main__":
     main(defaults={"data_dir": DATA_DIR})

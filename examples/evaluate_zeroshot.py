@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ from pathlib import Path
 import torch
 from transformers import HfArgumentParser
 
-from modeling_sacon.data import get_data_dir, load_fewrel_json, load_hub_few_rel, load_label_table
+from modeling_sacon.data import development_data_dir, get_data_dir, load_fewrel_json, load_hub_few_rel, load_label_table
 from modeling_sacon.fewshot.zeroshot_protocol import (
     ZeroShotEvaluator, find_split_files, load_pretraining_relations, load_zeroshot_split, plot_confusions, results_to_json,
     summarize,
@@ -34,8 +33,7 @@ logger = logging.getLogger("evaluate_zeroshot")
 DEFAULT_SPLITS = "zeroshot/fewrel_rel2id_*.json"
 DEFAULT_FEWREL_FILES = ("fewrel/val_wiki.json", "fewrel_train_sample/train_wiki_sample.json")
 DEFAULT_LABEL_FILES = ("fewrel/pid2name.json",)
-# The development layout (the data beside the checkout) unless SACON_DATA_DIR or --data_dir say otherwise.
-DATA_DIR = os.environ.get("SACON_DATA_DIR") or str(Path(__file__).resolve().parents[2] / "shared" / "data")
+DATA_DIR = development_data_dir(__file__)  # unless --data_dir says otherwise
 
 
 @dataclass

@@ -18,13 +18,10 @@ Any `TrainingArguments` option works (`--learning_rate`, `--per_device_train_bat
 script `examples/finetune_fewrel.py` sets the run's budget (steps, evaluation cadence, output directory).
 """
 
-import os
-from pathlib import Path
-
 from modeling_sacon.commands.finetune import main
+from modeling_sacon.data import development_data_dir
 
-# The development layout (the data beside the checkout) unless SACON_DATA_DIR or --data_dir say otherwise.
-DATA_DIR = os.environ.get("SACON_DATA_DIR") or str(Path(__file__).resolve().parents[2] / "shared" / "data")
+DATA_DIR = development_data_dir(__file__)  # unless --data_dir says otherwise
 
 # Sized for about 10 minutes on two CPU cores with all-MiniLM-L6-v2. Command-line options override each of these.
 CPU_BUDGET = {

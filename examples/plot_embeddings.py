@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import textwrap
 from collections.abc import Mapping, Sequence
@@ -30,13 +29,12 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from modeling_sacon import SaconDualEncoderModel, SaconProcessor  # noqa: E402
-from modeling_sacon.data import label_texts, load_fewrel_json, load_label_table, resolve_data_path  # noqa: E402
+from modeling_sacon.data import development_data_dir, label_texts, load_fewrel_json, load_label_table, resolve_data_path  # noqa: E402
 from modeling_sacon.utils.loading import load_sacon_model  # noqa: E402
 from modeling_sacon.fewshot.evaluation import SaconEncoder, encode_length_sorted  # noqa: E402
 
 logger = logging.getLogger("plot_embeddings")
-# The development layout (the data beside the checkout) unless SACON_DATA_DIR or --data_dir say otherwise.
-DATA_DIR = os.environ.get("SACON_DATA_DIR") or str(Path(__file__).resolve().parents[2] / "shared" / "data")
+DATA_DIR = development_data_dir(__file__)  # unless --data_dir says otherwise
 
 PROJECTIONS = ("pca",)
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -28,14 +27,13 @@ from pathlib import Path
 import torch
 
 from modeling_sacon import SaconDualEncoderModel, SaconProcessor
-from modeling_sacon.data import label_texts, load_label_table, resolve_data_path
+from modeling_sacon.data import development_data_dir, label_texts, load_label_table, resolve_data_path
 from modeling_sacon.utils.loading import load_sacon_model
 from modeling_sacon.data.episodes import load_test_episodes, prediction_filename, write_predictions
 from modeling_sacon.fewshot.evaluation import SaconEncoder, encode_length_sorted, sentence_key
 from modeling_sacon.scoring import FEWSHOT_METHODS, SIMILARITIES, prototype_logits
 
-# The development layout (the data beside the checkout) unless SACON_DATA_DIR or --data_dir say otherwise.
-DATA_DIR = os.environ.get("SACON_DATA_DIR") or str(Path(__file__).resolve().parents[2] / "shared" / "data")
+DATA_DIR = development_data_dir(__file__)  # unless --data_dir says otherwise
 
 logger = logging.getLogger("predict_fewrel_leaderboard")
 

@@ -19,13 +19,10 @@ Every option of `modeling_sacon.commands.pretrain` (`ModelArguments`, `DataArgum
 `SaconTrainingArguments` works; a run finds and resumes its last complete checkpoint in --output_dir.
 """
 
-import os
-from pathlib import Path
-
 from modeling_sacon.commands.pretrain import main
+from modeling_sacon.data import development_data_dir
 
-# The development layout (the data beside the checkout) unless SACON_DATA_DIR or --data_dir say otherwise.
-DATA_DIR = os.environ.get("SACON_DATA_DIR") or str(Path(__file__).resolve().parents[2] / "shared" / "data")
+DATA_DIR = development_data_dir(__file__)  # unless --data_dir says otherwise
 
 # The README's main job: sized for a few minutes on two CPU cores. Command-line options override each of these.
 # Learning rate 1e-4 (the package default, 5e-5, is for long runs) and entity blanking 0.3 (the authors': 0.7) scored

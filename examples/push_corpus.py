@@ -12,19 +12,21 @@ Then `python examples/pretrain.py --dataset_name org/sacon-pretraining-corpus` p
 from __future__ import annotations
 
 import argparse
-import os
 import string
 import tempfile
 from pathlib import Path
 
 from huggingface_hub import HfApi
 
-from modeling_sacon.data import get_data_dir, load_pretraining_corpus
+from modeling_sacon.data import (
+    development_data_dir,
+    get_data_dir,
+    load_pretraining_corpus,
+)
 from modeling_sacon.data.hub import write_corpus_repo
 from modeling_sacon.training.hub_pushes import retry_with_backoff
 
-# The development layout (the data beside the checkout) unless SACON_DATA_DIR or --data_dir say otherwise.
-DATA_DIR = os.environ.get("SACON_DATA_DIR") or str(Path(__file__).resolve().parents[2] / "shared" / "data")
+DATA_DIR = development_data_dir(__file__)  # unless --data_dir says otherwise
 CARD_TEMPLATE = Path(__file__).resolve().parents[1] / "hub_cards" / "pretraining_corpus.md"
 # The card's claims (no FewRel evaluation relation at all) hold for these; v1 has a FewRel 2.0 NYT relation.
 PUBLISHABLE_CORPORA = ("v2", "v2_dense")

@@ -10,16 +10,13 @@ scores meaningful (see examples/pretrain.py).
 from __future__ import annotations
 
 import argparse
-import os
-from pathlib import Path
 
 import torch
 
-from modeling_sacon.data import get_data_dir, label_texts, load_fewrel_json, load_label_table
+from modeling_sacon.data import development_data_dir, get_data_dir, label_texts, load_fewrel_json, load_label_table
 from modeling_sacon.utils.loading import load_sacon_model
 
-# The development layout (the data beside the checkout) unless SACON_DATA_DIR or --data_dir say otherwise.
-DATA_DIR = os.environ.get("SACON_DATA_DIR") or str(Path(__file__).resolve().parents[2] / "shared" / "data")
+DATA_DIR = development_data_dir(__file__)  # unless --data_dir says otherwise
 
 
 def main() -> None:

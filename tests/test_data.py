@@ -23,6 +23,7 @@ from modeling_sacon.data import (
     RelationBalancedBatchSampler,
     UnknownRelationError,
     balanced_batch_shape,
+    development_data_dir,
     get_data_dir,
     hf_few_rel_label_table,
     label_texts,
@@ -116,6 +117,17 @@ def test_data_dir_is_explicit_and_its_absence_says_where_data_come_from(
         assert "thunlp/few_rel" in str(err.value) and "examples/push_corpus.py" in str(err.value)
     with pytest.raises(FileNotFoundError, match="data_dir='nowhere' is not an existing directory"):
         get_data_dir("nowhere")
+
+
+def test_examples_default_data_dir_is_the_env_or_the_folder_beside_the_checkout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The examples' default: $SACON_DATA_DIR when set, else `shared/data` beside the checkout holding the script."""
+    script = tmp_path / "checkout" / "examples" / "pretrain.py"
+    monkeypatch.delenv(DATA_DIR_ENV, raising=False)
+    assert development_data_dir(script) == str(tmp_path.resolve() / "shared" / "data")
+    monkeypatch.setenv(DATA_DIR_ENV, "/elsewhere")
+    assert development_data_dir(script) == "/elsewhere"
 
 
 # --------------------------------------------------------------------------- real files

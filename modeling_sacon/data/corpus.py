@@ -28,6 +28,7 @@ __all__ = [
     "INSTANCE_FEATURES",
     "DataFormatError",
     "UnknownRelationError",
+    "development_data_dir",
     "get_data_dir",
     "resolve_data_path",
     "load_fewrel_json",
@@ -99,6 +100,13 @@ DATA_SOURCES_HINT = (
     "pre-training corpus is pushed there with `python examples/push_corpus.py --repo_id ORG/NAME` and read with "
     "--dataset_name ORG/NAME; for files, pass --data_dir or set " + DATA_DIR_ENV + " (docs/data.md)"
 )
+
+
+def development_data_dir(script: PathLike) -> str:
+    """The examples' default data directory: ``$SACON_DATA_DIR``, else ``shared/data`` beside the checkout holding
+    ``script`` (``<dir>/<checkout>/examples/x.py`` -> ``<dir>/shared/data``, the development layout). Not checked
+    here: `get_data_dir` says what is missing when a file is asked for."""
+    return os.environ.get(DATA_DIR_ENV) or str(Path(script).resolve().parents[2] / "shared" / "data")
 
 
 def get_data_dir(data_dir: PathLike | None = None) -> Path:
