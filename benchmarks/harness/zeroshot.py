@@ -13,7 +13,7 @@ hold: they are scored on the ablations' `full` run, which is the main command's 
   and for m = 5 and 10 stricter than the protocol by 10 and 5 relations. Five runs make the block.
 * ``shared``: one run on the corpus without the test and eval relations of *every* seeded split (37 FewRel training
   relations of the corpus, 38% of its rows), scored on all of them: strict, but each checkpoint also misses the other
-  seeds' relations (the kinship relations, for one), which costs the seeded splits 5-10 F1 (docs/results.md).
+  seeds' relations (the kinship relations, for one); docs/results.md compares the two.
 * ``per_split``: one run per (m, split), with `--exclude_relations_from` that split's file: what the protocol asks at
   the least, thirteen runs (about 2.6 hours on 2 idle cores).
 
