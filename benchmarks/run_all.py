@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: `benchmarks.harness`
 
-from benchmarks.harness.budgets import BUDGETS, CPU_PLANNING, estimate, estimate_zeroshot  # noqa: E402
+from benchmarks.harness.budgets import BUDGETS, CPU_PLANNING, Budget, estimate, estimate_zeroshot  # noqa: E402
 from benchmarks.harness.common import REPO_ROOT, UnitStore, git_commit, log, machine_info, now_iso, write_json  # noqa: E402
 
 SECTIONS = ("quality", "ablations", "speed", "zeroshot")
@@ -70,15 +70,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def committed_summaries(budget: str, sections: list[str], results: dict, missing: list[str]) -> dict[str, dict]:
+def committed_summaries(budget: str, sections: list[str], results: dict, missing: list[str],
+                        zeroshot_pretraining: str = Budget.zeroshot_pretraining) -> dict[str, dict]:
     """The summaries an invocation writes beside `benchmarks/results/<budget>/`, by file stem: `<budget>` for the default
-    sections and `<budget>_zeroshot` for the zero-shot block, each only when computed here (a block run alone must not
+    sections and `<budget>_zeroshot` for the zero-shot block (`<budget>_zeroshot_<mode>` for a seeded pre-training mode
+    other than the default, so that both can be committed), each only when computed here (a block run alone must not
     overwrite the default sections' summary with units this output directory may not hold)."""
     summaries = {}
     if set(sections) & set(DEFAULT_SECTIONS):
         summaries[budget] = results
     if "zeroshot" in sections:
-        summaries[f"{budget}_zeroshot"] = {
+        mode = "" if zeroshot_pretraining == Budget.zeroshot_pretraining else f"_{zeroshot_pretraining}"
+        summaries[f"{budget}_zeroshot{mode}"] = {
             **results, "quality": None, "ablations": None, "speed": None,
             "units": {**results["units"], "missing": [name for name in missing if name.startswith("zeroshot/")]},
         }
@@ -160,7 +163,8 @@ def main(argv: list[str] | None = None) -> dict:
     default_dir = (REPO_ROOT / "benchmarks" / "results" / budget.name).resolve()
     if output_dir == default_dir and budget.name != "smoke":
         # benchmarks/results/<budget>/ is git-ignored (models, logs); the summaries beside it are what gets committed
-        for name, summary in committed_summaries(budget.name, args.sections, results, store.missing).items():
+        for name, summary in committed_summaries(budget.name, args.sections, results, store.missing,
+                                                  budget.zeroshot_pretraining).items():
             write_json(default_dir.parent / f"{name}.json", summary)
             (default_dir.parent / f"{name}.md").write_text(render(summary))
     log(f"wrote {output_dir / 'results.json'} and {output_dir / 'results.md'} "

@@ -332,6 +332,8 @@ def test_a_zeroshot_block_run_alone_leaves_the_main_summary_alone():
     both = run_all.committed_summaries("cpu", ["quality", "zeroshot"], results, missing)
     assert list(both) == ["cpu", "cpu_zeroshot"] and both["cpu"]["quality"] == {"x": 1}
     assert list(run_all.committed_summaries("cpu", ["speed"], results, missing)) == ["cpu"]
+    shared = run_all.committed_summaries("cpu", ["zeroshot"], results, missing, "shared")  # a non-default mode: its own
+    assert list(shared) == ["cpu_zeroshot_shared"] and shared["cpu_zeroshot_shared"]["summary_file"].endswith("_shared.json")
 
 
 def test_sweep_recipes_are_valid_pretrain_arguments(harness):
