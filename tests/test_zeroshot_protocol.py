@@ -101,6 +101,15 @@ def test_real_split_files_load(data_dir):
     assert len(split.train) == 70 and len(split.eval) == 5
 
 
+@pytest.mark.parametrize("name", ["ori", "40", "41", "42", "43"])
+def test_a_seeds_split_files_nest(data_dir, name):
+    """What the zero-shot block's one run per seed rests on: a seed's m = 5 and 10 held-out (test and eval) relations
+    are among its m = 15 ones, so excluding the seed's three files excludes exactly the m = 15 split's 20 relations."""
+    splits = {m: load_zeroshot_split(data_dir / "zeroshot" / f"fewrel_rel2id_{m}_{name}.json") for m in (5, 10, 15)}
+    assert splits[5].held_out <= splits[15].held_out and splits[10].held_out <= splits[15].held_out
+    assert len(splits[15].held_out) == 20 and set(splits[5].test) <= set(splits[10].test) <= set(splits[15].test)
+
+
 @pytest.mark.parametrize(
     "content, message",
     [

@@ -9,8 +9,9 @@ hold: they are scored on the ablations' `full` run, which is the main command's 
 
 * ``per_seed`` (default): one run per seed (40-43) on the corpus without the test and eval relations of that seed's
   three files, scored on all three. RE-Matching's files nest (a seed's m = 5 and m = 10 test and eval relations are
-  among its m = 15 ones), so each run misses exactly the 20 relations of the seed's m = 15 split: strict for every m,
-  and for m = 5 and 10 stricter than the protocol by 10 and 5 relations. Five runs make the block.
+  among its m = 15 ones), so each run excludes exactly the 20 relations of the seed's m = 15 split (13-18 of them are
+  in the embedded corpus): strict for every m, and for m = 5 and 10 stricter than the protocol by 10 and 5 relations.
+  Five runs make the block.
 * ``shared``: one run on the corpus without the test and eval relations of *every* seeded split (37 FewRel training
   relations of the corpus, 38% of its rows), scored on all of them: strict, but each checkpoint also misses the other
   seeds' relations (the kinship relations, for one); docs/results.md compares the two.
