@@ -342,15 +342,31 @@ def estimate(budget: Budget, plan: Planning = CPU_PLANNING) -> dict[str, float]:
     return parts
 
 
+ZEROSHOT_PRETRAINING_MODES = ("per_seed", "shared", "per_split")
+
+
+def seeded_runs(budget: Budget) -> dict[str, list[tuple[int, str]]]:
+    """The zero-shot block's seeded (m, split) pairs grouped by the pre-training run that serves them (one per seed,
+    one in all, or one per split: `budget.zeroshot_pretraining`), keyed by the run's name."""
+    mode = budget.zeroshot_pretraining
+    if mode not in ZEROSHOT_PRETRAINING_MODES:
+        raise ValueError(f"zeroshot_pretraining must be one of {ZEROSHOT_PRETRAINING_MODES}, got {mode!r}")
+    seeded = [(m, name) for m in budget.zeroshot_ms for name in budget.zeroshot_splits if name != "ori"]
+    if mode == "shared":
+        return {"heldout": seeded} if seeded else {}
+    if mode == "per_seed":
+        names = dict.fromkeys(name for _, name in seeded)
+        return {f"split{name}": [(m, n) for m, n in seeded if n == name] for name in names}
+    return {f"m{m}-{name}": [(m, name)] for m, name in seeded}
+
+
 def estimate_zeroshot(budget: Budget, plan: Planning = CPU_PLANNING) -> dict[str, float]:
     """Seconds per part of the zero-shot block: pre-training runs at `examples/pretrain.py`'s recipe (the `ori` run is
-    the ablations' `full` run: free once the ablations have run; the seeded splits: one run per seed, one in all, or
-    one per split), then
-    one evaluation per checkpoint (the `ori` splits' union of test relations is encoded once)."""
+    the ablations' `full` run: free once the ablations have run; the seeded splits: `seeded_runs`), then one evaluation
+    per checkpoint (the `ori` splits' union of test relations is encoded once)."""
     run = budget.pretrain_steps * plan.pretrain_step_s * budget.pretrain_batch_size / 32 + plan.process_s
-    seeded = [m for m in budget.zeroshot_ms for name in budget.zeroshot_splits if name != "ori"]
-    seeds = {name for name in budget.zeroshot_splits if name != "ori"} if seeded else set()
-    seeded_runs = {"shared": min(1, len(seeded)), "per_seed": len(seeds)}.get(budget.zeroshot_pretraining, len(seeded))
+    groups = seeded_runs(budget)
+    seeded = [m for members in groups.values() for m, _ in members]
     per_val = plan.val_wiki_sentences / plan.val_wiki_relations
     if budget.zeroshot_pool_per_relation:
         per_val = min(per_val, budget.zeroshot_pool_per_relation)
@@ -361,9 +377,9 @@ def estimate_zeroshot(budget: Budget, plan: Planning = CPU_PLANNING) -> dict[str
     ori_sentences = min(max(budget.zeroshot_ms), plan.val_wiki_relations) * per_val if ori else 0
     parts = {
         "pre-training, ori (the ablations' full run)": run if ori else 0.0,
-        "pre-training, seeded splits": seeded_runs * run,
+        "pre-training, seeded splits": len(groups) * run,
         "evaluations": (ori_sentences + sum(seeded) * per_seeded) / plan.encode_sentences_per_s
-        + (ori + seeded_runs) * plan.model_load_s,
+        + (ori + len(groups)) * plan.model_load_s,
     }
     parts["total"] = sum(parts.values())
     return parts

@@ -27,7 +27,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .budgets import Budget
+from .budgets import Budget, seeded_runs
 from .common import UnitStore, log
 from .quality import (
     _train_spec,
@@ -63,21 +63,15 @@ def split_file(m: int, name: str) -> str:
     return f"zeroshot/fewrel_rel2id_{m}_{name}.json"
 
 
-PRETRAINING_MODES = ("per_seed", "shared", "per_split")
-
-
 def zeroshot_training_units(budget: Budget, backbone: str, output_dir: Path) -> list[dict]:
     """The `ori` run (the ablations' `full` run: shared, not run twice) and the seeded splits' runs (one per seed, one
     in all, or one per split: `budget.zeroshot_pretraining`); each unit's `splits` lists the split files its checkpoint
     is scored on, and its corpus misses the test and eval relations of every one of them."""
-    if budget.zeroshot_pretraining not in PRETRAINING_MODES:
-        raise ValueError(f"zeroshot_pretraining must be one of {PRETRAINING_MODES}, got {budget.zeroshot_pretraining!r}")
+    groups = seeded_runs(budget)  # first: an unknown mode is refused before anything is built
     units = []
     if "ori" in budget.zeroshot_splits:
         full = next(u for u in ablation_training_units(budget, backbone, output_dir) if u["variant"] == "full")
         units.append({**full, "zeroshot_key": "ori", "splits": [split_file(m, "ori") for m in budget.zeroshot_ms]})
-    seeded = [(m, name) for m in budget.zeroshot_ms for name in budget.zeroshot_splits if name != "ori"]
-    groups = seeded_groups(seeded, budget.zeroshot_pretraining)
     for key, members in groups.items():
         files = [split_file(m, name) for m, name in members]
         run_dir = output_dir / "runs" / f"zeroshot-{key}"
@@ -86,16 +80,6 @@ def zeroshot_training_units(budget: Budget, backbone: str, output_dir: Path) -> 
         units.append({"name": f"zeroshot/pretrain-{key}", "spec": _train_spec("pretrain", argv, {"backbone": budget.backbone}),
                       "script": "pretrain", "argv": argv, "run_dir": str(run_dir), "zeroshot_key": key, "splits": files})
     return units
-
-
-def seeded_groups(seeded: list[tuple[int, str]], mode: str) -> dict[str, list[tuple[int, str]]]:
-    """The seeded (m, split) pairs grouped by the pre-training run that serves them, keyed by the run's name."""
-    if mode == "shared":
-        return {"heldout": seeded} if seeded else {}
-    if mode == "per_seed":
-        names = dict.fromkeys(name for _, name in seeded)
-        return {f"split{name}": [(m, n) for m, n in seeded if n == name] for name in names}
-    return {f"m{m}-{name}": [(m, name)] for m, name in seeded}
 
 
 _SENTENCES: dict[int | None, object] = {}
