@@ -5,7 +5,7 @@
     python benchmarks/run_all.py --budget gpu                  # bert-base-uncased, bf16, longer runs, one GPU
     python benchmarks/run_all.py --budget smoke --output_dir /tmp/bench   # tiny model: checks the harness (~1 min)
     python benchmarks/run_all.py --budget cpu --only speed     # one section (others are reused if stored)
-    python benchmarks/run_all.py --budget cpu --only zeroshot  # the zero-shot block (~30 min on idle cores; not a default)
+    python benchmarks/run_all.py --budget cpu --only zeroshot  # the zero-shot block (~2 h on idle cores; not a default)
     python benchmarks/run_all.py --budget cpu --no_training    # evaluate and report the stored runs, start none
     python benchmarks/run_all.py --budget cpu --set pretrain_steps=150 --set seeds=1,2,3   # resize a budget
 
@@ -14,9 +14,10 @@ Writes `results.json` and `results.md` (the Results section) to `--output_dir` (
 measurement) stores its result under `<output_dir>/units/` and is skipped when stored with the same
 specification, so an interrupted run continues where it stopped (a pre-training run also resumes from its last
 checkpoint); `--force` recomputes everything. Budgets and their time arithmetic: `benchmarks/budgets.py`.
-The zero-shot block (RE-Matching's FewRel splits, two pre-training runs) has its own budget and runs only when
+The zero-shot block (RE-Matching's FewRel splits, five pre-training runs) has its own budget and runs only when
 `--only` names it; once stored, every later invocation reports it. With the default output directory, the default
-sections' summary goes to `benchmarks/results/<budget>.{json,md}` and the block's to `<budget>_zeroshot.{json,md}`.
+sections' summary goes to `benchmarks/results/<budget>.{json,md}` and the block's to `<budget>_zeroshot.{json,md}`
+(`zeroshot_variant`: another seeded mode or batch size than the budget's has its own file).
 """
 
 from __future__ import annotations
@@ -70,18 +71,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def zeroshot_variant(budget: Budget) -> str:
+    """The zero-shot summary's file-name suffix: "" at the budget's own block, else `_<mode>` for another seeded
+    pre-training mode and `_batch<N>` for another batch size, so that each variant measured can be committed."""
+    default = BUDGETS[budget.name]
+    suffix = "" if budget.zeroshot_pretraining == default.zeroshot_pretraining else f"_{budget.zeroshot_pretraining}"
+    batch = budget.zeroshot_pretrain_batch_size
+    return suffix + ("" if batch == default.zeroshot_pretrain_batch_size else f"_batch{batch}")
+
+
 def committed_summaries(budget: str, sections: list[str], results: dict, missing: list[str],
-                        zeroshot_pretraining: str = Budget.zeroshot_pretraining) -> dict[str, dict]:
+                        zeroshot_suffix: str = "") -> dict[str, dict]:
     """The summaries an invocation writes beside `benchmarks/results/<budget>/`, by file stem: `<budget>` for the default
-    sections and `<budget>_zeroshot` for the zero-shot block (`<budget>_zeroshot_<mode>` for a seeded pre-training mode
-    other than the default, so that both can be committed), each only when computed here (a block run alone must not
-    overwrite the default sections' summary with units this output directory may not hold)."""
+    sections and `<budget>_zeroshot<zeroshot_suffix>` for the zero-shot block (`zeroshot_variant`), each only when
+    computed here (a block run alone must not overwrite the default sections' summary with units this output directory
+    may not hold)."""
     summaries = {}
     if set(sections) & set(DEFAULT_SECTIONS):
         summaries[budget] = results
     if "zeroshot" in sections:
-        mode = "" if zeroshot_pretraining == Budget.zeroshot_pretraining else f"_{zeroshot_pretraining}"
-        summaries[f"{budget}_zeroshot{mode}"] = {
+        summaries[f"{budget}_zeroshot{zeroshot_suffix}"] = {
             **results, "quality": None, "ablations": None, "speed": None,
             "units": {**results["units"], "missing": [name for name in missing if name.startswith("zeroshot/")]},
         }
@@ -164,7 +173,7 @@ def main(argv: list[str] | None = None) -> dict:
     if output_dir == default_dir and budget.name != "smoke":
         # benchmarks/results/<budget>/ is git-ignored (models, logs); the summaries beside it are what gets committed
         for name, summary in committed_summaries(budget.name, args.sections, results, store.missing,
-                                                  budget.zeroshot_pretraining).items():
+                                                  zeroshot_variant(budget)).items():
             write_json(default_dir.parent / f"{name}.json", summary)
             (default_dir.parent / f"{name}.md").write_text(render(summary))
     log(f"wrote {output_dir / 'results.json'} and {output_dir / 'results.md'} "

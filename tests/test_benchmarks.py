@@ -162,8 +162,8 @@ def _macro_prf_from_confusion(confusion: list[list[int]]) -> tuple[float, float,
 
 
 def _check_zeroshot(zeroshot: dict, output_dir: Path) -> dict:
-    """Per-split P/R/F1 of the zero-shot evaluator (checked against its own confusion counts), the `ori` splits on the
-    ablations' `full` run, the seeded splits of one seed on one run without all their test and eval relations, and
+    """Per-split P/R/F1 of the zero-shot evaluator (checked against its own confusion counts), the `ori` splits on row
+    (c)'s seed-1 run (the block's argv), the seeded splits of one seed on one run without all their test and eval relations, and
     strictness as recorded by each run."""
     from modeling_sacon.data import get_data_dir
     from modeling_sacon.fewshot.zeroshot_protocol import (
@@ -181,7 +181,7 @@ def _check_zeroshot(zeroshot: dict, output_dir: Path) -> dict:
         assert split["num_sentences"] == 5 * int(m[1:])  # tiny splits: 5 sentences per test relation
         precision, recall, f1 = _macro_prf_from_confusion(stored["confusion"])
         assert (split["precision"], split["recall"], split["f1"]) == pytest.approx((precision, recall, f1))
-        assert split["checkpoint"] == ("ablations/pretrain-full" if name == "ori" else "zeroshot/pretrain-split40")
+        assert split["checkpoint"] == ("quality/pretrain-seed1" if name == "ori" else "zeroshot/pretrain-split40")
         assert split["top_confusions"] == stored["top_confusions"][:3]  # the summary's, each a cell of the matrix
         for pair in split["top_confusions"]:
             gold, predicted = stored["relations"].index(pair["gold"]), stored["relations"].index(pair["predicted"])
@@ -199,7 +199,8 @@ def _check_zeroshot(zeroshot: dict, output_dir: Path) -> dict:
         assert not seen & split.held_out and len(seen) == zeroshot["per_split"][f"m{m}/40"]["pretraining_relations"]
         assert f"`fewrel_rel2id_{m}_40.json`" in (run / "README.md").read_text()
     # the `ori` run (unfiltered) did see relations a seeded split holds out: why seeded splits need a run of their own
-    assert set(load_pretraining_relations(output_dir / "runs" / "ablation-full")) & split.held_out
+    assert set(load_pretraining_relations(output_dir / "runs" / "pretrain-seed1")) & split.held_out
+    assert zeroshot["protocol"]["ori_run"] == "quality/pretrain-seed1"
     return zeroshot
 
 
@@ -227,15 +228,19 @@ def test_budgets():
     assert 2 * cpu.ablation_steps >= cpu.pretrain_steps and cpu.ablation_episodes < cpu.eval_episodes  # >= half length
     # the CPU budget's own arithmetic (planning constants in budgets.py) stays within 4 hours
     assert budgets.estimate(cpu)["total"] <= 4 * 3600
-    # the zero-shot block: runs of the main command's recipe (ori; then one per seed for the 12 seeded splits, one for all
-    # of them, or 12, one per split) and their evaluations, within 6 hours in every mode
-    run = cpu.pretrain_steps * budgets.CPU_PLANNING.pretrain_step_s * cpu.pretrain_batch_size / 32 + budgets.CPU_PLANNING.process_s
+    # the zero-shot block: runs of the 25-minute recipe (batch 64: ori; then one per seed for the 12 seeded splits, one
+    # for all of them, or 12, one per split) and their evaluations, within 6 hours in every mode
+    assert cpu.zeroshot_pretrain_batch_size == budgets.TUNED_BATCH_SIZE == 2 * cpu.pretrain_batch_size
+    run = cpu.pretrain_steps * budgets.CPU_PLANNING.pretrain_step_s * 2 + budgets.CPU_PLANNING.process_s
+    assert run <= 25 * 60  # one run of at most 25 CPU-minutes per split (issue 21's budget), at the planning constant
     per_seed = budgets.estimate_zeroshot(cpu)
     shared = budgets.estimate_zeroshot(cpu.with_overrides({"zeroshot_pretraining": "shared"}))
     per_split = budgets.estimate_zeroshot(cpu.with_overrides({"zeroshot_pretraining": "per_split"}))
-    assert per_seed["pre-training, seeded splits"] == pytest.approx(4 * run) and per_seed["total"] <= 1.25 * 3600
+    assert per_seed["pre-training, seeded splits"] == pytest.approx(4 * run) and per_seed["total"] <= 2 * 3600
     assert shared["pre-training, seeded splits"] == pytest.approx(run) and shared["total"] <= 3600
     assert per_split["pre-training, seeded splits"] == pytest.approx(12 * run) and per_split["total"] <= 6 * 3600
+    halved = budgets.estimate_zeroshot(cpu.with_overrides({"zeroshot_batch_size": "32"}))
+    assert halved["pre-training, seeded splits"] == pytest.approx(4 * (run - budgets.CPU_PLANNING.process_s) / 2 + 4 * budgets.CPU_PLANNING.process_s)
     resized = cpu.with_overrides({"pretrain_steps": "200", "seeds": "1,2", "ablation_pool_per_relation": "none"})
     assert (resized.pretrain_steps, resized.seeds, resized.ablation_pool_per_relation) == (200, (1, 2), None)
     with pytest.raises(ValueError, match="unknown budget field"):
@@ -291,30 +296,40 @@ def test_full_ablation_at_the_main_length_is_the_main_run(harness, tmp_path):
 
 
 def test_zeroshot_units_share_the_main_run_and_hold_out_every_seeded_split(tmp_path):
-    """The block's `ori` unit is the ablations' `full` run (one run, not two); a seed's splits share one run whose argv
-    holds out that seed's split files, or all seeded splits share one holding out all, or each split has its own run;
+    """The block's `ori` unit is the run of row (c) or the ablations with its argv (one run, not two: at batch 64 row
+    (c)'s seed-1 run, at 32 the ablations' `full`), else its own; a seed's splits share one run whose argv is the `ori`
+    run's plus that seed's split files, or all seeded splits share one holding out all, or each split has its own run;
     nothing else is accepted."""
     from benchmarks.harness import quality, zeroshot
 
     cpu = budgets.CPU
-    full = {u["variant"]: u for u in quality.ablation_training_units(cpu, "minilm", tmp_path)}["full"]
+    main = {u["name"]: u for u in quality.quality_training_units(cpu, "minilm", tmp_path)}[f"quality/pretrain-seed{cpu.ablation_seed}"]
     units = zeroshot.zeroshot_training_units(cpu, "minilm", tmp_path)
-    assert [u["name"] for u in units] == [full["name"], *(f"zeroshot/pretrain-split{n}" for n in ("40", "41", "42", "43"))]
-    assert units[0]["spec"] == full["spec"] and units[0]["splits"] == [f"zeroshot/fewrel_rel2id_{m}_ori.json" for m in (5, 10, 15)]
+    assert [u["name"] for u in units] == [main["name"], *(f"zeroshot/pretrain-split{n}" for n in ("40", "41", "42", "43"))]
+    assert units[0]["spec"] == main["spec"] and units[0]["splits"] == [f"zeroshot/fewrel_rel2id_{m}_ori.json" for m in (5, 10, 15)]
+    assert "64" == main["argv"][main["argv"].index("--per_device_train_batch_size") + 1]
     for unit, name in zip(units[1:], ("40", "41", "42", "43")):
         files = [f"zeroshot/fewrel_rel2id_{m}_{name}.json" for m in (5, 10, 15)]
         assert unit["splits"] == files and unit["argv"] == [
-            "--output_dir", str(tmp_path / "runs" / f"zeroshot-split{name}"), *full["argv"][2:], "--exclude_relations_from", *files]
+            "--output_dir", str(tmp_path / "runs" / f"zeroshot-split{name}"), *main["argv"][2:], "--exclude_relations_from", *files]
     seeded = [f"zeroshot/fewrel_rel2id_{m}_{name}.json" for m in (5, 10, 15) for name in ("40", "41", "42", "43")]
     units = zeroshot.zeroshot_training_units(cpu.with_overrides({"zeroshot_pretraining": "shared"}), "minilm", tmp_path)
-    assert [u["name"] for u in units] == [full["name"], "zeroshot/pretrain-heldout"]
+    assert [u["name"] for u in units] == [main["name"], "zeroshot/pretrain-heldout"]
     argv = units[1]["argv"]
     assert units[1]["splits"] == seeded
-    # the main command's recipe: `full`'s argv but for the output directory, plus the held-out split files
-    assert argv == ["--output_dir", str(tmp_path / "runs" / "zeroshot-heldout"), *full["argv"][2:], "--exclude_relations_from", *seeded]
+    assert argv == ["--output_dir", str(tmp_path / "runs" / "zeroshot-heldout"), *main["argv"][2:], "--exclude_relations_from", *seeded]
     per_split = zeroshot.zeroshot_training_units(cpu.with_overrides({"zeroshot_pretraining": "per_split"}), "minilm", tmp_path)
     assert [u["splits"] for u in per_split[1:]] == [[f] for f in seeded]
     assert all(u["argv"][-2:] == ["--exclude_relations_from", f] for u, f in zip(per_split[1:], seeded))
+    # the main command's recipe (batch 32): `ori` is the ablations' `full`, the seeded runs its argv plus the files
+    full = {u["variant"]: u for u in quality.ablation_training_units(cpu, "minilm", tmp_path)}["full"]
+    units = zeroshot.zeroshot_training_units(cpu.with_overrides({"zeroshot_batch_size": "none"}), "minilm", tmp_path)
+    assert units[0]["name"] == full["name"] == "ablations/pretrain-full" and units[0]["spec"] == full["spec"]
+    assert units[1]["argv"][2:-4] == full["argv"][2:]
+    # a batch no other run trains: the `ori` splits get a run of their own, on the whole corpus
+    units = zeroshot.zeroshot_training_units(cpu.with_overrides({"zeroshot_batch_size": "48"}), "minilm", tmp_path)
+    assert units[0]["name"] == "zeroshot/pretrain-ori" and units[0]["argv"][2:] == units[1]["argv"][2:-4]
+    assert "--exclude_relations_from" not in units[0]["argv"] and "48" in units[0]["argv"]
     with pytest.raises(ValueError, match="zeroshot_pretraining"):
         zeroshot.zeroshot_training_units(cpu.with_overrides({"zeroshot_pretraining": "each"}), "minilm", tmp_path)
 
@@ -332,8 +347,16 @@ def test_a_zeroshot_block_run_alone_leaves_the_main_summary_alone():
     both = run_all.committed_summaries("cpu", ["quality", "zeroshot"], results, missing)
     assert list(both) == ["cpu", "cpu_zeroshot"] and both["cpu"]["quality"] == {"x": 1}
     assert list(run_all.committed_summaries("cpu", ["speed"], results, missing)) == ["cpu"]
-    shared = run_all.committed_summaries("cpu", ["zeroshot"], results, missing, "shared")  # a non-default mode: its own
+    shared = run_all.committed_summaries("cpu", ["zeroshot"], results, missing, "_shared")  # a non-default mode: its own
     assert list(shared) == ["cpu_zeroshot_shared"] and shared["cpu_zeroshot_shared"]["summary_file"].endswith("_shared.json")
+    # the suffix: another seeded mode, another batch size than the budget's block, or both; none at the default
+    cpu = budgets.CPU
+    assert run_all.zeroshot_variant(cpu) == "" == run_all.zeroshot_variant(cpu.with_overrides({"zeroshot_batch_size": "64"}))
+    assert run_all.zeroshot_variant(cpu.with_overrides({"zeroshot_pretraining": "shared"})) == "_shared"
+    assert run_all.zeroshot_variant(cpu.with_overrides({"zeroshot_batch_size": "32"})) == "_batch32"
+    both = cpu.with_overrides({"zeroshot_pretraining": "shared", "zeroshot_batch_size": "none"})
+    assert run_all.zeroshot_variant(both) == "_shared_batch32"
+    assert run_all.zeroshot_variant(budgets.SMOKE) == ""
 
 
 def test_sweep_recipes_are_valid_pretrain_arguments(harness):

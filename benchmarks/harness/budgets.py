@@ -38,13 +38,14 @@ If the cores turn out slower or faster than planned, resize with `--set pretrain
 `--set ablation_steps=N`; units the change does not affect are kept.
 
 The zero-shot block (`run_all.py --only zeroshot`, `estimate_zeroshot`) is not part of the default sections. Its 15
-splits (m = 5, 10, 15 x ori, 40-43) need five pre-training runs of `examples/pretrain.py`'s recipe (500 x 1.35 s + 20 s
-= 11.6 min each): the three `ori` splits share the ablations' `full` run (free when the ablations have run), and each
-seed's three splits share one run on the corpus without their test and eval relations. Evaluation encodes the 10,500
-val_wiki sentences of the `ori` test relations once and about 236 sentences per seeded test relation (120 seeded test
-relations: 28,300 sentences), about 4 min in all: about 62 min. `--set zeroshot_pretraining=shared` pre-trains the 12
-seeded splits on one run without all their relations (2 runs, about 27 min); `per_split`, each on its own filtered
-corpus (13 runs, about 2.6 h).
+splits (m = 5, 10, 15 x ori, 40-43) need five pre-training runs of the README's 25-minute recipe (`examples/pretrain.py`
+at `zeroshot_batch_size` 64: 500 x 2.7 s + 20 s = 22.8 min each): the three `ori` splits share row (c)'s seed-1 run
+(free when the main table has run), and each seed's three splits share one run on the corpus without their test and
+eval relations. Evaluation encodes the 10,500 val_wiki sentences of the `ori` test relations once and about 236
+sentences per seeded test relation (120 seeded test relations: 28,300 sentences), about 4 min in all: about two hours.
+`--set zeroshot_pretraining=shared` pre-trains the 12 seeded splits on one run without all their relations (2 runs,
+about 49 min); `per_split`, each on its own filtered corpus (13 runs, about 5 h); `--set zeroshot_batch_size=32`, the
+main command's recipe (its `ori` run: the ablations' `full`), halves each run.
 
 Ablations run at the main runs' length with one seed and are scored on 2,000 episodes drawn from the first 100
 sentences of each val_wiki relation (1,600 sentences), not on all 700 per relation: they rank the variants against
@@ -122,9 +123,11 @@ class Budget:
     ablation_pool_per_relation: int | None = 100
 
     # the zero-shot block (`run_all.py --only zeroshot`; harness/zeroshot.py): RE-Matching's FewRel splits, pre-trained at
-    # examples/pretrain.py's recipe, seed ablation_seed; the `ori` splits share the ablations' `full` run; the seeded
-    # splits: "per_seed" (one run per seed without its three splits' test and eval relations), "shared" (one run
-    # without every seeded split's) or "per_split" (one run each)
+    # the ablations' recipe at `zeroshot_batch_size` (None: pretrain_batch_size), seed ablation_seed; the `ori` splits
+    # share a run of the same argv (row (c)'s or the ablations' `full`) where there is one; the seeded splits:
+    # "per_seed" (one run per seed without its three splits' test and eval relations), "shared" (one run without every
+    # seeded split's) or "per_split" (one run each)
+    zeroshot_batch_size: int | None = None
     zeroshot_ms: tuple[int, ...] = (5, 10, 15)
     zeroshot_splits: tuple[str, ...] = ("ori", "40", "41", "42", "43")
     zeroshot_pool_per_relation: int | None = None  # test sentences per relation (None: all; smoke: a few)
@@ -145,6 +148,10 @@ class Budget:
     @property
     def main_table_batch_size(self) -> int:
         return self.quality_batch_size or self.pretrain_batch_size
+
+    @property
+    def zeroshot_pretrain_batch_size(self) -> int:
+        return self.zeroshot_batch_size or self.pretrain_batch_size
 
     @property
     def main_table_is_default_recipe(self) -> bool:
@@ -234,6 +241,9 @@ CPU = Budget(
     ablation_pool_per_relation=100,
     speed_step_warmup=2,
     speed_step_repeats=10,
+    # the zero-shot block at the 25-minute recipe, the longest acceptance allows (one run of at most 25 CPU-minutes per
+    # split): its `ori` run is row (c)'s seed-1 run; docs/results.md has the batch-32 block beside it
+    zeroshot_batch_size=TUNED_BATCH_SIZE,
 )
 
 GPU = Budget(
@@ -361,10 +371,10 @@ def seeded_runs(budget: Budget) -> dict[str, list[tuple[int, str]]]:
 
 
 def estimate_zeroshot(budget: Budget, plan: Planning = CPU_PLANNING) -> dict[str, float]:
-    """Seconds per part of the zero-shot block: pre-training runs at `examples/pretrain.py`'s recipe (the `ori` run is
-    the ablations' `full` run: free once the ablations have run; the seeded splits: `seeded_runs`), then one evaluation
-    per checkpoint (the `ori` splits' union of test relations is encoded once)."""
-    run = budget.pretrain_steps * plan.pretrain_step_s * budget.pretrain_batch_size / 32 + plan.process_s
+    """Seconds per part of the zero-shot block: pre-training runs at the block's batch size (the `ori` run is free
+    where row (c) or the ablations have run it; the seeded splits: `seeded_runs`), then one evaluation per checkpoint
+    (the `ori` splits' union of test relations is encoded once)."""
+    run = budget.pretrain_steps * plan.pretrain_step_s * budget.zeroshot_pretrain_batch_size / 32 + plan.process_s
     groups = seeded_runs(budget)
     seeded = [m for members in groups.values() for m, _ in members]
     per_val = plan.val_wiki_sentences / plan.val_wiki_relations
@@ -376,7 +386,7 @@ def estimate_zeroshot(budget: Budget, plan: Planning = CPU_PLANNING) -> dict[str
     ori = "ori" in budget.zeroshot_splits
     ori_sentences = min(max(budget.zeroshot_ms), plan.val_wiki_relations) * per_val if ori else 0
     parts = {
-        "pre-training, ori (the ablations' full run)": run if ori else 0.0,
+        "pre-training, ori (shared with row (c) or the ablations where their argv agrees)": run if ori else 0.0,
         "pre-training, seeded splits": len(groups) * run,
         "evaluations": (ori_sentences + sum(seeded) * per_seeded) / plan.encode_sentences_per_s
         + (ori + len(groups)) * plan.model_load_s,

@@ -340,9 +340,11 @@ def _log_path(output_dir: Path, batch: list[dict], group: str) -> Path:
 
 def pretrain_argv(
     budget: Budget, backbone: str, run_dir: Path, seed: int, steps: int, extra: Sequence[str] = (), main_table: bool = False,
+    batch_size: int | None = None,
 ) -> list[str]:
-    """`examples/pretrain.py`'s argv; `main_table`: rows (c)-(e)'s recipe (`Budget.quality_*`), else the ablations'."""
-    batch_size = budget.main_table_batch_size if main_table else budget.pretrain_batch_size
+    """`examples/pretrain.py`'s argv; `main_table`: rows (c)-(e)'s recipe (`Budget.quality_*`), else the ablations' (at
+    `batch_size` where given)."""
+    batch_size = budget.main_table_batch_size if main_table else batch_size or budget.pretrain_batch_size
     argv = [
         "--output_dir", str(run_dir),
         "--seed", str(seed),

@@ -244,6 +244,16 @@ SEEDED_PRETRAINING = {
 }
 
 
+def _ori_run(name: str | None) -> str:
+    """The run the `ori` splits are scored on, in words (`zeroshot._ori_run`'s unit name; None: a summary written
+    before it was recorded, when it was always the ablations' `full`)."""
+    if name is None or name == "ablations/pretrain-full":
+        return "the main command's run (the ablations' `full`)"
+    if name.startswith("quality/pretrain-seed"):
+        return f"row (c)'s seed-{name.rsplit('seed', 1)[1]} run (the same argv)"
+    return "a run of their own on the whole corpus"
+
+
 def _zeroshot(zeroshot: dict, budget: Budget) -> list[str]:
     """Per m: this project's mean (± sample std over the splits) beside the published rows; splits without a stored
     evaluation read "not run"."""
@@ -258,10 +268,10 @@ def _zeroshot(zeroshot: dict, budget: Budget) -> list[str]:
         "Macro P / R / F1 (%) as ZS-BERT's `compute_macro_PRF`: every test sentence of a split is classified among its m "
         "test relations by the nearest label text (cosine), with the package's zero-shot evaluator "
         "(`modeling_sacon.fewshot.zeroshot_protocol`, `examples/evaluate_zeroshot.py`); mean ± sample std over the "
-        f"splits of each m ({', '.join(names)}). Checkpoints: `examples/pretrain.py`'s recipe "
-        f"({protocol['pretrain_steps']} steps of batch {protocol['pretrain_batch_size']}{f' `{extra}`' if extra else ''}, "
-        f"seed {protocol['pretraining_seed']}); the `ori` splits, whose test relations are val_wiki's (which the corpus "
-        "does not hold), are scored on the main command's run (the ablations' `full`); "
+        f"splits of each m ({', '.join(names)}). Checkpoints: `examples/pretrain.py`, "
+        f"{protocol['pretrain_steps']} steps of batch {protocol['pretrain_batch_size']}{f' `{extra}`' if extra else ''}, "
+        f"seed {protocol['pretraining_seed']}; the `ori` splits, whose test relations are val_wiki's (which the corpus "
+        f"does not hold), are scored on {_ori_run(protocol.get('ori_run'))}; "
         + (SEEDED_PRETRAINING.get(protocol.get("seeded_pretraining"), ""))
         + "Every checkpoint's `pretraining_relations.json` is checked against the test relations before scoring. "
         "Test sentences: "

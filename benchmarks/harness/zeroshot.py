@@ -2,9 +2,11 @@
 zero-shot evaluator (`modeling_sacon.fewshot.zeroshot_protocol`, what `examples/evaluate_zeroshot.py` runs) on a
 checkpoint pre-trained without the split's test and eval relations.
 
-Pre-training runs at `examples/pretrain.py`'s recipe (the README's main command: its steps and batch), seed
+Pre-training runs at the ablations' recipe (`examples/pretrain.py`'s steps and options) at the block's batch size
+(`Budget.zeroshot_pretrain_batch_size`; the CPU budget's: 64, the README's 25-minute recipe), seed
 `budget.ablation_seed`. The `ori` splits take their test relations from val_wiki, which the embedded corpus does not
-hold: they are scored on the ablations' `full` run, which is the main command's run. The seeded splits
+hold: they are scored on an unfiltered run, the one of row (c) or the ablations whose argv is the same (at batch 64 row
+(c)'s seed-1 run, at 32 the ablations' `full`, the main command's run), else a run of their own. The seeded splits
 (`budget.zeroshot_pretraining`):
 
 * ``per_seed`` (default): one run per seed (40-43) on the corpus without the test and eval relations of that seed's
@@ -34,6 +36,7 @@ from .quality import (
     ablation_training_units,
     backbone_path,
     pretrain_argv,
+    quality_training_units,
     run_training_units,
     stored_only,
 )
@@ -64,19 +67,27 @@ def split_file(m: int, name: str) -> str:
 
 
 def zeroshot_training_units(budget: Budget, backbone: str, output_dir: Path) -> list[dict]:
-    """The `ori` run (the ablations' `full` run: shared, not run twice) and the seeded splits' runs (one per seed, one
-    in all, or one per split: `budget.zeroshot_pretraining`); each unit's `splits` lists the split files its checkpoint
-    is scored on, and its corpus misses the test and eval relations of every one of them."""
+    """The `ori` run (row (c)'s or the ablations' run of the same argv where there is one: shared, not run twice) and
+    the seeded splits' runs (one per seed, one in all, or one per split: `budget.zeroshot_pretraining`); each unit's
+    `splits` lists the split files its checkpoint is scored on, and its corpus misses the test and eval relations of
+    every one of them."""
     groups = seeded_runs(budget)  # first: an unknown mode is refused before anything is built
+    batch_size = budget.zeroshot_pretrain_batch_size
     units = []
     if "ori" in budget.zeroshot_splits:
-        full = next(u for u in ablation_training_units(budget, backbone, output_dir) if u["variant"] == "full")
-        units.append({**full, "zeroshot_key": "ori", "splits": [split_file(m, "ori") for m in budget.zeroshot_ms]})
+        run_dir = output_dir / "runs" / "zeroshot-ori"
+        argv = pretrain_argv(budget, backbone, run_dir, budget.ablation_seed, budget.pretrain_steps, batch_size=batch_size)
+        others = quality_training_units(budget, backbone, output_dir) + ablation_training_units(budget, backbone, output_dir)
+        same = next((u for u in others if u["script"] == "pretrain" and u["argv"][2:] == argv[2:]), None)  # [:2]: --output_dir
+        if same is None:
+            same = {"name": "zeroshot/pretrain-ori", "spec": _train_spec("pretrain", argv, {"backbone": budget.backbone}),
+                    "script": "pretrain", "argv": argv, "run_dir": str(run_dir)}
+        units.append({**same, "zeroshot_key": "ori", "splits": [split_file(m, "ori") for m in budget.zeroshot_ms]})
     for key, members in groups.items():
         files = [split_file(m, name) for m, name in members]
         run_dir = output_dir / "runs" / f"zeroshot-{key}"
         argv = pretrain_argv(budget, backbone, run_dir, budget.ablation_seed, budget.pretrain_steps,
-                             ("--exclude_relations_from", *files))
+                             ("--exclude_relations_from", *files), batch_size=batch_size)
         units.append({"name": f"zeroshot/pretrain-{key}", "spec": _train_spec("pretrain", argv, {"backbone": budget.backbone}),
                       "script": "pretrain", "argv": argv, "run_dir": str(run_dir), "zeroshot_key": key, "splits": files})
     return units
@@ -212,12 +223,18 @@ def assemble_zeroshot(budget: Budget, units: list[dict], training: dict, evaluat
         "training_runs": runs,
         "protocol": {
             "pretraining_seed": budget.ablation_seed, "pretrain_steps": budget.pretrain_steps,
-            "pretrain_batch_size": budget.pretrain_batch_size, "pretrain_extra_args": list(budget.pretrain_extra_args),
+            "pretrain_batch_size": budget.zeroshot_pretrain_batch_size,
+            "pretrain_extra_args": list(budget.pretrain_extra_args), "ori_run": _ori_run(units),
             "seeded_pretraining": budget.zeroshot_pretraining,
             "pool_per_relation": budget.zeroshot_pool_per_relation, "sentences": list(SENTENCE_FILES),
             "labels": LABEL_FILE,
         },
     }
+
+
+def _ori_run(units: list[dict]) -> str | None:
+    """Which run the `ori` splits are scored on, by unit name (a run of row (c), of the ablations, or the block's)."""
+    return next((unit["name"] for unit in units if unit["zeroshot_key"] == "ori"), None)
 
 
 def _split_order(key: str) -> tuple[int, str]:
