@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from transformers import HfArgumentParser
 
-from modeling_sacon.data import development_data_dir, get_data_dir, load_fewrel_json, load_hub_few_rel, load_label_table
+from modeling_sacon.data import development_data_dir, load_fewrel_json, load_hub_few_rel, load_label_table, resolve_data_path
 from modeling_sacon.fewshot.zeroshot_protocol import (
     ZeroShotEvaluator, find_split_files, load_pretraining_relations, load_zeroshot_split, plot_confusions, results_to_json,
     summarize,
@@ -78,8 +78,9 @@ def load_sentences_and_labels(args: ZeroShotArguments):
         if args.label_files:
             table.update(load_label_table(args.label_files))
         return sentences, table, f"{args.dataset_name}[{','.join(args.dataset_splits)}]"
-    files = args.fewrel_files or [str(get_data_dir(args.data_dir) / f) for f in DEFAULT_FEWREL_FILES]
-    label_files = args.label_files or [str(get_data_dir(args.data_dir) / f) for f in DEFAULT_LABEL_FILES]
+    # relative names (given or default) are taken from --data_dir, as the split files are
+    files = [str(resolve_data_path(f, args.data_dir)) for f in args.fewrel_files or DEFAULT_FEWREL_FILES]
+    label_files = [str(resolve_data_path(f, args.data_dir)) for f in args.label_files or DEFAULT_LABEL_FILES]
     return [load_fewrel_json(files)], load_label_table(label_files), ", ".join(Path(f).name for f in files)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import AutoTokenizer, BertModel
+from transformers import AutoTokenizer, BertModel, HfArgumentParser
 
 from modeling_sacon.data import DataFormatError, UnknownRelationError, load_fewrel_json, load_label_table
 from modeling_sacon.fewshot.zeroshot_protocol import (
@@ -273,6 +273,22 @@ def test_split_files_are_found_as_given_or_in_the_data_dir(data_dir, tmp_path, m
     assert evaluate_zeroshot.expand_splits(["mine.json"], str(data_dir)) == ["mine.json"]
     with pytest.raises(FileNotFoundError, match="'zeroshot/fewrel_rel2id_20_40.json': no such split file"):
         evaluate_zeroshot.expand_splits(["zeroshot/fewrel_rel2id_20_40.json"], str(data_dir))
+
+
+def test_sentence_and_label_files_are_found_in_the_data_dir(data_dir, tmp_path, monkeypatch):
+    """`--fewrel_files` and `--label_files` given by relative name are taken from `--data_dir`, as the split files
+    are (not only from the working directory or SACON_DATA_DIR); a name found in neither is an error naming it."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SACON_DATA_DIR", raising=False)
+    base = ["--model_name_or_path", "unused", "--data_dir", str(data_dir)]
+    (args,) = HfArgumentParser(evaluate_zeroshot.ZeroShotArguments).parse_args_into_dataclasses(
+        args=[*base, "--fewrel_files", "fewrel/val_wiki.json", "--label_files", "fewrel/pid2name.json"])
+    (sentences,), table, source = evaluate_zeroshot.load_sentences_and_labels(args)
+    assert source == "val_wiki.json" and len(sentences) == 16 * 700 and table["P641"][0] == "sport"
+    (args,) = HfArgumentParser(evaluate_zeroshot.ZeroShotArguments).parse_args_into_dataclasses(
+        args=[*base, "--fewrel_files", "fewrel/val_wikii.json"])
+    with pytest.raises(FileNotFoundError, match=r"fewrel/val_wikii\.json not found"):
+        evaluate_zeroshot.load_sentences_and_labels(args)
 
 
 def test_pretraining_on_a_filtered_corpus_records_only_unseen_relations(pretrain, small_fewrel, data_dir, tmp_path):
