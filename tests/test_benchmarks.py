@@ -295,6 +295,25 @@ def test_full_ablation_at_the_main_length_is_the_main_run(harness, tmp_path):
     assert {u["variant"]: u for u in quality.ablation_training_units(half, "minilm", tmp_path)}["full"]["name"] == "ablations/pretrain-full"
 
 
+def test_a_variant_training_a_main_run_is_that_run(harness, tmp_path):
+    """`batch_64` on the CPU budget trains row (c)'s recipe (batch 64 given twice, the last value read): it is row
+    (c)'s seed-1 run. Options are compared as the parser reads them, bar --output_dir; any other difference is a run."""
+    quality, _, plain_budgets = harness
+    cpu = plain_budgets.CPU
+    main = {u["name"]: u for u in quality.quality_training_units(cpu, "minilm", tmp_path)}
+    ablations = {u["variant"]: u for u in quality.ablation_training_units(cpu, "minilm", tmp_path)}
+    seed1 = main[f"quality/pretrain-seed{cpu.ablation_seed}"]
+    assert ablations["batch_64"]["name"] == seed1["name"] and ablations["batch_64"]["spec"] == seed1["spec"]
+    assert ablations["batch_64"]["argv"].count("--per_device_train_batch_size") == 1  # row (c)'s own argv
+    assert quality.run_options(["--a", "1", "--b", "x", "y", "--a", "2"]) == {"--a": ("2",), "--b": ("x", "y")}
+    argv = ["--output_dir", "elsewhere", *seed1["argv"][2:]]
+    assert quality.same_run([seed1], argv) is seed1
+    assert quality.same_run([seed1], [*argv, "--seed", "2"]) is None
+    assert quality.same_run([{**seed1, "script": "finetune_fewrel"}], argv) is None
+    with pytest.raises(ValueError, match="main table"):
+        quality.pretrain_argv(cpu, "minilm", tmp_path, 1, 10, main_table=True, batch_size=16)
+
+
 def test_zeroshot_units_share_the_main_run_and_hold_out_every_seeded_split(tmp_path):
     """The block's `ori` unit is the run of row (c) or the ablations with its argv (one run, not two: at batch 64 row
     (c)'s seed-1 run, at 32 the ablations' `full`), else its own; a seed's splits share one run whose argv is the `ori`

@@ -227,6 +227,33 @@ def _train_spec(script: str, argv: list[str], depends: dict | None = None) -> di
     return {"script": script, "argv": argv, "defaults": fingerprint(script_defaults(script)), "depends": depends or {}}
 
 
+def pretrain_unit(name: str, budget: Budget, argv: list[str], run_dir: Path, **fields) -> dict:
+    """A pre-training unit of `examples/pretrain.py` (`fields`: the section's own keys, e.g. its row or variant)."""
+    spec = _train_spec("pretrain", argv, {"backbone": budget.backbone})
+    return {"name": name, "spec": spec, "script": "pretrain", "argv": argv, "run_dir": str(run_dir), **fields}
+
+
+def run_options(argv: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """A command line's options as the script's parser reads them: a repeated option's last values win."""
+    options: dict[str, tuple[str, ...]] = {}
+    flag = None
+    for token in argv:
+        if token.startswith("--"):
+            flag = token
+            options[flag] = ()
+        elif flag is not None:
+            options[flag] += (token,)
+    return options
+
+
+def same_run(candidates: Sequence[dict], argv: Sequence[str]) -> dict | None:
+    """The pre-training unit among `candidates` that trains what `argv` trains (the same options bar `--output_dir`):
+    one run, shared between sections rather than run twice."""
+    wanted = {k: v for k, v in run_options(argv).items() if k != "--output_dir"}
+    return next((unit for unit in candidates if unit["script"] == "pretrain"
+                 and {k: v for k, v in run_options(unit["argv"]).items() if k != "--output_dir"} == wanted), None)
+
+
 def _prepare_output_dir(run_dir: Path, spec: dict, store: UnitStore, name: str) -> bool:
     """True when the run must start afresh (its directory holds a run of another spec, or --force)."""
     marker = run_dir / "benchmark_spec.json"
@@ -344,6 +371,8 @@ def pretrain_argv(
 ) -> list[str]:
     """`examples/pretrain.py`'s argv; `main_table`: rows (c)-(e)'s recipe (`Budget.quality_*`), else the ablations' (at
     `batch_size` where given)."""
+    if main_table and batch_size is not None:
+        raise ValueError("pretrain_argv: the main table's batch size is the budget's (main_table_batch_size)")
     batch_size = budget.main_table_batch_size if main_table else batch_size or budget.pretrain_batch_size
     argv = [
         "--output_dir", str(run_dir),
@@ -405,9 +434,9 @@ def quality_training_units(budget: Budget, backbone: str, output_dir: Path) -> l
     for seed in budget.seeds:
         pt_dir = runs / f"pretrain-seed{seed}"
         argv = pretrain_argv(budget, backbone, pt_dir, seed, budget.pretrain_steps, main_table=True)
-        pt_spec = _train_spec("pretrain", argv, {"backbone": budget.backbone})
-        units.append({"name": f"quality/pretrain-seed{seed}", "spec": pt_spec, "script": "pretrain", "argv": argv,
-                      "run_dir": str(pt_dir), "row": "c", "seed": seed})
+        pretraining = pretrain_unit(f"quality/pretrain-seed{seed}", budget, argv, pt_dir, row="c", seed=seed)
+        pt_spec = pretraining["spec"]
+        units.append(pretraining)
         ft_dir = runs / f"finetune-seed{seed}"
         argv = finetune_argv(budget, pt_dir, ft_dir, seed)
         units.append({"name": f"quality/finetune-seed{seed}", "spec": _train_spec("finetune_fewrel", argv, {"pretrain": fingerprint(pt_spec)}),
@@ -565,19 +594,17 @@ def quality_targets(rows: dict) -> dict:
 
 
 def ablation_training_units(budget: Budget, backbone: str, output_dir: Path) -> list[dict]:
-    """One pre-training run per variant. `full` with row (c)'s argv bar the output directory (the main length, a main
-    seed, the main table at the default recipe) is row (c)'s run of that seed: that unit is shared, not run twice."""
-    main_runs = {unit["seed"]: unit for unit in quality_training_units(budget, backbone, output_dir) if unit["row"] == "c"}
+    """One pre-training run per variant. A variant that trains what one of row (c)'s runs trains (`same_run`: the main
+    length and seed, and e.g. `full` when the main table is at the default recipe, or `batch_64` when the main table is
+    the default recipe at batch 64) is that run: the unit is shared, not run twice."""
+    main_runs = [unit for unit in quality_training_units(budget, backbone, output_dir) if unit["row"] == "c"]
     units = []
     for variant in ablations_for(budget):
         run_dir = output_dir / "runs" / f"ablation-{variant.name}"
         argv = pretrain_argv(budget, backbone, run_dir, budget.ablation_seed, budget.ablation_steps, variant.args)
-        main = main_runs.get(budget.ablation_seed)
-        if not variant.args and main is not None and main["argv"][2:] == argv[2:]:  # argv[:2]: --output_dir DIR
-            units.append({**main, "variant": variant.name})
-            continue
-        units.append({"name": f"ablations/pretrain-{variant.name}", "spec": _train_spec("pretrain", argv, {"backbone": budget.backbone}),
-                      "script": "pretrain", "argv": argv, "run_dir": str(run_dir), "variant": variant.name})
+        main = same_run(main_runs, argv)
+        units.append({**(main or pretrain_unit(f"ablations/pretrain-{variant.name}", budget, argv, run_dir)),
+                      "variant": variant.name})
     return units
 
 

@@ -244,13 +244,14 @@ SEEDED_PRETRAINING = {
 }
 
 
-def _ori_run(name: str | None) -> str:
-    """The run the `ori` splits are scored on, in words (`zeroshot._ori_run`'s unit name; None: a summary written
-    before it was recorded, when it was always the ablations' `full`)."""
+def _ori_run(name: str | None, seed: int) -> str:
+    """The run the `ori` splits are scored on, in words (its unit name, `protocol.ori_run`; None: a summary written
+    before it was recorded, when it was always the ablations' `full`). A shared run has the block's argv, so its seed
+    is the block's pre-training seed."""
     if name is None or name == "ablations/pretrain-full":
         return "the main command's run (the ablations' `full`)"
-    if name.startswith("quality/pretrain-seed"):
-        return f"row (c)'s seed-{name.rsplit('seed', 1)[1]} run (the same argv)"
+    if name.startswith("quality/pretrain-"):
+        return f"row (c)'s seed-{seed} run (the same argv)"
     return "a run of their own on the whole corpus"
 
 
@@ -271,7 +272,7 @@ def _zeroshot(zeroshot: dict, budget: Budget) -> list[str]:
         f"splits of each m ({', '.join(names)}). Checkpoints: `examples/pretrain.py`, "
         f"{protocol['pretrain_steps']} steps of batch {protocol['pretrain_batch_size']}{f' `{extra}`' if extra else ''}, "
         f"seed {protocol['pretraining_seed']}; the `ori` splits, whose test relations are val_wiki's (which the corpus "
-        f"does not hold), are scored on {_ori_run(protocol.get('ori_run'))}; "
+        f"does not hold), are scored on {_ori_run(protocol.get('ori_run'), protocol['pretraining_seed'])}; "
         + (SEEDED_PRETRAINING.get(protocol.get("seeded_pretraining"), ""))
         + "Every checkpoint's `pretraining_relations.json` is checked against the test relations before scoring. "
         "Test sentences: "

@@ -32,12 +32,13 @@ from pathlib import Path
 from .budgets import Budget, seeded_runs
 from .common import UnitStore, log
 from .quality import (
-    _train_spec,
     ablation_training_units,
     backbone_path,
     pretrain_argv,
+    pretrain_unit,
     quality_training_units,
     run_training_units,
+    same_run,
     stored_only,
 )
 
@@ -78,18 +79,14 @@ def zeroshot_training_units(budget: Budget, backbone: str, output_dir: Path) -> 
         run_dir = output_dir / "runs" / "zeroshot-ori"
         argv = pretrain_argv(budget, backbone, run_dir, budget.ablation_seed, budget.pretrain_steps, batch_size=batch_size)
         others = quality_training_units(budget, backbone, output_dir) + ablation_training_units(budget, backbone, output_dir)
-        same = next((u for u in others if u["script"] == "pretrain" and u["argv"][2:] == argv[2:]), None)  # [:2]: --output_dir
-        if same is None:
-            same = {"name": "zeroshot/pretrain-ori", "spec": _train_spec("pretrain", argv, {"backbone": budget.backbone}),
-                    "script": "pretrain", "argv": argv, "run_dir": str(run_dir)}
+        same = same_run(others, argv) or pretrain_unit("zeroshot/pretrain-ori", budget, argv, run_dir)
         units.append({**same, "zeroshot_key": "ori", "splits": [split_file(m, "ori") for m in budget.zeroshot_ms]})
     for key, members in groups.items():
         files = [split_file(m, name) for m, name in members]
         run_dir = output_dir / "runs" / f"zeroshot-{key}"
         argv = pretrain_argv(budget, backbone, run_dir, budget.ablation_seed, budget.pretrain_steps,
                              ("--exclude_relations_from", *files), batch_size=batch_size)
-        units.append({"name": f"zeroshot/pretrain-{key}", "spec": _train_spec("pretrain", argv, {"backbone": budget.backbone}),
-                      "script": "pretrain", "argv": argv, "run_dir": str(run_dir), "zeroshot_key": key, "splits": files})
+        units.append(pretrain_unit(f"zeroshot/pretrain-{key}", budget, argv, run_dir, zeroshot_key=key, splits=files))
     return units
 
 
