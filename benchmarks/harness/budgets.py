@@ -28,8 +28,9 @@ Planning constants for 2 *idle* cores (`CPU_PLANNING` below), from the units of 
 `estimate(CPU)` turns them into the time per part (`run_all.py` prints it at start): 3 pre-training runs of 500 steps
 (the main job's length) at batch 64 (the README's 25-minute recipe, rows (c)-(e)), 3 fine-tuning runs, 2 baseline
 and 6 trained full-split evaluations, 11 ablation and data-scaling variants of 500 steps at `examples/pretrain.py`'s
-recipe (batch 32; `full` is its own run, since the main table's recipe differs: 11.5 batch-32 runs in all, batch 16
-and 64 cost 0.5x and 2x a batch-32 step), and the speed section: about 3.7 h, within 4 hours on 2 cores
+recipe (batch 32; `full` is its own run, since the main table's batch differs, and `batch_64`, which trains the main
+table's recipe, is row (c)'s seed-1 run: 9.5 batch-32 runs in all, batch 16 costs 0.5x a batch-32 step), and the speed
+section: about 3.4 h, within 4 hours on 2 cores
 (`tests/test_benchmarks.py` checks the arithmetic). That is more than one 3-hour working session: the
 units resume, so a run spans sessions where the output directory persists. Measured at the new default
 (2026-11-28, commits e827f74-1cead20): the quality section 47.9 min, the ablation runs 10.7-12.6 min each. The run
@@ -326,12 +327,15 @@ def estimate(budget: Budget, plan: Planning = CPU_PLANNING) -> dict[str, float]:
     step = plan.pretrain_step_s * budget.pretrain_batch_size / 32
     main_step = plan.pretrain_step_s * budget.main_table_batch_size / 32
     seeds = len(budget.seeds)
-    ablation_batches = [budget.pretrain_batch_size] * 6 + [b for b in budget.ablation_batch_sizes if b != budget.pretrain_batch_size]
-    ablation_batches += [budget.pretrain_batch_size] * 3  # the other batch scheme, the 2 other embedded corpora
-    evaluated = len(ablation_batches)
-    same_run = budget.main_table_is_default_recipe and budget.ablation_steps == budget.pretrain_steps
-    if same_run and budget.ablation_seed in budget.seeds:
-        ablation_batches.remove(budget.pretrain_batch_size)  # `full` is row (c)'s run of that seed (quality.py)
+    # the ablation runs the harness starts: a variant that is one of row (c)'s runs (`quality.same_run`) costs nothing
+    from pathlib import Path
+
+    from .quality import ablation_training_units, quality_training_units, run_options  # here: quality imports budgets
+
+    main_runs = {unit["name"] for unit in quality_training_units(budget, budget.backbone, Path("."))}
+    ablation_units = ablation_training_units(budget, budget.backbone, Path("."))
+    ablation_runs = {unit["name"]: run_options(unit["argv"]) for unit in ablation_units if unit["name"] not in main_runs}
+    evaluated = len(ablation_units)
     ablation_eval = (encode(budget.ablation_pool_per_relation, False)
                      + score(len(budget.ablation_settings.split(",")), budget.ablation_episodes) + plan.model_load_s)
     sorted_encode = encode(budget.speed_pool_per_relation, False)
@@ -340,7 +344,9 @@ def estimate(budget: Budget, plan: Planning = CPU_PLANNING) -> dict[str, float]:
         "pre-training (c)": seeds * (budget.pretrain_steps * main_step + plan.process_s),
         "fine-tuning (d)": seeds * (budget.finetune_steps * plan.finetune_step_s * budget.finetune_batch_size / 2 + plan.process_s),
         "evaluations (c), (d), (e)": 2 * seeds * per_trained,
-        "ablation pre-training": sum(budget.ablation_steps * plan.pretrain_step_s * b / 32 + plan.process_s for b in ablation_batches),
+        "ablation pre-training": sum(
+            int(run["--max_steps"][0]) * plan.pretrain_step_s * int(run["--per_device_train_batch_size"][0]) / 32
+            + plan.process_s for run in ablation_runs.values()),
         "ablation evaluations": evaluated * ablation_eval,
         "speed": (
             (budget.speed_step_warmup + budget.speed_step_repeats) * step * (1 + 0.75 + 1.45)  # full, comparator, no dedup
