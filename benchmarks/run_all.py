@@ -15,9 +15,10 @@ measurement) stores its result under `<output_dir>/units/` and is skipped when s
 specification, so an interrupted run continues where it stopped (a pre-training run also resumes from its last
 checkpoint); `--force` recomputes everything. Budgets and their time arithmetic: `benchmarks/budgets.py`.
 The zero-shot block (RE-Matching's FewRel splits, five pre-training runs) has its own budget and runs only when
-`--only` names it; once stored, every later invocation reports it. With the default output directory, the default
-sections' summary goes to `benchmarks/results/<budget>.{json,md}` and the block's to `<budget>_zeroshot.{json,md}`
-(`zeroshot_variant`: another seeded mode or batch size than the budget's has its own file).
+`--only` names it; once stored, every later invocation reports it. With the default output directory, each block's
+summary goes beside it: the main table and speed to `benchmarks/results/<budget>.{json,md}`, the ablations to
+`<budget>_ablations.{json,md}`, the zero-shot block to `<budget>_zeroshot.{json,md}` (`zeroshot_variant`: another
+seeded mode or batch size than the budget's has its own file); a block run alone rewrites only its own.
 """
 
 from __future__ import annotations
@@ -82,19 +83,19 @@ def zeroshot_variant(budget: Budget) -> str:
 
 def committed_summaries(budget: str, sections: list[str], results: dict, missing: list[str],
                         zeroshot_suffix: str = "") -> dict[str, dict]:
-    """The summaries an invocation writes beside `benchmarks/results/<budget>/`, by file stem: `<budget>` for the default
-    sections and `<budget>_zeroshot<zeroshot_suffix>` for the zero-shot block (`zeroshot_variant`), each only when
-    computed here (a block run alone must not overwrite the default sections' summary with units this output directory
-    may not hold)."""
-    summaries = {}
-    if set(sections) & set(DEFAULT_SECTIONS):
-        summaries[budget] = results
-    if "zeroshot" in sections:
-        summaries[f"{budget}_zeroshot{zeroshot_suffix}"] = {
-            **results, "quality": None, "ablations": None, "speed": None,
-            "units": {**results["units"], "missing": [name for name in missing if name.startswith("zeroshot/")]},
-        }
-    return {name: {**summary, "summary_file": f"benchmarks/results/{name}.json"} for name, summary in summaries.items()}
+    """The summaries an invocation writes beside `benchmarks/results/<budget>/`, by file stem, one per block: `<budget>`
+    (the main table and speed), `<budget>_ablations` (ablations and data scaling) and `<budget>_zeroshot<zeroshot_suffix>`
+    (`zeroshot_variant`). Each holds only its own sections and missing units, and is written only when one of its
+    sections is computed here: a block run alone (each takes hours) must not overwrite another block's summary with
+    units this output directory may not hold."""
+    blocks = {budget: ("quality", "speed"), f"{budget}_ablations": ("ablations",),
+              f"{budget}_zeroshot{zeroshot_suffix}": ("zeroshot",)}
+    return {
+        name: {**results, **{section: None for section in SECTIONS if section not in own},
+               "units": {**results["units"], "missing": [unit for unit in missing if unit.split("/")[0] in own]},
+               "summary_file": f"benchmarks/results/{name}.json"}
+        for name, own in blocks.items() if set(own) & set(sections)
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:

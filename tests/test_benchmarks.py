@@ -358,19 +358,28 @@ def test_zeroshot_units_share_the_main_run_and_hold_out_every_seeded_split(tmp_p
         zeroshot.zeroshot_training_units(cpu.with_overrides({"zeroshot_pretraining": "each"}), "minilm", tmp_path)
 
 
-def test_a_zeroshot_block_run_alone_leaves_the_main_summary_alone():
-    """`--only zeroshot` writes `<budget>_zeroshot` only (the default sections' summary may rest on units this output
-    directory does not hold); its summary lists only the block's missing units."""
+def test_a_block_run_alone_leaves_the_other_summaries_alone():
+    """`--only zeroshot` writes `<budget>_zeroshot` only, `--only ablations` `<budget>_ablations` only (the other blocks'
+    summaries may rest on units this output directory does not hold); each summary holds its own sections and lists
+    only its own missing units."""
     run_all = importlib.import_module("benchmarks.run_all")
-    results = {"units": {"missing": []}, "quality": {"x": 1}, "ablations": {}, "speed": {}, "zeroshot": {"y": 2}}
-    missing = ["quality/pretrain-seed1", "zeroshot/pretrain-heldout"]
+    results = {"units": {"missing": []}, "quality": {"x": 1}, "ablations": {"a": 3}, "speed": {"s": 4}, "zeroshot": {"y": 2}}
+    missing = ["quality/pretrain-seed1", "ablations/pretrain-full", "zeroshot/pretrain-heldout"]
     only = run_all.committed_summaries("cpu", ["zeroshot"], results, missing)
     assert list(only) == ["cpu_zeroshot"] and only["cpu_zeroshot"]["quality"] is None
+    assert only["cpu_zeroshot"]["zeroshot"] == {"y": 2} and only["cpu_zeroshot"]["ablations"] is None
     assert only["cpu_zeroshot"]["units"]["missing"] == ["zeroshot/pretrain-heldout"]
     assert only["cpu_zeroshot"]["summary_file"] == "benchmarks/results/cpu_zeroshot.json"
     both = run_all.committed_summaries("cpu", ["quality", "zeroshot"], results, missing)
-    assert list(both) == ["cpu", "cpu_zeroshot"] and both["cpu"]["quality"] == {"x": 1}
+    assert list(both) == ["cpu", "cpu_zeroshot"] and both["cpu"]["quality"] == {"x": 1} and both["cpu"]["zeroshot"] is None
+    assert both["cpu"]["speed"] == {"s": 4} and both["cpu"]["units"]["missing"] == ["quality/pretrain-seed1"]
     assert list(run_all.committed_summaries("cpu", ["speed"], results, missing)) == ["cpu"]
+    ablations = run_all.committed_summaries("cpu", ["ablations"], results, missing)
+    assert list(ablations) == ["cpu_ablations"] and ablations["cpu_ablations"]["ablations"] == {"a": 3}
+    assert ablations["cpu_ablations"]["quality"] is None and ablations["cpu_ablations"]["speed"] is None
+    assert ablations["cpu_ablations"]["units"]["missing"] == ["ablations/pretrain-full"]
+    default = run_all.committed_summaries("cpu", list(run_all.DEFAULT_SECTIONS), results, missing)
+    assert list(default) == ["cpu", "cpu_ablations"] and default["cpu"]["ablations"] is None
     shared = run_all.committed_summaries("cpu", ["zeroshot"], results, missing, "_shared")  # a non-default mode: its own
     assert list(shared) == ["cpu_zeroshot_shared"] and shared["cpu_zeroshot_shared"]["summary_file"].endswith("_shared.json")
     # the suffix: another seeded mode, another batch size than the budget's block, or both; none at the default
