@@ -74,11 +74,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def zeroshot_variant(budget: Budget) -> str:
     """The zero-shot summary's file-name suffix: "" at the budget's own block, else `_<mode>` for another seeded
-    pre-training mode and `_batch<N>` for another batch size, so that each variant measured can be committed."""
+    pre-training mode, `_batch<N>` for another batch size and `_fewrel` (or `_corpus`) for FewRel's training relations
+    added to the corpus (or not) where the budget does the other, so that each variant measured can be committed."""
     default = BUDGETS[budget.name]
     suffix = "" if budget.zeroshot_pretraining == default.zeroshot_pretraining else f"_{budget.zeroshot_pretraining}"
     batch = budget.zeroshot_pretrain_batch_size
-    return suffix + ("" if batch == default.zeroshot_pretrain_batch_size else f"_batch{batch}")
+    suffix += "" if batch == default.zeroshot_pretrain_batch_size else f"_batch{batch}"
+    if budget.zeroshot_fewrel_training != default.zeroshot_fewrel_training:
+        suffix += "_fewrel" if budget.zeroshot_fewrel_training else "_corpus"
+    return suffix
 
 
 def committed_summaries(budget: str, sections: list[str], results: dict, missing: list[str],

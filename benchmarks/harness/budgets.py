@@ -133,6 +133,10 @@ class Budget:
     zeroshot_splits: tuple[str, ...] = ("ori", "40", "41", "42", "43")
     zeroshot_pool_per_relation: int | None = None  # test sentences per relation (None: all; smoke: a few)
     zeroshot_pretraining: str = "per_seed"
+    # True: every run of the block also trains on FewRel's sentences (val_wiki, the train sample) of the relations its
+    # splits leave for training, the published methods' training data, beside the corpus; the `ori` run then holds out
+    # the `ori` splits' test and eval relations like a seeded one and shares no run
+    zeroshot_fewrel_training: bool = False
 
     # speed and memory
     speed_step_warmup: int = 2

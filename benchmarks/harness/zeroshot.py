@@ -67,26 +67,45 @@ def split_file(m: int, name: str) -> str:
     return f"zeroshot/fewrel_rel2id_{m}_{name}.json"
 
 
+def fewrel_training_args() -> tuple[str, ...]:
+    """`examples/pretrain.py` options that train on the embedded corpus plus FewRel's sentences (val_wiki, the train
+    sample; `--exclude_relations_from` then removes a split's test and eval relations): the corpus files and their label
+    tables, pid2name for the FewRel relations the corpus lacks (the corpus' own texts win), and the permission the
+    val_wiki relations need (the evaluator still refuses a checkpoint that saw a test relation)."""
+    from modeling_sacon.data.corpus import PRETRAIN_CORPORA
+
+    from .train_worker import script_defaults
+
+    corpus_files, label_files = PRETRAIN_CORPORA[script_defaults("pretrain")["corpus"]]
+    return ("--train_files", *corpus_files, *SENTENCE_FILES, "--label_files", LABEL_FILE, *label_files,
+            "--allow_eval_relations", "True")
+
+
 def zeroshot_training_units(budget: Budget, backbone: str, output_dir: Path) -> list[dict]:
     """The `ori` run (row (c)'s or the ablations' run of the same argv where there is one: shared, not run twice) and
     the seeded splits' runs (one per seed, one in all, or one per split: `budget.zeroshot_pretraining`); each unit's
-    `splits` lists the split files its checkpoint is scored on, and its corpus misses the test and eval relations of
-    every one of them."""
+    `splits` lists the split files its checkpoint is scored on, and its training data misses the test and eval
+    relations of every one of them. With `zeroshot_fewrel_training` every run also trains on FewRel's sentences
+    (`fewrel_training_args`), the `ori` run holds out the `ori` splits' relations too, and units and runs are named
+    with `-fewrel` (they can share an output directory with the plain block's)."""
     groups = seeded_runs(budget)  # first: an unknown mode is refused before anything is built
     batch_size = budget.zeroshot_pretrain_batch_size
-    units = []
+    fewrel = budget.zeroshot_fewrel_training
+    data, suffix = (fewrel_training_args(), "-fewrel") if fewrel else ((), "")
     if "ori" in budget.zeroshot_splits:
-        run_dir = output_dir / "runs" / "zeroshot-ori"
-        argv = pretrain_argv(budget, backbone, run_dir, budget.ablation_seed, budget.pretrain_steps, batch_size=batch_size)
-        others = quality_training_units(budget, backbone, output_dir) + ablation_training_units(budget, backbone, output_dir)
-        same = same_run(others, argv) or pretrain_unit("zeroshot/pretrain-ori", budget, argv, run_dir)
-        units.append({**same, "zeroshot_key": "ori", "splits": [split_file(m, "ori") for m in budget.zeroshot_ms]})
+        groups = {"ori": [(m, "ori") for m in budget.zeroshot_ms], **groups}
+    units = []
     for key, members in groups.items():
         files = [split_file(m, name) for m, name in members]
-        run_dir = output_dir / "runs" / f"zeroshot-{key}"
-        argv = pretrain_argv(budget, backbone, run_dir, budget.ablation_seed, budget.pretrain_steps,
-                             ("--exclude_relations_from", *files), batch_size=batch_size)
-        units.append(pretrain_unit(f"zeroshot/pretrain-{key}", budget, argv, run_dir, zeroshot_key=key, splits=files))
+        run_dir = output_dir / "runs" / f"zeroshot-{key}{suffix}"
+        held_out = ("--exclude_relations_from", *files) if key != "ori" or fewrel else ()  # the corpus has no val_wiki
+        argv = pretrain_argv(budget, backbone, run_dir, budget.ablation_seed, budget.pretrain_steps, (*data, *held_out),
+                             batch_size=batch_size)
+        unit = pretrain_unit(f"zeroshot/pretrain-{key}{suffix}", budget, argv, run_dir)
+        if key == "ori":
+            others = quality_training_units(budget, backbone, output_dir) + ablation_training_units(budget, backbone, output_dir)
+            unit = same_run(others, argv) or unit
+        units.append({**unit, "zeroshot_key": f"{key}{suffix}", "splits": files})
     return units
 
 
@@ -222,7 +241,7 @@ def assemble_zeroshot(budget: Budget, units: list[dict], training: dict, evaluat
             "pretraining_seed": budget.ablation_seed, "pretrain_steps": budget.pretrain_steps,
             "pretrain_batch_size": budget.zeroshot_pretrain_batch_size,
             "pretrain_extra_args": list(budget.pretrain_extra_args), "ori_run": _ori_run(units),
-            "seeded_pretraining": budget.zeroshot_pretraining,
+            "seeded_pretraining": budget.zeroshot_pretraining, "fewrel_training": budget.zeroshot_fewrel_training,
             "pool_per_relation": budget.zeroshot_pool_per_relation, "sentences": list(SENTENCE_FILES),
             "labels": LABEL_FILE,
         },
@@ -231,7 +250,7 @@ def assemble_zeroshot(budget: Budget, units: list[dict], training: dict, evaluat
 
 def _ori_run(units: list[dict]) -> str | None:
     """Which run the `ori` splits are scored on, by unit name (a run of row (c), of the ablations, or the block's)."""
-    return next((unit["name"] for unit in units if unit["zeroshot_key"] == "ori"), None)
+    return next((unit["name"] for unit in units if unit["zeroshot_key"].split("-")[0] == "ori"), None)
 
 
 def _split_order(key: str) -> tuple[int, str]:
