@@ -358,6 +358,38 @@ def test_zeroshot_units_share_the_main_run_and_hold_out_every_seeded_split(tmp_p
         zeroshot.zeroshot_training_units(cpu.with_overrides({"zeroshot_pretraining": "each"}), "minilm", tmp_path)
 
 
+
+def test_zeroshot_fewrel_training_adds_fewrel_and_holds_out_every_split(tmp_path, data_dir):
+    """With `zeroshot_fewrel_training` each run trains on the corpus files plus FewRel's sentences (the relations its
+    splits leave for training), holds out its splits' test and eval relations (the `ori` run too: val_wiki is now in
+    its data), shares no run with the main table, and is named apart from the plain block's units; the data loads."""
+    from benchmarks.harness import quality, zeroshot
+    from modeling_sacon.commands.pretrain import load_training_data, parse_args
+
+    cpu = budgets.CPU
+    plain = zeroshot.zeroshot_training_units(cpu, "minilm", tmp_path)
+    units = zeroshot.zeroshot_training_units(cpu.with_overrides({"zeroshot_fewrel_training": "true"}), "minilm", tmp_path)
+    assert [u["name"] for u in units] == ["zeroshot/pretrain-ori-fewrel",
+                                          *(f"zeroshot/pretrain-split{n}-fewrel" for n in ("40", "41", "42", "43"))]
+    assert {u["zeroshot_key"] for u in units}.isdisjoint(u["zeroshot_key"] for u in plain)
+    main = {u["name"]: u for u in quality.quality_training_units(cpu, "minilm", tmp_path)}[f"quality/pretrain-seed{cpu.ablation_seed}"]
+    data = list(zeroshot.fewrel_training_args())
+    for unit, before in zip(units, plain):
+        files = unit["splits"]
+        assert unit["argv"][2:] == [*main["argv"][2:], *data, "--exclude_relations_from", *files]
+        assert unit["run_dir"] != before["run_dir"] and unit["splits"] == before["splits"]
+    assert data[data.index("--train_files") + 1:data.index("--label_files")] == [
+        "pretrain_v2/sentences.json", "pretrain_v2/longtail.json", *zeroshot.SENTENCE_FILES]
+    # what examples/pretrain.py loads for split 41: the corpus and FewRel without the split's 20 relations, val_wiki's
+    # other relations (mother, spouse: training relations of the split) in
+    _, data_args, _ = parse_args(["--output_dir", str(tmp_path / "x"), "--data_dir", str(data_dir), *units[2]["argv"][2:]])
+    dataset, labels, _ = load_training_data(data_args)
+    split = json.loads((data_dir / "zeroshot/fewrel_rel2id_15_41.json").read_text())
+    relations = set(dataset.unique("relation"))
+    assert relations.isdisjoint(set(split["test"]) | set(split["eval"])) and {"P25", "P26"} <= relations
+    assert set(labels) == relations
+
+
 def test_a_block_run_alone_leaves_the_other_summaries_alone():
     """`--only zeroshot` writes `<budget>_zeroshot` only, `--only ablations` `<budget>_ablations` only (the other blocks'
     summaries may rest on units this output directory does not hold); each summary holds its own sections and lists
@@ -390,6 +422,7 @@ def test_a_block_run_alone_leaves_the_other_summaries_alone():
     both = cpu.with_overrides({"zeroshot_pretraining": "shared", "zeroshot_batch_size": "none"})
     assert run_all.zeroshot_variant(both) == "_shared_batch32"
     assert run_all.zeroshot_variant(budgets.SMOKE) == ""
+    assert run_all.zeroshot_variant(cpu.with_overrides({"zeroshot_fewrel_training": "true"})) == "_fewrel"
 
 
 def test_sweep_recipes_are_valid_pretrain_arguments(harness):
