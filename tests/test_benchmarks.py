@@ -219,6 +219,12 @@ def _check_zeroshot_partial(output_dir: Path) -> None:
     assert any("(1 of 2 splits)" in line for line in lines if line.startswith("| SaCon"))
     empty = report._zeroshot(zeroshot.assemble_zeroshot(budget, units, {}, {}), budget)
     assert any(line.startswith("| 10 | 0 of 2 | not run |") for line in empty), empty
+    # the report says what the runs trained on: the corpus alone, or the corpus and FewRel's training relations
+    assert not any("FewRel's sentences" in line for line in lines)
+    fewrel = budget.with_overrides({"zeroshot_fewrel_training": "true"})
+    text = "\n".join(report._zeroshot(zeroshot.assemble_zeroshot(fewrel, units, training, evaluations), fewrel))
+    assert "plus FewRel's sentences" in text and "FewRel training relations alone" in text
+    assert "no FewRel-specific training step" not in text and "(which the corpus does not hold)" not in text
 
 
 def test_budgets():

@@ -233,15 +233,17 @@ def _span(values: list[int]) -> str:
     return f"{min(values)}" if min(values) == max(values) else f"{min(values)}-{max(values)}"
 
 
-SEEDED_PRETRAINING = {
-    "per_seed": "each seed's splits (m = 5, 10, 15) on one run on the embedded corpus without the test and eval "
+SEEDED_PRETRAINING = {  # {data}: what the runs train on
+    "per_seed": "each seed's splits (m = 5, 10, 15) on one run on {data} without the test and eval "
                 "relations of that seed's three files (`--exclude_relations_from` them: the m = 15 split's 20 relations, "
                 "which hold the m = 5 and 10 splits' own, so stricter than m = 5 and 10 need by 10 and 5 relations). ",
-    "shared": "the seeded splits on one run on the embedded corpus without the test and eval relations of every seeded "
+    "shared": "the seeded splits on one run on {data} without the test and eval relations of every seeded "
               "split (`--exclude_relations_from` every seeded split's file: stricter than each split needs). ",
-    "per_split": "each seeded split on its own run, on the embedded corpus without that split's test and eval relations "
+    "per_split": "each seeded split on its own run, on {data} without that split's test and eval relations "
                  "(`--exclude_relations_from` its file). ",
 }
+FEWREL_DATA = "the embedded corpus plus FewRel's sentences of every other relation (`fewrel/val_wiki.json`, " \
+              "`fewrel_train_sample/train_wiki_sample.json`)"
 
 
 def _ori_run(name: str | None, seed: int) -> str:
@@ -263,6 +265,7 @@ def _zeroshot(zeroshot: dict, budget: Budget) -> list[str]:
     names = zeroshot["split_names"]
     extra = " ".join(protocol.get("pretrain_extra_args") or [])
     pool = protocol["pool_per_relation"]
+    fewrel = protocol.get("fewrel_training", False)
     lines = [
         "### Zero-shot relation extraction (FewRel, RE-Matching's splits)",
         "",
@@ -271,9 +274,11 @@ def _zeroshot(zeroshot: dict, budget: Budget) -> list[str]:
         "(`modeling_sacon.fewshot.zeroshot_protocol`, `examples/evaluate_zeroshot.py`); mean ± sample std over the "
         f"splits of each m ({', '.join(names)}). Checkpoints: `examples/pretrain.py`, "
         f"{protocol['pretrain_steps']} steps of batch {protocol['pretrain_batch_size']}{f' `{extra}`' if extra else ''}, "
-        f"seed {protocol['pretraining_seed']}; the `ori` splits, whose test relations are val_wiki's (which the corpus "
-        f"does not hold), are scored on {_ori_run(protocol.get('ori_run'), protocol['pretraining_seed'])}; "
-        + (SEEDED_PRETRAINING.get(protocol.get("seeded_pretraining"), ""))
+        f"seed {protocol['pretraining_seed']}; "
+        + (f"the `ori` splits on one run on {FEWREL_DATA} without the `ori` files' test and eval relations; " if fewrel else
+           "the `ori` splits, whose test relations are val_wiki's (which the corpus does not hold), are scored on "
+           f"{_ori_run(protocol.get('ori_run'), protocol['pretraining_seed'])}; ")
+        + SEEDED_PRETRAINING.get(protocol.get("seeded_pretraining"), "").format(data=FEWREL_DATA if fewrel else "the embedded corpus")
         + "Every checkpoint's `pretraining_relations.json` is checked against the test relations before scoring. "
         "Test sentences: "
         + ("all of " if not pool else f"the first {pool} per relation of ")
@@ -312,16 +317,25 @@ def _zeroshot(zeroshot: dict, budget: Budget) -> list[str]:
         metrics = " | ".join(_mean_std(entry, k) for k in ("precision", "recall", "f1", "accuracy"))
         lines.append(f"| {m} | {entry['n_splits']} of {len(names)} | {metrics} | {split_f1} | {published} |")
     seen = [s["pretraining_relations"] for s in per_split.values()]
-    fewrel = [s["train_relations_seen"] for s in per_split.values()]
-    corpus = (f"{_span(seen)} relations of the embedded corpus, {_span(fewrel)} of them FewRel training relations of "
-              "the split and the rest other Wikidata relations" if seen else
-              "the embedded corpus (912 relations, 64 of them FewRel training relations) minus each split's test and eval relations")
+    train_seen = [s["train_relations_seen"] for s in per_split.values()]
     eval_seen = sorted({key for key, s in per_split.items() if s["eval_relations_seen"]})
+    if fewrel:
+        data = ("Same splits, metric and FewRel training relations as RE-Matching, and more data: SaCon pre-trains "
+                "contrastively on " + (f"{_span(seen)} relations, {_span(train_seen)} of them the split's FewRel training "
+                "relations and the rest other Wikidata relations of the embedded corpus" if seen else FEWREL_DATA)
+                + ", with FewRel's sentences of the training relations among its rows (a FewRel training relation's are the "
+                "113-124 of the train sample, not FewRel's 700), where RE-Matching trains on the split's 80 - m - 5 "
+                "FewRel training relations alone. ")
+    else:
+        corpus = (f"{_span(seen)} relations of the embedded corpus, {_span(train_seen)} of them FewRel training relations of "
+                  "the split and the rest other Wikidata relations" if seen else
+                  "the embedded corpus (912 relations, 64 of them FewRel training relations) minus each split's test and eval relations")
+        data = ("Same splits and metric as RE-Matching, different training data: SaCon pre-trains contrastively on "
+                f"{corpus}, with no FewRel-specific training step, where RE-Matching trains on the split's 80 - m - 5 FewRel "
+                "training relations. ")
     lines += [
         "",
-        "Same splits and metric as RE-Matching, different training data: SaCon pre-trains contrastively on "
-        f"{corpus}, with no FewRel-specific training step, where RE-Matching trains on the split's 80 - m - 5 FewRel "
-        "training relations. The `ori` test sets are exactly the published ones (val_wiki, 700 sentences a relation); "
+        data + "The `ori` test sets are exactly the published ones (val_wiki, 700 sentences a relation); "
         "a seeded split's test relations that are FewRel training relations are scored on the `fewrel_train_sample` "
         "subset (113-124 sentences a relation, not FewRel's 700). ZS-BERT and RelationPrompt used their own splits. "
         "Published numbers as listed in `../shared/data/zeroshot/SOURCE.md` (the papers' FewRel tables, mean of 5 splits)."
