@@ -20,6 +20,10 @@ hold: they are scored on an unfiltered run, the one of row (c) or the ablations 
 * ``per_split``: one run per (m, split), with `--exclude_relations_from` that split's file: what the protocol asks at
   the least, thirteen runs (about 2.6 hours on 2 idle cores).
 
+`zeroshot_fewrel_training` (`--set zeroshot_fewrel_training=true`) adds FewRel's own sentences (val_wiki and the train
+sample) to every run's data, less the held-out relations: the FewRel training relations of a split, on which the
+published methods train, beside the corpus. The `ori` run then holds out the `ori` files' relations like a seeded run.
+
 Each checkpoint's evaluation is a unit; the evaluator refuses a checkpoint whose recorded `pretraining_relations.json`
 holds a test relation, and a checkpoint without that file is refused here.
 """
