@@ -224,6 +224,7 @@ def _check_zeroshot_partial(output_dir: Path) -> None:
     fewrel = budget.with_overrides({"zeroshot_fewrel_training": "true"})
     text = "\n".join(report._zeroshot(zeroshot.assemble_zeroshot(fewrel, units, training, evaluations), fewrel))
     assert "plus FewRel's sentences" in text and "FewRel training relations alone" in text
+    assert "| SaCon (this project), corpus + the split's FewRel training relations |" in text
     assert "no FewRel-specific training step" not in text and "(which the corpus does not hold)" not in text
 
 

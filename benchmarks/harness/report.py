@@ -295,7 +295,8 @@ def _zeroshot(zeroshot: dict, budget: Budget) -> list[str]:
             continue
         partial = f" ({entry['n_splits']} of {entry['n_splits'] + len(entry['missing'])} splits)" if entry["missing"] else ""
         cells.append(_mean_std(entry, "f1") + partial)
-    lines.append(f"| SaCon (this project) | {budget.backbone_label} | these | " + " | ".join(cells) + " |")
+    method = "SaCon (this project), corpus + the split's FewRel training relations" if fewrel else "SaCon (this project)"
+    lines.append(f"| {method} | {budget.backbone_label} | these | " + " | ".join(cells) + " |")
     for row in zeroshot["published"]:
         values = [f"{row['f1'][str(m)]:.2f}" if str(m) in row["f1"] else "—" for m in ms]
         lines.append(f"| {row['method']} ({row['citation']}) | {row['backbone']} | {row['splits']} | " + " | ".join(values) + " |")
