@@ -242,8 +242,6 @@ SEEDED_PRETRAINING = {  # {data}: what the runs train on
     "per_split": "each seeded split on its own run, on {data} without that split's test and eval relations "
                  "(`--exclude_relations_from` its file). ",
 }
-FEWREL_DATA = "the embedded corpus plus FewRel's sentences of every other relation (`fewrel/val_wiki.json`, " \
-              "`fewrel_train_sample/train_wiki_sample.json`)"
 
 
 def _ori_run(name: str | None, seed: int) -> str:
@@ -266,6 +264,8 @@ def _zeroshot(zeroshot: dict, budget: Budget) -> list[str]:
     extra = " ".join(protocol.get("pretrain_extra_args") or [])
     pool = protocol["pool_per_relation"]
     fewrel = protocol.get("fewrel_training", False)
+    fewrel_data = ("the embedded corpus plus FewRel's sentences of every other relation ("
+                   + ", ".join(f"`{f}`" for f in protocol["sentences"]) + ")")  # the test sentences' files
     lines = [
         "### Zero-shot relation extraction (FewRel, RE-Matching's splits)",
         "",
@@ -275,10 +275,10 @@ def _zeroshot(zeroshot: dict, budget: Budget) -> list[str]:
         f"splits of each m ({', '.join(names)}). Checkpoints: `examples/pretrain.py`, "
         f"{protocol['pretrain_steps']} steps of batch {protocol['pretrain_batch_size']}{f' `{extra}`' if extra else ''}, "
         f"seed {protocol['pretraining_seed']}; "
-        + (f"the `ori` splits on one run on {FEWREL_DATA} without the `ori` files' test and eval relations; " if fewrel else
+        + (f"the `ori` splits on one run on {fewrel_data} without the `ori` files' test and eval relations; " if fewrel else
            "the `ori` splits, whose test relations are val_wiki's (which the corpus does not hold), are scored on "
            f"{_ori_run(protocol.get('ori_run'), protocol['pretraining_seed'])}; ")
-        + SEEDED_PRETRAINING.get(protocol.get("seeded_pretraining"), "").format(data=FEWREL_DATA if fewrel else "the embedded corpus")
+        + SEEDED_PRETRAINING.get(protocol.get("seeded_pretraining"), "").format(data=fewrel_data if fewrel else "the embedded corpus")
         + "Every checkpoint's `pretraining_relations.json` is checked against the test relations before scoring. "
         "Test sentences: "
         + ("all of " if not pool else f"the first {pool} per relation of ")
@@ -323,7 +323,7 @@ def _zeroshot(zeroshot: dict, budget: Budget) -> list[str]:
     if fewrel:
         data = ("Same splits, metric and FewRel training relations as RE-Matching, and more data: SaCon pre-trains "
                 "contrastively on " + (f"{_span(seen)} relations, {_span(train_seen)} of them the split's FewRel training "
-                "relations and the rest other Wikidata relations of the embedded corpus" if seen else FEWREL_DATA)
+                "relations and the rest other Wikidata relations of the embedded corpus" if seen else fewrel_data)
                 + ", with FewRel's sentences of the training relations among its rows (a FewRel training relation's are the "
                 "113-124 of the train sample, not FewRel's 700), where RE-Matching trains on the split's 80 - m - 5 "
                 "FewRel training relations alone. ")
