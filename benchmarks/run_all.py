@@ -18,7 +18,7 @@ The zero-shot block (RE-Matching's FewRel splits, five pre-training runs) has it
 `--only` names it; once stored, every later invocation reports it. With the default output directory, each block's
 summary goes beside it: the main table and speed to `benchmarks/results/<budget>.{json,md}`, the ablations to
 `<budget>_ablations.{json,md}`, the zero-shot block to `<budget>_zeroshot.{json,md}` (`zeroshot_variant`: another
-seeded mode or batch size than the budget's has its own file); a block run alone rewrites only its own.
+seeded mode, batch size or training data than the budget's has its own file); a block run alone rewrites only its own.
 """
 
 from __future__ import annotations
