@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Regenerates every number of the README's Results section.
 
-    python benchmarks/run_all.py --budget cpu                  # MiniLM on 2 CPU cores (~3.4 h on idle cores; resumes)
+    python benchmarks/run_all.py --budget cpu                  # MiniLM on 2 CPU cores (~3.6 h on idle cores; resumes)
     python benchmarks/run_all.py --budget gpu                  # bert-base-uncased, bf16, longer runs, one GPU
     python benchmarks/run_all.py --budget smoke --output_dir /tmp/bench   # tiny model: checks the harness (~1 min)
     python benchmarks/run_all.py --budget cpu --only speed     # one section (others are reused if stored)

@@ -27,10 +27,10 @@ Planning constants for 2 *idle* cores (`CPU_PLANNING` below), from the units of 
 
 `estimate(CPU)` turns them into the time per part (`run_all.py` prints it at start): 3 pre-training runs of 500 steps
 (the main job's length) at batch 64 (the README's 25-minute recipe, rows (c)-(e)), 3 fine-tuning runs, 2 baseline
-and 6 trained full-split evaluations, 11 ablation and data-scaling variants of 500 steps at `examples/pretrain.py`'s
+and 6 trained full-split evaluations, 12 ablation and data-scaling variants of 500 steps at `examples/pretrain.py`'s
 recipe (batch 32; `full` is its own run, since the main table's batch differs, and `batch_64`, which trains the main
-table's recipe, is row (c)'s seed-1 run: 9.5 batch-32 runs in all, batch 16 costs 0.5x a batch-32 step), and the speed
-section: about 3.4 h, within 4 hours on 2 cores
+table's recipe, is row (c)'s seed-1 run: 10.5 batch-32 runs in all, batch 16 costs 0.5x a batch-32 step), and the speed
+section: about 3.6 h, within 4 hours on 2 cores
 (`tests/test_benchmarks.py` checks the arithmetic). That is more than one 3-hour working session: the
 units resume, so a run spans sessions where the output directory persists. Measured at the new default
 (2026-11-28, commits e827f74-1cead20): the quality section 47.9 min, the ablation runs 10.7-12.6 min each. The run

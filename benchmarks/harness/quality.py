@@ -63,8 +63,9 @@ def ablations_for(budget: Budget) -> list[Ablation]:
     n = defaults["instances_per_relation"]
     balanced_shape = f"{budget.pretrain_batch_size // n} relations x {n}, long-tail share {defaults['longtail_share']}"
     scheme = f"relation-balanced ({balanced_shape})" if balanced else "plain shuffled (the authors' scheme)"
+    on_top = f" with {' '.join(budget.pretrain_extra_args)}" if budget.pretrain_extra_args else ""
     variants = [
-        Ablation("full", "the default recipe (examples/pretrain.py's defaults: both anchored InfoNCE terms, sum "
+        Ablation("full", f"the default recipe (examples/pretrain.py's defaults{on_top}: both anchored InfoNCE terms, sum "
                  f"reduction, learned temperature, batch {budget.pretrain_batch_size} {scheme}, corpus {corpus}, "
                  "MLM only with a pretrained head)", ()),
         Ablation("sentence_anchored_only", "sentence-anchored InfoNCE only (label_anchored_weight 0)",
@@ -75,6 +76,9 @@ def ablations_for(budget: Budget) -> list[Ablation]:
                  ("--sentence_mlm_weight", "1", "--label_mlm_weight", "1")),
         Ablation("mean_reduction", "label-anchored reduction mean (full: sum)", ("--label_anchored_reduction", "mean")),
         Ablation("fixed_temperature", "temperature fixed at 0.07 (full: learned from 0.07)", ("--learn_temperature", "False")),
+        Ablation("hard_label_negatives", f"+{budget.pretrain_batch_size} label texts per batch as negatives of the "
+                 "sentence-anchored softmax, the batch relations' nearest by label-text embedding (full: none)",
+                 ("--label_negatives", str(budget.pretrain_batch_size), "--hard_label_negatives", "True")),
     ]
     for size in budget.ablation_batch_sizes:
         if size != budget.pretrain_batch_size:
@@ -92,8 +96,8 @@ def ablations_for(budget: Budget) -> list[Ablation]:
     if balanced and corpus == "v2":
         variants.append(Ablation("corpus_v2_uniform", "v2 dense + long tail, all 912 relations drawn alike (no long-tail share)",
                                  ("--dense_min_instances", "0"), "data"))
-    # run order: `full`, the batch scheme and the data-scaling block first (issue 9's questions), then the rest
-    first = {"full", "authors_batches", "balanced_batches"}
+    # run order: `full`, the batch scheme, the zero-shot lever and the data-scaling block first, then the rest
+    first = {"full", "authors_batches", "balanced_batches", "hard_label_negatives"}
     return sorted(variants, key=lambda v: 0 if v.name in first else 1 if v.group == "data" else 2)
 
 
