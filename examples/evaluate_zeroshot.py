@@ -89,7 +89,9 @@ def print_table(results) -> None:
     print("| m | P (%) | R (%) | F1 (%) | F1 per split |")
     print("|---|---:|---:|---:|---|")
     for m, entry in summary.items():
-        cells = [f"{100 * entry[k]['mean']:.2f} ± {100 * entry[k]['std']:.2f}" for k in ("precision", "recall", "f1")]
+        several = len(entry["splits"]) > 1  # a spread over one split means nothing: no "± 0.00"
+        cells = [f"{100 * entry[k]['mean']:.2f}" + (f" ± {100 * entry[k]['std']:.2f}" if several else "")
+                 for k in ("precision", "recall", "f1")]
         per_split = ", ".join(f"{r.split.split('/')[1]} {100 * r.f1:.2f}" for r in results if r.m == m)
         print(f"| {m} | {' | '.join(cells)} | {per_split} |")
 

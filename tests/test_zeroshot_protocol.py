@@ -254,6 +254,9 @@ def test_example_script_on_a_tiny_checkpoint(tiny_model, processor, small_fewrel
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = capsys.readouterr().out
     assert f"{100 * written['summary']['5']['f1']['mean']:.2f}" in table and f"ori {100 * f1s[1]:.2f}" in table
+    assert f" ± {100 * written['summary']['5']['f1']['std']:.2f}" in table  # the spread over the two splits
+    evaluate_zeroshot.main([*argv[:3], splits[0], *argv[5:]])  # one split: no spread to print (not "± 0.00")
+    assert f"| 5 | {100 * written['splits'][1]['precision']:.2f} |" in capsys.readouterr().out
 
     save_pretraining_relations(checkpoint, ["P31", "P641"])  # P641 (sport) is a test relation of 5_ori
     with pytest.raises(ValueError, match=r"P641 \(sport\) of .*fewrel_rel2id_5_ori\.json"):
