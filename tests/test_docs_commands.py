@@ -21,7 +21,7 @@ from unittest import mock
 import pytest
 import torch
 import yaml
-from transformers import AutoTokenizer, BertModel
+from transformers import AutoTokenizer, BertModel, HfArgumentParser
 
 from modeling_sacon.utils.defaults import default_backbone_path
 
@@ -169,6 +169,8 @@ def parse(invocation: Invocation) -> None:
         from modeling_sacon.commands import evaluate, parse_arguments
 
         parse_arguments((evaluate.EvalArguments,), invocation.args)
+    elif invocation.script == "examples/evaluate_zeroshot.py":
+        HfArgumentParser(module.ZeroShotArguments).parse_args_into_dataclasses(args=invocation.args)
     else:
         raise AssertionError(f"{invocation.script}: no parser rule (add one, or make the command runnable)")
 
