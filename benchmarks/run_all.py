@@ -89,14 +89,20 @@ def committed_summaries(budget: str, sections: list[str], results: dict, missing
                         zeroshot_suffix: str = "") -> dict[str, dict]:
     """The summaries an invocation writes beside `benchmarks/results/<budget>/`, by file stem, one per block: `<budget>`
     (the main table and speed), `<budget>_ablations` (ablations and data scaling) and `<budget>_zeroshot<zeroshot_suffix>`
-    (`zeroshot_variant`). Each holds only its own sections and missing units, and is written only when one of its
+    (`zeroshot_variant`). Each holds only its own sections and missing units (its own, and the runs it shares with
+    another block, e.g. the ablations' `batch_64` = row (c)'s seed-1 run), and is written only when one of its
     sections is computed here: a block run alone (each takes hours) must not overwrite another block's summary with
     units this output directory may not hold."""
+
+    def needs(unit: str, own: tuple[str, ...]) -> bool:
+        shared = {name for section in own for name in (results.get(section) or {}).get("training_units", [])}
+        return unit.split("/")[0] in own or unit in shared
+
     blocks = {budget: ("quality", "speed"), f"{budget}_ablations": ("ablations",),
               f"{budget}_zeroshot{zeroshot_suffix}": ("zeroshot",)}
     return {
         name: {**results, **{section: None for section in SECTIONS if section not in own},
-               "units": {**results["units"], "missing": [unit for unit in missing if unit.split("/")[0] in own]},
+               "units": {**results["units"], "missing": [unit for unit in missing if needs(unit, own)]},
                "summary_file": f"benchmarks/results/{name}.json"}
         for name, own in blocks.items() if set(own) & set(sections)
     }

@@ -401,7 +401,7 @@ def test_zeroshot_fewrel_training_adds_fewrel_and_holds_out_every_split(tmp_path
 def test_a_block_run_alone_leaves_the_other_summaries_alone():
     """`--only zeroshot` writes `<budget>_zeroshot` only, `--only ablations` `<budget>_ablations` only (the other blocks'
     summaries may rest on units this output directory does not hold); each summary holds its own sections and lists
-    only its own missing units."""
+    only the missing units its sections read."""
     run_all = importlib.import_module("benchmarks.run_all")
     results = {"units": {"missing": []}, "quality": {"x": 1}, "ablations": {"a": 3}, "speed": {"s": 4}, "zeroshot": {"y": 2}}
     missing = ["quality/pretrain-seed1", "ablations/pretrain-full", "zeroshot/pretrain-heldout"]
@@ -418,6 +418,10 @@ def test_a_block_run_alone_leaves_the_other_summaries_alone():
     assert list(ablations) == ["cpu_ablations"] and ablations["cpu_ablations"]["ablations"] == {"a": 3}
     assert ablations["cpu_ablations"]["quality"] is None and ablations["cpu_ablations"]["speed"] is None
     assert ablations["cpu_ablations"]["units"]["missing"] == ["ablations/pretrain-full"]
+    # a run the ablations share with the main table (batch_64 = row (c)'s seed 1) is missing from their summary too
+    reading = {**results, "ablations": {"a": 3, "training_units": ["ablations/pretrain-full", "quality/pretrain-seed1"]}}
+    ablations = run_all.committed_summaries("cpu", ["ablations"], reading, missing)
+    assert ablations["cpu_ablations"]["units"]["missing"] == ["quality/pretrain-seed1", "ablations/pretrain-full"]
     default = run_all.committed_summaries("cpu", list(run_all.DEFAULT_SECTIONS), results, missing)
     assert list(default) == ["cpu", "cpu_ablations"] and default["cpu"]["ablations"] is None
     shared = run_all.committed_summaries("cpu", ["zeroshot"], results, missing, "_shared")  # a non-default mode: its own

@@ -662,6 +662,7 @@ def run_ablations(budget: Budget, output_dir: Path, store: UnitStore, compute: b
     return {
         "columns": [title for _, title in ABLATION_COLUMNS],
         "variants": results,
+        "training_units": [unit["name"] for unit in units],  # shared ones included (see run_all.committed_summaries)
         "protocol": {
             "seed": budget.ablation_seed, "pretrain_steps": budget.ablation_steps, "episodes": budget.ablation_episodes,
             "episode_seed": budget.eval_seed, "pool_per_relation": budget.ablation_pool_per_relation,

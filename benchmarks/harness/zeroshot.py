@@ -241,6 +241,7 @@ def assemble_zeroshot(budget: Budget, units: list[dict], training: dict, evaluat
         "summary": summary,
         "published": PUBLISHED,
         "training_runs": runs,
+        "training_units": [unit["name"] for unit in units],  # shared ones included (see run_all.committed_summaries)
         "protocol": {
             "pretraining_seed": budget.ablation_seed, "pretrain_steps": budget.pretrain_steps,
             "pretrain_batch_size": budget.zeroshot_pretrain_batch_size,
