@@ -18,7 +18,7 @@ The zero-shot block (RE-Matching's FewRel splits, five pre-training runs) has it
 `--only` names it; once stored, every later invocation reports it. With the default output directory, each block's
 summary goes beside it: the main table and speed to `benchmarks/results/<budget>.{json,md}`, the ablations to
 `<budget>_ablations.{json,md}`, the zero-shot block to `<budget>_zeroshot.{json,md}` (`zeroshot_variant`: another
-seeded mode, batch size or training data than the budget's has its own file); a block run alone rewrites only its own.
+seeded mode, batch size, training data or precision than the budget's has its own file); a block run alone rewrites only its own.
 """
 
 from __future__ import annotations
@@ -75,13 +75,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def zeroshot_variant(budget: Budget) -> str:
     """The zero-shot summary's file-name suffix: "" at the budget's own block, else `_<mode>` for another seeded
     pre-training mode, `_batch<N>` for another batch size and `_fewrel` (or `_corpus`) for FewRel's training relations
-    added to the corpus (or not) where the budget does the other, so that each variant measured can be committed."""
+    added to the corpus (or not) and `_bf16` (or `_fp32`) for bf16 autocast where the budget does the other, so that each variant measured can be committed."""
     default = BUDGETS[budget.name]
     suffix = "" if budget.zeroshot_pretraining == default.zeroshot_pretraining else f"_{budget.zeroshot_pretraining}"
     batch = budget.zeroshot_pretrain_batch_size
     suffix += "" if batch == default.zeroshot_pretrain_batch_size else f"_batch{batch}"
     if budget.zeroshot_fewrel_training != default.zeroshot_fewrel_training:
         suffix += "_fewrel" if budget.zeroshot_fewrel_training else "_corpus"
+    if budget.zeroshot_bf16 != default.zeroshot_bf16:
+        suffix += "_bf16" if budget.zeroshot_bf16 else "_fp32"
     return suffix
 
 

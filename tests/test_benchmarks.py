@@ -254,6 +254,11 @@ def test_budgets():
     assert per_split["pre-training, seeded splits"] == pytest.approx(12 * run) and per_split["total"] <= 6 * 3600
     halved = budgets.estimate_zeroshot(cpu.with_overrides({"zeroshot_batch_size": "32"}))
     assert halved["pre-training, seeded splits"] == pytest.approx(4 * (run - budgets.CPU_PLANNING.process_s) / 2 + 4 * budgets.CPU_PLANNING.process_s)
+    # bf16 autocast: the same runs at the planning's bf16 step cost; batch 128 in bf16 fits the 25 minutes
+    bf16 = budgets.estimate_zeroshot(cpu.with_overrides({"zeroshot_bf16": "true", "zeroshot_batch_size": "128"}))
+    bf16_run = cpu.pretrain_steps * plan.pretrain_step_s * plan.bf16_step_factor * 4 + plan.process_s
+    assert bf16["pre-training, seeded splits"] == pytest.approx(4 * bf16_run) and 0.5 < plan.bf16_step_factor < 1
+    assert bf16_run <= 30 * 60  # the planning constant is conservative: measured ~2.3 s a step, 20 min a run
     resized = cpu.with_overrides({"pretrain_steps": "200", "seeds": "1,2", "ablation_pool_per_relation": "none"})
     assert (resized.pretrain_steps, resized.seeds, resized.ablation_pool_per_relation) == (200, (1, 2), None)
     with pytest.raises(ValueError, match="unknown budget field"):
@@ -398,6 +403,30 @@ def test_zeroshot_fewrel_training_adds_fewrel_and_holds_out_every_split(tmp_path
     assert set(labels) == relations
 
 
+def test_zeroshot_bf16_trains_every_run_in_bf16_under_its_own_names(tmp_path):
+    """With `zeroshot_bf16` every run of the block (the `ori` one too: no other section trains in bf16) adds
+    `--bf16 True --use_cpu True` on the CPU budget (transformers asks for `use_cpu` to autocast on a CPU), and units and
+    runs are named apart from the fp32 block's, so both can share an output directory; the arguments parse."""
+    from benchmarks.harness import zeroshot
+    from modeling_sacon.commands.pretrain import parse_args
+
+    cpu = budgets.CPU
+    plain = zeroshot.zeroshot_training_units(cpu.with_overrides({"zeroshot_batch_size": "128"}), "minilm", tmp_path)
+    units = zeroshot.zeroshot_training_units(cpu.with_overrides({"zeroshot_bf16": "true", "zeroshot_batch_size": "128"}),
+                                             "minilm", tmp_path)
+    assert [u["name"] for u in units] == ["zeroshot/pretrain-ori-bf16",
+                                          *(f"zeroshot/pretrain-split{n}-bf16" for n in ("40", "41", "42", "43"))]
+    for unit, before in zip(units, plain):  # the fp32 run's argv with the two options before the held-out files
+        cut = before["argv"].index("--exclude_relations_from") if before["zeroshot_key"] != "ori" else len(before["argv"])
+        expected = [*before["argv"][:cut], "--bf16", "True", "--use_cpu", "True", *before["argv"][cut:]]
+        assert unit["argv"][2:] == expected[2:] and unit["splits"] == before["splits"]
+        assert unit["run_dir"] != before["run_dir"] and unit["zeroshot_key"] == before["zeroshot_key"] + "-bf16"
+    _, _, training_args = parse_args(["--output_dir", str(tmp_path / "x"), *units[1]["argv"][2:]])
+    assert training_args.bf16 and training_args.use_cpu and training_args.per_device_train_batch_size == 128
+    gpu = budgets.GPU.with_overrides({"zeroshot_bf16": "true"})  # a GPU budget autocasts on the GPU: no use_cpu
+    assert "--use_cpu" not in zeroshot.zeroshot_training_units(gpu, "bert-base-uncased", tmp_path)[0]["argv"]
+
+
 def test_a_block_run_alone_leaves_the_other_summaries_alone():
     """`--only zeroshot` writes `<budget>_zeroshot` only, `--only ablations` `<budget>_ablations` only (the other blocks'
     summaries may rest on units this output directory does not hold); each summary holds its own sections and lists
@@ -435,6 +464,8 @@ def test_a_block_run_alone_leaves_the_other_summaries_alone():
     assert run_all.zeroshot_variant(both) == "_shared_batch32"
     assert run_all.zeroshot_variant(budgets.SMOKE) == ""
     assert run_all.zeroshot_variant(cpu.with_overrides({"zeroshot_fewrel_training": "true"})) == "_fewrel"
+    bf16 = cpu.with_overrides({"zeroshot_bf16": "true", "zeroshot_batch_size": "128"})
+    assert run_all.zeroshot_variant(bf16) == "_batch128_bf16"
 
 
 def test_sweep_recipes_are_valid_pretrain_arguments(harness):
