@@ -38,6 +38,9 @@ from modeling_sacon.utils.loading import load_sacon_model
 DEFAULT_SPLITS = "zeroshot/fewrel_rel2id_*_ori.json"
 FEWREL_FILES = ("fewrel/val_wiki.json", "fewrel_train_sample/train_wiki_sample.json")
 LABEL_FILE = "fewrel/pid2name.json"
+# the centred levers' reference: the embedded corpus, restricted to the checkpoint's recorded pre-training relations
+REFERENCE_SENTENCES = ("pretrain_v2/sentences.json", "pretrain_v2/longtail.json")
+REFERENCE_LABELS = ("fewrel/pid2name.json", "pretrain_v2/labels.json")
 
 # label-text forms: (name, description) -> what the label tower reads
 LABEL_FORMS: dict[str, Callable[[str, str], str | tuple[str, str]]] = {
@@ -62,10 +65,19 @@ def transductive(scores: torch.Tensor) -> torch.Tensor:
     return scores - scores.mean(dim=0, keepdim=True)
 
 
+def centred(vectors: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """L2-normalised `vectors` less a reference `mean`: removes the direction every vector of a tower shares, which
+    makes generic labels nearest to many sentences (hubs). The means come from the pre-training corpus (the
+    checkpoint's own relations), never from the test split, so this stays inside the protocol."""
+    return F.normalize(vectors - mean, dim=-1)
+
+
 def lever_scores(
-    sentences: torch.Tensor, swapped: torch.Tensor, labels: Mapping[str, torch.Tensor]
+    sentences: torch.Tensor, swapped: torch.Tensor, labels: Mapping[str, torch.Tensor],
+    reference: Mapping[str, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Every lever's [n, m] scores from L2-normalised sentence, swapped-sentence and (per label form) label vectors."""
+    """Every lever's [n, m] scores from L2-normalised sentence, swapped-sentence and (per label form) label vectors;
+    `reference`: the mean normalised "sentence" and "label" vectors of the pre-training corpus, for the centred levers."""
     protocol = sentences @ labels["name [SEP] description"].T
     out = {"protocol: name [SEP] description": protocol}
     out.update({f"label text: {form}": sentences @ vectors.T for form, vectors in labels.items()
@@ -74,12 +86,36 @@ def lever_scores(
     out["label text: mean of " + " / ".join(ENSEMBLE)] = sentences @ ensemble.T
     backwards = swapped @ labels["name [SEP] description"].T
     out.update({f"direction-aware, weight {w:g}": direction_aware(protocol, backwards, w) for w in SWAP_WEIGHTS})
+    if reference is not None:
+        label_vectors = centred(labels["name [SEP] description"], reference["label"])
+        out["centred labels (corpus label mean)"] = sentences @ label_vectors.T
+        out["centred labels and sentences (corpus means)"] = centred(sentences, reference["sentence"]) @ label_vectors.T
     out["transductive calibration (not the protocol)"] = transductive(protocol)
     return out
 
 
+def corpus_means(encoder, relations: Sequence[str], sentence_files: Sequence[str], label_files: Sequence[str],
+                 per_relation: int, batch_size: int, data_dir: str | None = None) -> dict | None:
+    """Mean normalised sentence vector (the first `per_relation` sentences of each of `relations` in `sentence_files`)
+    and mean normalised label vector ("name [SEP] description" of every one of `relations` in `label_files`); None
+    when the files hold no sentence or no label of `relations` (then there are no centred levers)."""
+    from modeling_sacon.data import first_per_relation
+
+    table = load_label_table([resolve_data_path(f, data_dir) for f in label_files])
+    known = [r for r in relations if r in table]
+    rows = load_fewrel_json([resolve_data_path(f, data_dir) for f in sentence_files])
+    wanted = set(relations)
+    rows = first_per_relation(rows.filter(lambda row: row["relation"] in wanted), per_relation)
+    if not known or not len(rows):
+        return None
+    sentences = F.normalize(encode_length_sorted(encoder, list(rows), batch_size), dim=-1)
+    labels = F.normalize(encoder.encode_labels([table[r] for r in known]), dim=-1)
+    return {"sentence": sentences.mean(0), "label": labels.mean(0), "sentences": len(rows), "labels": len(known)}
+
+
 @torch.no_grad()
-def measure(encoder, splits: Sequence[ZeroShotSplit], sources, label_table, batch_size: int = 128) -> dict:
+def measure(encoder, splits: Sequence[ZeroShotSplit], sources, label_table, batch_size: int = 128,
+            reference: Mapping[str, torch.Tensor] | None = None) -> dict:
     """{lever: {split key: F1 %}} and each lever's mean F1 per m (keyed "5", "10", ...: as in the JSON)."""
     relations = list(dict.fromkeys(r for split in splits for r in split.test))
     rows = gather_test_sentences(sources, relations, source="the test sentences")
@@ -97,7 +133,8 @@ def measure(encoder, splits: Sequence[ZeroShotSplit], sources, label_table, batc
         selected = [i for r in split.test for i in rows_of[r]]
         columns = [index[r] for r in split.test]
         gold = [k for k, r in enumerate(split.test) for _ in rows_of[r]]
-        scores = lever_scores(sentences[selected], swapped[selected], {f: v[columns] for f, v in labels.items()})
+        scores = lever_scores(sentences[selected], swapped[selected], {f: v[columns] for f, v in labels.items()},
+                              reference)
         for lever, values in scores.items():
             per_split.setdefault(lever, {})[split.key] = round(100 * macro_prf(gold, values.argmax(-1).tolist()).f1, 2)
     keys_of_m = {m: [s.key for s in splits if s.m == m] for m in sorted({s.m for s in splits})}
@@ -124,6 +161,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fewrel_files", nargs="+", default=list(FEWREL_FILES),
                         help="FewRel JSON files of the test sentences (in --data_dir unless found as given)")
     parser.add_argument("--batch_size", type=int, default=128)
+    parser.add_argument("--reference_files", nargs="+", default=list(REFERENCE_SENTENCES),
+                        help="FewRel-format pre-training sentences for the centred levers' sentence mean")
+    parser.add_argument("--reference_label_files", nargs="+", default=list(REFERENCE_LABELS),
+                        help="label tables for the centred levers' label mean")
+    parser.add_argument("--reference_per_relation", type=int, default=20,
+                        help="sentences per pre-training relation in the sentence mean (0: no centred levers)")
     parser.add_argument("--output_json", default=None)
     return parser.parse_args(argv)
 
@@ -133,12 +176,21 @@ def main(argv: list[str] | None = None) -> dict:
     datasets.disable_progress_bars()
     splits = sorted((load_zeroshot_split(f) for f in find_split_files(args.splits, args.data_dir)), key=lambda s: (s.m, s.name))
     label_table = load_label_table([resolve_data_path(LABEL_FILE, args.data_dir)])
-    check_strictness(splits, load_pretraining_relations(args.model_name_or_path), label_table,
-                     checkpoint=args.model_name_or_path)
+    pretraining_relations = load_pretraining_relations(args.model_name_or_path)
+    check_strictness(splits, pretraining_relations, label_table, checkpoint=args.model_name_or_path)
     model, processor = load_sacon_model(args.model_name_or_path)
+    encoder = SaconEncoder(model.eval(), processor)
     sources = [load_fewrel_json([resolve_data_path(f, args.data_dir) for f in args.fewrel_files])]
+    reference = None
+    if args.reference_per_relation and pretraining_relations:
+        with torch.no_grad():
+            reference = corpus_means(encoder, pretraining_relations, args.reference_files, args.reference_label_files,
+                                     args.reference_per_relation, args.batch_size, args.data_dir)
     result = {"model": args.model_name_or_path, "splits": [s.key for s in splits],
-              **measure(SaconEncoder(model.eval(), processor), splits, sources, label_table, args.batch_size)}
+              **measure(encoder, splits, sources, label_table, args.batch_size, reference)}
+    if reference is not None:
+        result["reference"] = {"sentences": reference["sentences"], "labels": reference["labels"],
+                               "files": [*args.reference_files, *args.reference_label_files]}
     print(markdown(result))
     if args.output_json:
         Path(args.output_json).parent.mkdir(parents=True, exist_ok=True)

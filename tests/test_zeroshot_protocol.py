@@ -381,6 +381,18 @@ def test_direction_aware_and_transductive_scores_by_hand():
     # only a label matching the backwards reading *better* loses: 0.8 - 2 * 0.2, 0.2 - 2 * 0.2; the rest unchanged
     assert torch.allclose(levers.direction_aware(scores, swapped, 2.0), torch.tensor([[0.9, 0.4], [-0.2, 0.6]]))
     assert torch.allclose(levers.transductive(scores), torch.tensor([[0.35, 0.1], [-0.35, -0.1]]))
+    # centring: (0.6, 0.8) - (0.6, 0) = (0, 0.8) -> (0, 1); (0.8, 0.6) - (0.6, 0) = (0.2, 0.6) -> (0.316, 0.949)
+    labels = torch.tensor([[0.6, 0.8], [0.8, 0.6]])
+    expected = torch.tensor([[0.0, 1.0], [0.2, 0.6]]) / torch.tensor([[1.0], [0.4 ** 0.5]])
+    assert torch.allclose(levers.centred(labels, torch.tensor([0.6, 0.0])), expected, atol=1e-6)
+    # the label nearest a sentence changes once the shared direction is removed: 0.993 > 0.920, then 0.866 < 0.980
+    sentence = torch.tensor([[0.5, 0.866]])
+    both = levers.lever_scores(sentence, sentence, dict.fromkeys(levers.LABEL_FORMS, labels),
+                               {"label": torch.tensor([0.6, 0.0]), "sentence": torch.zeros(2)})
+    assert both["protocol: name [SEP] description"].argmax().item() == 0
+    assert both["centred labels (corpus label mean)"].argmax().item() == 1
+    assert torch.allclose(both["centred labels (corpus label mean)"], sentence @ expected.T)
+    assert torch.allclose(both["centred labels and sentences (corpus means)"], sentence @ expected.T, atol=1e-4)  # 0 mean
 
 
 def test_levers_protocol_row_is_the_evaluators_f1(tiny_model, processor, small_fewrel, data_dir, tmp_path):
@@ -402,7 +414,10 @@ def test_levers_protocol_row_is_the_evaluators_f1(tiny_model, processor, small_f
     for split in splits:
         assert protocol[split.key] == pytest.approx(100 * evaluator.evaluate_split(split).f1, abs=0.006)
     assert result["mean_f1"]["protocol: name [SEP] description"] == {"5": protocol["m5/ori"], "10": protocol["m10/40"]}
-    assert len(result["per_split"]) == 4 + 1 + 2 + 1  # label forms, their ensemble, direction weights, transductive
+    # label forms, their ensemble, direction weights, the centred pair, transductive; the centring means come from the
+    # embedded corpus' sentences and labels of the checkpoint's own relations (P31, P17), 20 sentences each
+    assert len(result["per_split"]) == 4 + 1 + 2 + 2 + 1
+    assert result["reference"]["labels"] == 2 and result["reference"]["sentences"] == 40
 
     save_pretraining_relations(checkpoint, ["P31", "P641"])  # P641 (sport): a test relation of 5_ori
     with pytest.raises(ValueError, match=r"P641 \(sport\) of .*fewrel_rel2id_5_ori\.json"):
