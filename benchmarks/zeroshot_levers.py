@@ -1,10 +1,11 @@
 #!/usr/bin/env python
 """Inference-time levers on RE-Matching's zero-shot splits for one checkpoint: label-text forms, direction-aware
-scoring and a transductive calibration, each scored with the protocol's macro F1 beside the protocol's own scoring.
+scoring, label centring and a transductive calibration, each scored with the protocol's macro F1 beside the protocol's own scoring.
 
     python benchmarks/zeroshot_levers.py --model_name_or_path outputs/sacon-minilm               # the ori splits
     python benchmarks/zeroshot_levers.py --model_name_or_path CKPT --splits 'zeroshot/fewrel_rel2id_*_4?.json' \\
         --output_json levers.json
+    python benchmarks/zeroshot_levers.py --combine seed40.json seed41.json --output_json seeded.json  # one table
 
 Every sentence is encoded once (and once more with head and tail exchanged); every lever is a different label text
 or a different score over the same vectors, so the table compares levers on identical sentences. The `protocol` row
@@ -137,10 +138,7 @@ def measure(encoder, splits: Sequence[ZeroShotSplit], sources, label_table, batc
                               reference)
         for lever, values in scores.items():
             per_split.setdefault(lever, {})[split.key] = round(100 * macro_prf(gold, values.argmax(-1).tolist()).f1, 2)
-    keys_of_m = {m: [s.key for s in splits if s.m == m] for m in sorted({s.m for s in splits})}
-    means = {lever: {str(m): round(sum(values[k] for k in keys) / len(keys), 2) for m, keys in keys_of_m.items()}
-             for lever, values in per_split.items()}
-    return {"per_split": per_split, "mean_f1": means}
+    return {"per_split": per_split, "mean_f1": mean_f1(per_split)}
 
 
 def markdown(result: dict) -> str:
@@ -153,9 +151,37 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+def mean_f1(per_split: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, float]]:
+    """Each lever's mean F1 over the splits of each m (split keys "m<m>/<name>"), keyed "5", "10", ..."""
+    keys = next(iter(per_split.values()))
+    ms = sorted({int(key.split("/")[0][1:]) for key in keys})
+    keys_of_m = {m: [key for key in keys if key.split("/")[0] == f"m{m}"] for m in ms}
+    return {lever: {str(m): round(sum(values[k] for k in group) / len(group), 2) for m, group in keys_of_m.items()}
+            for lever, values in per_split.items()}
+
+
+def combine(results: Sequence[Mapping]) -> dict:
+    """One table from the outputs of several checkpoints scored on disjoint splits (the zero-shot block trains one per
+    seed, each scored on its seed's splits): per-split F1 merged, means recomputed over every split."""
+    per_split: dict[str, dict[str, float]] = {}
+    for result in results:
+        for lever, values in result["per_split"].items():
+            clash = set(values) & set(per_split.get(lever, {}))
+            if clash:
+                raise ValueError(f"--combine: split(s) {sorted(clash)} scored by more than one checkpoint")
+            per_split.setdefault(lever, {}).update(values)
+    if any(set(values) != set(per_split[next(iter(per_split))]) for values in per_split.values()):
+        raise ValueError("--combine: the results do not score the same levers (made by different versions?)")
+    return {"model": [result["model"] for result in results],
+            "splits": [key for result in results for key in result["splits"]],
+            "per_split": per_split, "mean_f1": mean_f1(per_split)}
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model_name_or_path", required=True)
+    parser.add_argument("--model_name_or_path", default=None)
+    parser.add_argument("--combine", nargs="+", default=None, metavar="JSON",
+                        help="instead of scoring: one table from these outputs (checkpoints scored on disjoint splits)")
     parser.add_argument("--splits", nargs="+", default=[DEFAULT_SPLITS], help="split files or globs (in --data_dir)")
     parser.add_argument("--data_dir", default=None, help="default: SACON_DATA_DIR (the data beside the checkout)")
     parser.add_argument("--fewrel_files", nargs="+", default=list(FEWREL_FILES),
@@ -173,6 +199,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    if args.combine:
+        result = combine([json.loads(Path(path).read_text()) for path in args.combine])
+        return _report(result, args.output_json)
+    if args.model_name_or_path is None:
+        raise SystemExit("zeroshot_levers.py: give --model_name_or_path (or --combine)")
     datasets.disable_progress_bars()
     splits = sorted((load_zeroshot_split(f) for f in find_split_files(args.splits, args.data_dir)), key=lambda s: (s.m, s.name))
     label_table = load_label_table([resolve_data_path(LABEL_FILE, args.data_dir)])
@@ -191,10 +222,14 @@ def main(argv: list[str] | None = None) -> dict:
     if reference is not None:
         result["reference"] = {"sentences": reference["sentences"], "labels": reference["labels"],
                                "files": [*args.reference_files, *args.reference_label_files]}
+    return _report(result, args.output_json)
+
+
+def _report(result: dict, output_json: str | None) -> dict:
     print(markdown(result))
-    if args.output_json:
-        Path(args.output_json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output_json).write_text(json.dumps(result, indent=1) + "\n")
+    if output_json:
+        Path(output_json).parent.mkdir(parents=True, exist_ok=True)
+        Path(output_json).write_text(json.dumps(result, indent=1) + "\n")
     return result
 
 

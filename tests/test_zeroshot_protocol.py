@@ -395,6 +395,23 @@ def test_direction_aware_and_transductive_scores_by_hand():
     assert torch.allclose(both["centred labels and sentences (corpus means)"], sentence @ expected.T, atol=1e-4)  # 0 mean
 
 
+def test_levers_combine_merges_checkpoints_scored_on_disjoint_splits(tmp_path):
+    levers = importlib.import_module("benchmarks.zeroshot_levers")
+    P = "protocol: name [SEP] description"
+    a = {"model": "a", "splits": ["m5/40", "m10/40"], "per_split": {P: {"m5/40": 80.0, "m10/40": 70.0}}}
+    b = {"model": "b", "splits": ["m5/41", "m10/41"], "per_split": {P: {"m5/41": 91.0, "m10/41": 75.5}}}
+    files = []
+    for result in (a, b):
+        files.append(tmp_path / f"{result['model']}.json")
+        files[-1].write_text(json.dumps(result))
+    out = tmp_path / "both.json"
+    both = levers.main(["--combine", *map(str, files), "--output_json", str(out)])
+    assert both["mean_f1"] == {P: {"5": 85.5, "10": 72.75}} and both["model"] == ["a", "b"]
+    assert json.loads(out.read_text())["per_split"][P] == {"m5/40": 80.0, "m10/40": 70.0, "m5/41": 91.0, "m10/41": 75.5}
+    with pytest.raises(ValueError, match=r"\['m5/40'\] scored by more than one checkpoint"):
+        levers.combine([a, {**b, "per_split": {P: {"m5/40": 1.0}}}])
+
+
 def test_levers_protocol_row_is_the_evaluators_f1(tiny_model, processor, small_fewrel, data_dir, tmp_path):
     levers = importlib.import_module("benchmarks.zeroshot_levers")
     checkpoint = tmp_path / "ckpt"
