@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """Inference-time levers on RE-Matching's zero-shot splits for one checkpoint: label-text forms, direction-aware
-scoring, label centring and a transductive calibration, each scored with the protocol's macro F1 beside the protocol's own scoring.
+scoring, label centring and a transductive calibration, each scored with the protocol's macro F1 beside the
+protocol's own scoring.
 
     python benchmarks/zeroshot_levers.py --model_name_or_path outputs/sacon-minilm               # the ori splits
     python benchmarks/zeroshot_levers.py --model_name_or_path CKPT --splits 'zeroshot/fewrel_rel2id_*_4?.json' \\
@@ -200,8 +201,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.combine:
-        result = combine([json.loads(Path(path).read_text()) for path in args.combine])
-        return _report(result, args.output_json)
+        return _report(combine([_load_output(path) for path in args.combine]), args.output_json)
     if args.model_name_or_path is None:
         raise SystemExit("zeroshot_levers.py: give --model_name_or_path (or --combine)")
     datasets.disable_progress_bars()
@@ -223,6 +223,15 @@ def main(argv: list[str] | None = None) -> dict:
         result["reference"] = {"sentences": reference["sentences"], "labels": reference["labels"],
                                "files": [*args.reference_files, *args.reference_label_files]}
     return _report(result, args.output_json)
+
+
+def _load_output(path: str) -> dict:
+    """An earlier `--output_json` of this script, for `--combine`."""
+    result = json.loads(Path(path).read_text())
+    for key in ("model", "splits", "per_split"):
+        if key not in result:
+            raise ValueError(f"{path}: field {key!r} missing: not an --output_json of benchmarks/zeroshot_levers.py")
+    return result
 
 
 def _report(result: dict, output_json: str | None) -> dict:

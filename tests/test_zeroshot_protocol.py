@@ -410,6 +410,9 @@ def test_levers_combine_merges_checkpoints_scored_on_disjoint_splits(tmp_path):
     assert json.loads(out.read_text())["per_split"][P] == {"m5/40": 80.0, "m10/40": 70.0, "m5/41": 91.0, "m10/41": 75.5}
     with pytest.raises(ValueError, match=r"\['m5/40'\] scored by more than one checkpoint"):
         levers.combine([a, {**b, "per_split": {P: {"m5/40": 1.0}}}])
+    (tmp_path / "other.json").write_text(json.dumps({"splits": []}))
+    with pytest.raises(ValueError, match=r"other\.json: field 'model' missing"):
+        levers.main(["--combine", str(files[0]), str(tmp_path / "other.json")])
 
 
 def test_levers_protocol_row_is_the_evaluators_f1(tiny_model, processor, small_fewrel, data_dir, tmp_path):
