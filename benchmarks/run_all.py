@@ -96,15 +96,15 @@ def committed_summaries(budget: str, sections: list[str], results: dict, missing
     sections is computed here: a block run alone (each takes hours) must not overwrite another block's summary with
     units this output directory may not hold."""
 
-    def needs(unit: str, own: tuple[str, ...]) -> bool:
+    def missing_of(own: tuple[str, ...]) -> list[str]:
         shared = {name for section in own for name in (results.get(section) or {}).get("training_units", [])}
-        return unit.split("/")[0] in own or unit in shared
+        return [unit for unit in missing if unit.split("/")[0] in own or unit in shared]
 
     blocks = {budget: ("quality", "speed"), f"{budget}_ablations": ("ablations",),
               f"{budget}_zeroshot{zeroshot_suffix}": ("zeroshot",)}
     return {
         name: {**results, **{section: None for section in SECTIONS if section not in own},
-               "units": {**results["units"], "missing": [unit for unit in missing if needs(unit, own)]},
+               "units": {**results["units"], "missing": missing_of(own)},
                "summary_file": f"benchmarks/results/{name}.json"}
         for name, own in blocks.items() if set(own) & set(sections)
     }
