@@ -110,6 +110,22 @@ def committed_summaries(budget: str, sections: list[str], results: dict, missing
     }
 
 
+def _as_typed(raw_argv: list[str], output_dir: Path, budget: Budget) -> list[str]:
+    """The command line without an `--output_dir` that is the default one (reached through a link, say): the summary
+    records the command a user types for it."""
+    if output_dir != (REPO_ROOT / "benchmarks" / "results" / budget.name).resolve():
+        return raw_argv
+    kept, skip = [], False
+    for token in raw_argv:
+        if skip:
+            skip = False
+        elif token == "--output_dir":
+            skip = True
+        elif not token.startswith("--output_dir="):
+            kept.append(token)
+    return kept
+
+
 def main(argv: list[str] | None = None) -> dict:
     raw_argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(raw_argv)
@@ -143,7 +159,7 @@ def main(argv: list[str] | None = None) -> dict:
     from benchmarks.harness.zeroshot import run_zeroshot, zeroshot_training_units  # noqa: E402
 
     results: dict = {
-        "command": "python benchmarks/run_all.py " + " ".join(shlex.quote(a) for a in raw_argv),
+        "command": "python benchmarks/run_all.py " + " ".join(shlex.quote(a) for a in _as_typed(raw_argv, output_dir, budget)),
         "date": started,
         "commit": git_commit(),
         "budget": budget.as_dict(),

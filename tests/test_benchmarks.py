@@ -427,6 +427,17 @@ def test_zeroshot_bf16_trains_every_run_in_bf16_under_its_own_names(tmp_path):
     assert "--use_cpu" not in zeroshot.zeroshot_training_units(gpu, "bert-base-uncased", tmp_path)[0]["argv"]
 
 
+def test_summary_command_omits_the_default_output_dir(tmp_path):
+    """A summary records the command a user types: an `--output_dir` that resolves to the default one (through a link)
+    is left out, any other is kept."""
+    run_all = importlib.import_module("benchmarks.run_all")
+    default = (run_all.REPO_ROOT / "benchmarks" / "results" / "cpu").resolve()
+    argv = ["--budget", "cpu", "--only", "zeroshot", "--output_dir", "/somewhere/else", "--no_training"]
+    assert run_all._as_typed(argv, default, budgets.CPU) == ["--budget", "cpu", "--only", "zeroshot", "--no_training"]
+    assert run_all._as_typed(["--output_dir=/x", "--budget", "cpu"], default, budgets.CPU) == ["--budget", "cpu"]
+    assert run_all._as_typed(argv, tmp_path, budgets.CPU) == argv
+
+
 def test_a_block_run_alone_leaves_the_other_summaries_alone():
     """`--only zeroshot` writes `<budget>_zeroshot` only, `--only ablations` `<budget>_ablations` only (the other blocks'
     summaries may rest on units this output directory does not hold); each summary holds its own sections and lists
