@@ -68,14 +68,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     except ValueError as err:
         parser.error(str(err))
     if args.output_dir is None:
-        args.output_dir = REPO_ROOT / "benchmarks" / "results" / args.budget
+        args.output_dir = default_output_dir(args.budget)
     return args
 
 
 def zeroshot_variant(budget: Budget) -> str:
     """The zero-shot summary's file-name suffix: "" at the budget's own block, else `_<mode>` for another seeded
-    pre-training mode, `_batch<N>` for another batch size and `_fewrel` (or `_corpus`) for FewRel's training relations
-    added to the corpus (or not) and `_bf16` (or `_fp32`) for bf16 autocast where the budget does the other, so that each variant measured can be committed."""
+    pre-training mode, `_batch<N>` for another batch size, `_fewrel` (or `_corpus`) for FewRel's training relations
+    added to the corpus (or not) and `_bf16` (or `_fp32`) for bf16 autocast where the budget does the other, so that
+    each variant measured can be committed."""
     default = BUDGETS[budget.name]
     suffix = "" if budget.zeroshot_pretraining == default.zeroshot_pretraining else f"_{budget.zeroshot_pretraining}"
     batch = budget.zeroshot_pretrain_batch_size
@@ -110,10 +111,15 @@ def committed_summaries(budget: str, sections: list[str], results: dict, missing
     }
 
 
+def default_output_dir(budget: str) -> Path:
+    """`benchmarks/results/<budget>`: the output directory whose summaries are committed beside it."""
+    return REPO_ROOT / "benchmarks" / "results" / budget
+
+
 def _as_typed(raw_argv: list[str], output_dir: Path, budget: Budget) -> list[str]:
     """The command line without an `--output_dir` that is the default one (reached through a link, say): the summary
     records the command a user types for it."""
-    if output_dir != (REPO_ROOT / "benchmarks" / "results" / budget.name).resolve():
+    if output_dir != default_output_dir(budget.name).resolve():
         return raw_argv
     kept, skip = [], False
     for token in raw_argv:
@@ -198,7 +204,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     write_json(output_dir / "results.json", results)
     (output_dir / "results.md").write_text(render(results))
-    default_dir = (REPO_ROOT / "benchmarks" / "results" / budget.name).resolve()
+    default_dir = default_output_dir(budget.name).resolve()
     if output_dir == default_dir and budget.name != "smoke":
         # benchmarks/results/<budget>/ is git-ignored (models, logs); the summaries beside it are what gets committed
         for name, summary in committed_summaries(budget.name, args.sections, results, store.missing,
