@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoTokenizer, BertModel, HfArgumentParser
 
+from modeling_sacon import SaconDualEncoderModel
 from modeling_sacon.data import DataFormatError, UnknownRelationError, load_fewrel_json, load_label_table
 from modeling_sacon.fewshot.zeroshot_protocol import (
     PRETRAINING_RELATIONS_FILE,
@@ -295,9 +296,9 @@ def test_sentence_and_label_files_are_found_in_the_data_dir(data_dir, tmp_path, 
 
 
 def test_pretraining_on_a_filtered_corpus_records_only_unseen_relations(pretrain, small_fewrel, data_dir, tmp_path):
-    """examples/pretrain.py writes the relations it saw next to the model; with `--exclude_relations_from SPLIT`
-    (filter_corpus_for_split on the loaded corpus) they hold no test or eval relation of the split, so the evaluator
-    accepts the checkpoint on that split, and the model card says what was removed."""
+    """examples/pretrain.py writes the relations it saw next to the model and into every checkpoint; with
+    `--exclude_relations_from SPLIT` (filter_corpus_for_split on the loaded corpus) they hold no test or eval relation
+    of the split, so the evaluator accepts the checkpoint on that split, and the model card says what was removed."""
     split = load_zeroshot_split(data_dir / "zeroshot" / "fewrel_rel2id_5_40.json")
     relations = [split.test[0], split.eval[0], *[r for r in split.train if r in {"P17", "P31", "P27", "P106"}][:2]]
     sample = load_fewrel_json(small_fewrel)  # val_wiki + the train sample: every FewRel relation, 3 rows each
@@ -313,11 +314,14 @@ def test_pretraining_on_a_filtered_corpus_records_only_unseen_relations(pretrain
         "--sentence_model_name_or_path", str(tmp_path / "backbone"), "--train_files", write_fewrel(list(corpus), tmp_path / "t.json"),
         "--exclude_relations_from", "zeroshot/fewrel_rel2id_5_40.json",  # relative: resolved in the data dir
         "--label_files", str(data_dir / "fewrel" / "pid2name.json"), "--eval_fewrel", "none", "--max_seq_length", "32",
-        "--per_device_train_batch_size", "6", "--balanced_batches", "false", "--max_steps", "1", "--save_strategy", "no",
+        "--per_device_train_batch_size", "6", "--balanced_batches", "false", "--max_steps", "2", "--save_steps", "1",
         "--output_dir", str(out), "--use_cpu", "--dataloader_pin_memory", "false", "--report_to", "none",
     ])
     recorded = load_pretraining_relations(out)
     assert sorted(recorded) == sorted(relations[2:])
+    checkpoints = sorted(p.name for p in out.glob("checkpoint-*"))
+    assert checkpoints == ["checkpoint-1", "checkpoint-2"]  # the default keeps both
+    assert all(load_pretraining_relations(out / name) == recorded for name in checkpoints)
     card = (out / "README.md").read_text()
     assert f"zero-shot split `fewrel_rel2id_5_40.json` ({', '.join(sorted(split.held_out))})" in card
     assert f"({sum(removed.values())} rows)" in card
@@ -442,3 +446,38 @@ def test_levers_protocol_row_is_the_evaluators_f1(tiny_model, processor, small_f
     save_pretraining_relations(checkpoint, ["P31", "P641"])  # P641 (sport): a test relation of 5_ori
     with pytest.raises(ValueError, match=r"P641 \(sport\) of .*fewrel_rel2id_5_ori\.json"):
         levers.main(argv)
+
+
+def test_curve_scores_every_complete_checkpoint_by_step(tiny_model, processor, small_fewrel, data_dir, tmp_path):
+    """benchmarks/zeroshot_curve.py: one point per saved step (a final model equal to the last checkpoint's step is
+    not scored twice, a checkpoint killed before its trainer state is skipped), each point the evaluator's F1 for
+    that checkpoint's own weights, and a checkpoint that saw a test relation refused."""
+    curve = importlib.import_module("benchmarks.zeroshot_curve")
+    run = tmp_path / "run"
+    other = SaconDualEncoderModel(tiny_model.config)  # different weights: the two points must differ in what they score
+    models = {"checkpoint-20": tiny_model, "checkpoint-10": other, ".": tiny_model, "checkpoint-30": other}
+    for name, model in models.items():
+        model.save_pretrained(run / name)
+        processor.save_pretrained(run / name)
+        save_pretraining_relations(run / name, ["P31", "P17"])
+        if name != "checkpoint-30":  # killed while saving: no trainer state
+            step = 20 if name == "." else int(name.split("-")[1])
+            (run / name / "trainer_state.json").write_text(json.dumps({"global_step": step, "train_batch_size": 4}))
+    argv = ["--run_dir", str(run), "--data_dir", str(data_dir), "--splits", "zeroshot/fewrel_rel2id_5_ori.json",
+            "--fewrel_files", *map(str, small_fewrel), "--batch_size", "8", "--output_json", str(tmp_path / "c.json")]
+    result = curve.main(argv)
+    assert json.loads((tmp_path / "c.json").read_text()) == json.loads(json.dumps(result))
+    assert [(p["checkpoint"], p["step"], p["sentences"]) for p in result["points"]] == [
+        ("checkpoint-10", 10, 40), ("checkpoint-20", 20, 80)]
+    split = load_zeroshot_split(data_dir / "zeroshot" / "fewrel_rel2id_5_ori.json")
+    table = load_label_table(data_dir / "fewrel" / "pid2name.json")
+    for point, model in zip(result["points"], (other, tiny_model)):
+        evaluator = ZeroShotEvaluator(model.eval(), processor, [load_fewrel_json(small_fewrel)], table, batch_size=4)
+        assert point["per_split"]["m5/ori"] == pytest.approx(100 * evaluator.evaluate_split(split).f1, abs=0.006)
+        assert point["mean_f1"] == {"5": point["per_split"]["m5/ori"]}
+
+    save_pretraining_relations(run / "checkpoint-10", ["P31", "P641"])  # P641 (sport): a test relation of 5_ori
+    with pytest.raises(ValueError, match=r"P641 \(sport\) of .*fewrel_rel2id_5_ori\.json"):
+        curve.main(argv)
+    with pytest.raises(FileNotFoundError, match="no checkpoint-N directory"):
+        curve.main([*argv[:1], str(tmp_path / "empty"), *argv[2:]])

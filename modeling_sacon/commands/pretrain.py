@@ -47,6 +47,7 @@ from modeling_sacon.utils.defaults import default_backbone_path
 from modeling_sacon.data.episodes import parse_settings
 from modeling_sacon.fewshot.zeroshot_protocol import filter_corpus_for_split, load_zeroshot_split, save_pretraining_relations
 from modeling_sacon.training.checkpoints import last_complete_checkpoint
+from modeling_sacon.training.callbacks import PretrainingRelationsCallback
 from modeling_sacon.training.hard_negatives import nearest_relations
 from modeling_sacon.training.model_card import EMBEDDED_CORPUS_DESCRIPTIONS
 from modeling_sacon.training.trainer import SaconTrainer, SaconTrainingArguments, check_batch_shape
@@ -501,6 +502,12 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Sac
         },
     )
 
+    # Each checkpoint records its pre-training relations (the zero-shot evaluator's strictness check); so does
+    # output_dir from the start, which checkpoint pushes upload.
+    trainer.add_callback(PretrainingRelationsCallback(relations))
+    if trainer.is_world_process_zero():
+        save_pretraining_relations(training_args.output_dir, relations)
+
     # 6. Train, then score the FewRel episodes.
     metrics: dict[str, float] = {}
     if resume is not None and checkpoint_is_finished(resume, training_args):
@@ -519,8 +526,6 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Sac
         trainer.save_metrics("eval", eval_metrics)
         metrics.update(eval_metrics)
     trainer.save_state()
-    if trainer.is_world_process_zero():  # the relations seen, for the zero-shot evaluator's strictness check
-        save_pretraining_relations(training_args.output_dir, relations)
 
     # 7. Save model (safetensors + code), processor and model card; push them with --push_to_hub.
     if training_args.push_to_hub:

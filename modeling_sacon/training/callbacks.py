@@ -7,8 +7,11 @@ import os
 import torch
 from transformers import Trainer, TrainerCallback
 from transformers.dynamic_module_utils import custom_object_save
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-__all__ = ["HubCheckpointCardCallback", "LogitScaleClampCallback"]
+from ..fewshot.zeroshot_protocol import save_pretraining_relations
+
+__all__ = ["HubCheckpointCardCallback", "LogitScaleClampCallback", "PretrainingRelationsCallback"]
 
 
 class LogitScaleClampCallback(TrainerCallback):
@@ -56,4 +59,25 @@ class HubCheckpointCardCallback(TrainerCallback):
         if model is not None and getattr(model.config, "auto_map", None):  # set when a save copied the code
             custom_object_save(model, args.output_dir)  # the modeling file and everything it imports relatively
         self.trainer.create_model_card()
+        return control
+
+
+class PretrainingRelationsCallback(TrainerCallback):
+    """Every saved checkpoint (`on_save`) records the relations it was pre-trained on, as the final model does.
+
+    Without the file the zero-shot evaluator cannot check that a checkpoint never saw a split's test relations and
+    only warns; with it a checkpoint taken mid-run (a training curve, a killed run) is held to the same strictness.
+
+    Args:
+        relations: the relation ids of the training corpus.
+    """
+
+    def __init__(self, relations: list[str]):
+        self.relations = list(relations)
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            checkpoint = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+            if os.path.isdir(checkpoint):  # not when a save wrote elsewhere (a hyperparameter search's run dir)
+                save_pretraining_relations(checkpoint, self.relations)
         return control
