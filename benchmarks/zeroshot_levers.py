@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Inference-time levers on RE-Matching's zero-shot splits for one checkpoint: label-text forms, direction-aware
 scoring, label centring and a transductive calibration, each scored with the protocol's macro F1 beside the
-protocol's own scoring.
+protocol's own scoring, and the oracle bound (label vectors built from the labelled test sentences).
 
     python benchmarks/zeroshot_levers.py --model_name_or_path outputs/sacon-minilm               # the ori splits
     python benchmarks/zeroshot_levers.py --model_name_or_path CKPT --splits 'zeroshot/fewrel_rel2id_*_4?.json' \\
@@ -53,6 +53,7 @@ LABEL_FORMS: dict[str, Callable[[str, str], str | tuple[str, str]]] = {
 }
 ENSEMBLE = ("name [SEP] description", "name: description", "description only")  # the forms that keep the description
 SWAP_WEIGHTS = (0.5, 1.0)  # direction-aware penalty weights
+ORACLE = "oracle: mean test sentence per relation (a bound, not the protocol)"
 
 
 def direction_aware(scores: torch.Tensor, swapped: torch.Tensor, weight: float) -> torch.Tensor:
@@ -67,6 +68,15 @@ def transductive(scores: torch.Tensor) -> torch.Tensor:
     return scores - scores.mean(dim=0, keepdim=True)
 
 
+def oracle_prototypes(sentences: torch.Tensor, gold: Sequence[int], m: int) -> torch.Tensor:
+    """Each relation's normalised mean test-sentence vector: the label vector that fits this sentence encoder best,
+    built from the labelled test sentences (so not the protocol). Its F1 bounds what any label text can reach with
+    these sentence vectors; the gap below it is the label tower's, the gap above it the sentence encoder's."""
+    index = torch.as_tensor(list(gold))
+    sums = torch.zeros(m, sentences.shape[-1], dtype=sentences.dtype).index_add_(0, index, sentences)
+    return F.normalize(sums, dim=-1)
+
+
 def centred(vectors: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
     """L2-normalised `vectors` less a reference `mean`: removes the direction every vector of a tower shares, which
     makes generic labels nearest to many sentences (hubs). The means come from the pre-training corpus (the
@@ -76,10 +86,11 @@ def centred(vectors: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
 
 def lever_scores(
     sentences: torch.Tensor, swapped: torch.Tensor, labels: Mapping[str, torch.Tensor],
-    reference: Mapping[str, torch.Tensor] | None = None,
+    reference: Mapping[str, torch.Tensor] | None = None, gold: Sequence[int] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Every lever's [n, m] scores from L2-normalised sentence, swapped-sentence and (per label form) label vectors;
-    `reference`: the mean normalised "sentence" and "label" vectors of the pre-training corpus, for the centred levers."""
+    `reference`: the mean normalised "sentence" and "label" vectors of the pre-training corpus, for the centred levers;
+    `gold` (each sentence's relation index): adds the oracle-prototype bound."""
     protocol = sentences @ labels["name [SEP] description"].T
     out = {"protocol: name [SEP] description": protocol}
     out.update({f"label text: {form}": sentences @ vectors.T for form, vectors in labels.items()
@@ -93,6 +104,8 @@ def lever_scores(
         out["centred labels (corpus label mean)"] = sentences @ label_vectors.T
         out["centred labels and sentences (corpus means)"] = centred(sentences, reference["sentence"]) @ label_vectors.T
     out["transductive calibration (not the protocol)"] = transductive(protocol)
+    if gold is not None:
+        out[ORACLE] = sentences @ oracle_prototypes(sentences, gold, protocol.shape[1]).T
     return out
 
 
@@ -136,7 +149,7 @@ def measure(encoder, splits: Sequence[ZeroShotSplit], sources, label_table, batc
         columns = [index[r] for r in split.test]
         gold = [k for k, r in enumerate(split.test) for _ in rows_of[r]]
         scores = lever_scores(sentences[selected], swapped[selected], {f: v[columns] for f, v in labels.items()},
-                              reference)
+                              reference, gold)
         for lever, values in scores.items():
             per_split.setdefault(lever, {})[split.key] = round(100 * macro_prf(gold, values.argmax(-1).tolist()).f1, 2)
     return {"per_split": per_split, "mean_f1": mean_f1(per_split)}
