@@ -366,3 +366,48 @@ def test_script_rejects_hard_label_negatives_without_a_count(pretrain, tmp_path,
     labels = fewrel_file(tmp_path / "labels.json", LABELS)
     with pytest.raises(ValueError, match=r"--hard_label_negatives chooses the --label_negatives: give --label_negatives N"):
         run_script(pretrain, tmp_path, "--train_files", corpus, "--label_files", labels, "--hard_label_negatives")
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--share_encoders", "True"], r"--freeze_label_encoder with --share_encoders would lock the sentence encoder too"),
+    (["--label_mlm_weight", "1"], r"--freeze_label_encoder trains nothing in the label encoder: --label_mlm_weight 1"),
+])
+def test_script_rejects_a_locked_label_encoder_that_cannot_be(pretrain, tmp_path, no_model_loading, options, message):
+    corpus = fewrel_file(tmp_path / "corpus.json", {"P17": [INSTANCE] * 3, "P1376": [INSTANCE] * 3})
+    labels = fewrel_file(tmp_path / "labels.json", LABELS)
+    with pytest.raises(ValueError, match=message):
+        run_script(pretrain, tmp_path, "--train_files", corpus, "--label_files", labels, "--freeze_label_encoder", "True",
+                   *options)
+
+
+def test_a_locked_label_encoder_keeps_its_pretrained_weights(pretrain, tmp_path):
+    """--freeze_label_encoder: after training, every label-encoder weight is the backbone's (the marker rows added to
+    the vocabulary aside) while the sentence encoder's have moved; the model card says the tower was locked."""
+    from transformers import AutoTokenizer, BertModel
+
+    from modeling_sacon.utils.defaults import default_backbone_path
+
+    tokenizer = AutoTokenizer.from_pretrained(default_backbone_path())
+    torch.manual_seed(0)
+    backbone = BertModel(tiny_bert_config(len(tokenizer)), add_pooling_layer=False)
+    backbone.save_pretrained(tmp_path / "backbone")
+    tokenizer.save_pretrained(tmp_path / "backbone")
+    other = dict(INSTANCE, tokens="lyon is a city of france".split())
+    corpus = fewrel_file(tmp_path / "corpus.json", {"P17": [INSTANCE, other] * 2, "P1376": [other, INSTANCE] * 2})
+    labels = fewrel_file(tmp_path / "labels.json", LABELS)
+    run_script(pretrain, tmp_path, "--train_files", corpus, "--label_files", labels, "--freeze_label_encoder", "True",
+               "--sentence_model_name_or_path", str(tmp_path / "backbone"), "--max_steps", "2", "--learning_rate", "1e-2",
+               "--per_device_train_batch_size", "4", "--save_strategy", "no", "--use_cpu", "--report_to", "none",
+               "--dataloader_pin_memory", "false", "--max_seq_length", "32")
+    model = SaconDualEncoderModel.from_pretrained(tmp_path / "out")
+    start = backbone.state_dict()
+    vocab = len(tokenizer)
+
+    def same(encoder, name):
+        return torch.equal(encoder.state_dict()[name][:vocab] if "word_embeddings" in name else encoder.state_dict()[name],
+                           start[name][:vocab] if "word_embeddings" in name else start[name])
+
+    assert all(same(model.label_encoder, name) for name in start)
+    assert not all(same(model.sentence_encoder, name) for name in start)
+    assert model.config.label_mlm_weight == 0.0
+    assert "| label encoder | locked (its pretrained weights) |" in (tmp_path / "out" / "README.md").read_text()

@@ -68,6 +68,12 @@ class ModelArguments:
         default=None, metadata={"help": "Label encoder checkpoint (default: a second copy of the sentence encoder)."}
     )
     share_encoders: bool = field(default=False, metadata={"help": "One encoder for sentences and labels (the paper: two)."})
+    freeze_label_encoder: bool = field(
+        default=False,
+        metadata={"help": "Keep the label encoder's pretrained weights (locked, as LiT locks a tower; no dropout): only "
+                  "the sentence encoder learns, so relation texts never seen in training are read as the backbone "
+                  "reads them instead of by a tower fitted to the corpus' few hundred label texts."},
+    )
     projection_dim: int | None = field(default=None, metadata={"help": "Linear projections to this size (default: none)."})
     label_pooling: str = field(default="cls_mean", metadata={"help": "cls_mean (the paper), cls or mean."})
     label_anchored_reduction: str = field(
@@ -356,6 +362,15 @@ def resolve_mlm_weight(model_args: ModelArguments, tower: str, loading_info: dic
     return 0.0
 
 
+def freeze_label_encoder(model: SaconDualEncoderModel) -> None:
+    """Lock the label encoder (`--freeze_label_encoder`): no gradients, no dropout, no label MLM."""
+    model.config.label_mlm_weight = 0.0  # a pretrained head's default weight 1 would mask the label inputs for nothing
+    model.label_encoder.requires_grad_(False)
+    for module in model.label_encoder.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0  # the Trainer's model.train() would otherwise add noise to the fixed label vectors
+
+
 def build_model_and_processor(model_args: ModelArguments, data_args: DataArguments):
     sentence_path = model_args.sentence_model_name_or_path or default_backbone_path()
     label_path = model_args.label_model_name_or_path or sentence_path
@@ -386,6 +401,8 @@ def build_model_and_processor(model_args: ModelArguments, data_args: DataArgumen
     )
     for tower in ("sentence", "label"):  # defaults follow whether the checkpoint brought a pretrained head
         setattr(model.config, f"{tower}_mlm_weight", resolve_mlm_weight(model_args, tower, loading_info))
+    if model_args.freeze_label_encoder:
+        freeze_label_encoder(model)
     base_model = None
     if model_args.sentence_model_name_or_path is None:
         base_model = DEFAULT_BACKBONE_HUB_ID
@@ -409,6 +426,11 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Sac
         raise ValueError(f"--temperature must be in (0, 1], got {model_args.temperature}")
     if model_args.hard_label_negatives and model_args.label_negatives < 1:
         raise ValueError("--hard_label_negatives chooses the --label_negatives: give --label_negatives N (N >= 1)")
+    if model_args.freeze_label_encoder and model_args.share_encoders:
+        raise ValueError("--freeze_label_encoder with --share_encoders would lock the sentence encoder too: use one")
+    if model_args.freeze_label_encoder and model_args.label_mlm_weight:
+        raise ValueError(f"--freeze_label_encoder trains nothing in the label encoder: --label_mlm_weight "
+                         f"{model_args.label_mlm_weight} would have no effect (leave it unset or 0)")
 
     # 2. Logging and seed.
     logging.basicConfig(
@@ -495,6 +517,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Sac
             "eval_split": eval_split_name(data_args) if eval_dataset is not None else None,
             "training": {
                 "max sentence length": data_args.max_seq_length, "entity blanking": data_args.blank_probability,
+                **({"label encoder": "locked (its pretrained weights)"} if model_args.freeze_label_encoder else {}),
                 **({"label negatives per batch": f"{model_args.label_negatives} "
                     f"({'nearest by label text' if model_args.hard_label_negatives else 'random'})"}
                    if model_args.label_negatives else {}),
