@@ -75,8 +75,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def zeroshot_variant(budget: Budget) -> str:
     """The zero-shot summary's file-name suffix: "" at the budget's own block, else `_<mode>` for another seeded
     pre-training mode, `_batch<N>` for another batch size, `_fewrel` (or `_corpus`) for FewRel's training relations
-    added to the corpus (or not) and `_bf16` (or `_fp32`) for bf16 autocast where the budget does the other, so that
-    each variant measured can be committed."""
+    added to the corpus (or not), `_bf16` (or `_fp32`) for bf16 autocast and `_locked` (or `_unlocked`) for a locked
+    label encoder where the budget does the other, so that each variant measured can be committed."""
     default = BUDGETS[budget.name]
     suffix = "" if budget.zeroshot_pretraining == default.zeroshot_pretraining else f"_{budget.zeroshot_pretraining}"
     batch = budget.zeroshot_pretrain_batch_size
@@ -85,6 +85,8 @@ def zeroshot_variant(budget: Budget) -> str:
         suffix += "_fewrel" if budget.zeroshot_fewrel_training else "_corpus"
     if budget.zeroshot_bf16 != default.zeroshot_bf16:
         suffix += "_bf16" if budget.zeroshot_bf16 else "_fp32"
+    if budget.zeroshot_locked_labels != default.zeroshot_locked_labels:
+        suffix += "_locked" if budget.zeroshot_locked_labels else "_unlocked"
     return suffix
 
 

@@ -427,6 +427,27 @@ def test_zeroshot_bf16_trains_every_run_in_bf16_under_its_own_names(tmp_path):
     assert "--use_cpu" not in zeroshot.zeroshot_training_units(gpu, "bert-base-uncased", tmp_path)[0]["argv"]
 
 
+def test_zeroshot_locked_labels_lock_every_run_under_its_own_names(tmp_path):
+    """With `zeroshot_locked_labels` every run of the block adds `--freeze_label_encoder True` (before the held-out
+    files) and is named apart from the plain block's; the `ori` run shares no other section's run; the arguments parse."""
+    from benchmarks.harness import zeroshot
+    from modeling_sacon.commands.pretrain import parse_args
+
+    cpu = budgets.CPU
+    plain = zeroshot.zeroshot_training_units(cpu, "minilm", tmp_path)
+    units = zeroshot.zeroshot_training_units(cpu.with_overrides({"zeroshot_locked_labels": "true"}), "minilm", tmp_path)
+    assert [u["name"] for u in units] == ["zeroshot/pretrain-ori-locked",
+                                          *(f"zeroshot/pretrain-split{n}-locked" for n in ("40", "41", "42", "43"))]
+    for unit, before in zip(units, plain):
+        cut = before["argv"].index("--exclude_relations_from") if "--exclude_relations_from" in before["argv"] else None
+        cut = len(before["argv"]) if cut is None else cut
+        argv = [a if a != str(before["run_dir"]) else str(unit["run_dir"]) for a in before["argv"]]
+        assert unit["argv"] == [*argv[:cut], "--freeze_label_encoder", "True", *argv[cut:]]
+        assert unit["splits"] == before["splits"] and unit["zeroshot_key"] == before["zeroshot_key"] + "-locked"
+    model_args, _, _ = parse_args(["--output_dir", str(tmp_path / "x"), *units[1]["argv"][2:]])
+    assert model_args.freeze_label_encoder
+
+
 def test_summary_command_omits_the_default_output_dir(tmp_path):
     """A summary records the command a user types: an `--output_dir` that resolves to the default one (through a link)
     is left out, any other is kept."""
@@ -477,6 +498,7 @@ def test_a_block_run_alone_leaves_the_other_summaries_alone():
     assert run_all.zeroshot_variant(cpu.with_overrides({"zeroshot_fewrel_training": "true"})) == "_fewrel"
     bf16 = cpu.with_overrides({"zeroshot_bf16": "true", "zeroshot_batch_size": "128"})
     assert run_all.zeroshot_variant(bf16) == "_batch128_bf16"
+    assert run_all.zeroshot_variant(cpu.with_overrides({"zeroshot_locked_labels": "true"})) == "_locked"
 
 
 def test_sweep_recipes_are_valid_pretrain_arguments(harness):

@@ -141,6 +141,9 @@ class Budget:
     # transformers asks for it): on a CPU with AVX512-BF16 a step of the MiniLM recipe takes 0.65x the fp32 time, so a
     # larger batch fits the same minutes; units and runs are named with `-bf16`
     zeroshot_bf16: bool = False
+    # True: every run of the block keeps the label encoder at its pretrained weights (`--freeze_label_encoder True`:
+    # only the sentence encoder learns); units and runs are named with `-locked`
+    zeroshot_locked_labels: bool = False
 
     # speed and memory
     speed_step_warmup: int = 2

@@ -92,7 +92,8 @@ def zeroshot_training_units(budget: Budget, backbone: str, output_dir: Path) -> 
     relations of every one of them. With `zeroshot_fewrel_training` every run also trains on FewRel's sentences
     (`fewrel_training_args`), the `ori` run holds out the `ori` splits' relations too, and units and runs are named
     with `-fewrel` (they can share an output directory with the plain block's); with `zeroshot_bf16` every run trains
-    in bf16 autocast, named with `-bf16`."""
+    in bf16 autocast, named with `-bf16`; with `zeroshot_locked_labels` every run locks the label encoder, named with
+    `-locked`."""
     groups = seeded_runs(budget)  # first: an unknown mode is refused before anything is built
     batch_size = budget.zeroshot_pretrain_batch_size
     fewrel = budget.zeroshot_fewrel_training
@@ -100,6 +101,9 @@ def zeroshot_training_units(budget: Budget, backbone: str, output_dir: Path) -> 
     if budget.zeroshot_bf16:
         data += ("--bf16", "True", *(("--use_cpu", "True") if budget.device == "cpu" else ()))
         suffix += "-bf16"
+    if budget.zeroshot_locked_labels:
+        data += ("--freeze_label_encoder", "True")
+        suffix += "-locked"
     if "ori" in budget.zeroshot_splits:
         groups = {"ori": [(m, "ori") for m in budget.zeroshot_ms], **groups}
     units = []
@@ -251,7 +255,7 @@ def assemble_zeroshot(budget: Budget, units: list[dict], training: dict, evaluat
             "pretrain_batch_size": budget.zeroshot_pretrain_batch_size,
             "pretrain_extra_args": list(budget.pretrain_extra_args), "ori_run": _ori_run(units),
             "seeded_pretraining": budget.zeroshot_pretraining, "fewrel_training": budget.zeroshot_fewrel_training,
-            "bf16": budget.zeroshot_bf16,
+            "bf16": budget.zeroshot_bf16, "locked_labels": budget.zeroshot_locked_labels,
             "pool_per_relation": budget.zeroshot_pool_per_relation, "sentences": list(SENTENCE_FILES),
             "labels": LABEL_FILE,
         },
