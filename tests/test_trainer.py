@@ -411,3 +411,34 @@ def test_a_locked_label_encoder_keeps_its_pretrained_weights(pretrain, tmp_path)
     assert not all(same(model.sentence_encoder, name) for name in start)
     assert model.config.label_mlm_weight == 0.0
     assert "| label encoder | locked (its pretrained weights) |" in (tmp_path / "out" / "README.md").read_text()
+
+
+def test_label_encoder_learning_rate_has_its_own_groups(processor, data, tmp_path):
+    """`label_encoder_learning_rate`: every label-encoder weight (and only those) sits in a group at that rate, split
+    by weight decay as the others are; AdamW's first step then moves a label weight by about that rate, a sentence
+    weight by about --learning_rate. A model without a label encoder of its own is refused."""
+    model = tiny(processor, 0, dropout=0.0)
+    args = arguments(tmp_path, max_steps=1, warmup_steps=0, weight_decay=0.01, learning_rate=1e-3,
+                     label_encoder_learning_rate=1e-5, save_strategy="no")
+    trainer = trainer_for(processor, data, model, args)
+    names = {id(p): n for n, p in model.named_parameters()}
+    for group in trainer.create_optimizer().param_groups:
+        for param in group["params"]:
+            name = names[id(param)]
+            expected = 1e-5 if name.startswith("label_encoder.") else 1e-2 if name == "logit_scale" else 1e-3
+            assert group.get("lr", 1e-3) == pytest.approx(expected), name
+            no_decay = name.endswith("bias") or "LayerNorm" in name or name == "logit_scale"
+            assert group["weight_decay"] == (0.0 if no_decay else 0.01), name
+    query = "encoder.layer.0.attention.self.query.weight"
+    before = {tower: getattr(model, f"{tower}_encoder").state_dict()[query].clone() for tower in ("sentence", "label")}
+    trainer.train()
+    for tower, rate in (("sentence", 1e-3), ("label", 1e-5)):
+        step = (getattr(model, f"{tower}_encoder").state_dict()[query] - before[tower]).abs().max().item()
+        assert step == pytest.approx(rate, rel=0.05), tower
+
+    shared = SaconDualEncoderModel(SaconConfig(sentence_config=tiny_bert_config(len(processor.tokenizer)).to_dict(),
+                                               share_encoders=True))
+    with pytest.raises(ValueError, match="label_encoder_learning_rate: the model has no trainable label encoder"):
+        trainer_for(processor, data, shared, args).create_optimizer()
+    with pytest.raises(ValueError, match="label_encoder_learning_rate must be >= 0, got -1"):
+        arguments(tmp_path, label_encoder_learning_rate=-1.0)

@@ -72,7 +72,8 @@ class ModelArguments:
         default=False,
         metadata={"help": "Keep the label encoder's pretrained weights (locked, as LiT locks a tower; no dropout): only "
                   "the sentence encoder learns, so relation texts never seen in training are read as the backbone "
-                  "reads them instead of by a tower fitted to the corpus' few hundred label texts."},
+                  "reads them instead of by a tower fitted to the corpus' few hundred label texts. With MiniLM it "
+                  "scored lower on val_wiki and the zero-shot splits (docs/results.md)."},
     )
     projection_dim: int | None = field(default=None, metadata={"help": "Linear projections to this size (default: none)."})
     label_pooling: str = field(default="cls_mean", metadata={"help": "cls_mean (the paper), cls or mean."})

@@ -78,6 +78,7 @@ logger = logging.get_logger(__name__)
 
 LOSS_TERMS = ("contrastive_loss", "sentence_anchored_loss", "label_anchored_loss", "sentence_mlm_loss", "label_mlm_loss")
 LOGIT_SCALE_NAME = "logit_scale"
+LABEL_ENCODER_PREFIX = "label_encoder."  # the label tower's parameters (also under a wrapper, e.g. `sacon.label_encoder.`)
 
 __all__ = ["LOSS_TERMS", "SaconTrainer", "SaconTrainingArguments", "ShuffledBatchSampler", "check_batch_shape", "fewrel_metric_name"]
 
@@ -115,6 +116,12 @@ class SaconTrainingArguments(TrainingArguments):
     logit_scale_learning_rate: float = field(
         default=1e-2,
         metadata={"help": "Learning rate of logit_scale (log of the inverse temperature); no weight decay."},
+    )
+    label_encoder_learning_rate: float | None = field(
+        default=None,
+        metadata={"help": "Learning rate of the label encoder (default: --learning_rate). Lower, it keeps more of the "
+                  "backbone's reading of relation texts the corpus never shows (0 locks its weights, without turning "
+                  "off its dropout: --freeze_label_encoder does both)."},
     )
     contrastive_mini_batch_size: int | None = field(
         default=None,
@@ -161,6 +168,8 @@ class SaconTrainingArguments(TrainingArguments):
         super().__post_init__()
         if self.logit_scale_learning_rate < 0:
             raise ValueError(f"logit_scale_learning_rate must be >= 0, got {self.logit_scale_learning_rate}")
+        if self.label_encoder_learning_rate is not None and self.label_encoder_learning_rate < 0:
+            raise ValueError(f"label_encoder_learning_rate must be >= 0, got {self.label_encoder_learning_rate}")
         if self.instances_per_relation < 1:
             raise ValueError(f"instances_per_relation must be >= 1, got {self.instances_per_relation}")
         if self.contrastive_mini_batch_size is not None and self.contrastive_mini_batch_size < 1:
@@ -397,21 +406,27 @@ class SaconTrainer(Trainer):
     # -- optimizer ------------------------------------------------------------------------------------------------
 
     def parameter_groups(self, model: torch.nn.Module) -> list[dict[str, Any]]:
-        """[decayed weights, biases/LayerNorm (no decay), logit_scale (no decay, its own learning rate)]."""
+        """[decayed weights, biases/LayerNorm (no decay), logit_scale (no decay, its own learning rate)], and with
+        `label_encoder_learning_rate` the label encoder's decayed and undecayed weights as two more groups at that rate."""
         decay = set(self.get_decay_parameter_names(model))
-        groups = {"decay": [], "no_decay": [], "logit_scale": []}
+        label_lr = _option(self.args, "label_encoder_learning_rate")
+        groups = {"decay": [], "no_decay": [], "logit_scale": [], "label_decay": [], "label_no_decay": []}
         for name, param in model.named_parameters():
             if not param.requires_grad:
                 continue
             if name == LOGIT_SCALE_NAME or name.endswith("." + LOGIT_SCALE_NAME):
                 groups["logit_scale"].append(param)
-            elif name in decay:
-                groups["decay"].append(param)
-            else:
-                groups["no_decay"].append(param)
+                continue
+            label = label_lr is not None and (name.startswith(LABEL_ENCODER_PREFIX) or f".{LABEL_ENCODER_PREFIX}" in name)
+            groups[("label_" if label else "") + ("decay" if name in decay else "no_decay")].append(param)
+        if label_lr is not None and not groups["label_decay"] + groups["label_no_decay"]:
+            raise ValueError("label_encoder_learning_rate: the model has no trainable label encoder of its own "
+                             "(share_encoders, or a locked one)")
         out = [
             {"params": groups["decay"], "weight_decay": self.args.weight_decay},
             {"params": groups["no_decay"], "weight_decay": 0.0},
+            {"params": groups["label_decay"], "weight_decay": self.args.weight_decay, "lr": label_lr},
+            {"params": groups["label_no_decay"], "weight_decay": 0.0, "lr": label_lr},
         ]
         if groups["logit_scale"]:
             out.append({"params": groups["logit_scale"], "weight_decay": 0.0, "lr": _option(self.args, "logit_scale_learning_rate")})
@@ -524,6 +539,8 @@ class SaconTrainer(Trainer):
         summary.update({
             "learning rate (encoders)": args.learning_rate,
             "learning rate (logit_scale)": _option(args, "logit_scale_learning_rate"),
+            **({"learning rate (label encoder)": _option(args, "label_encoder_learning_rate")}
+               if _option(args, "label_encoder_learning_rate") is not None else {}),
             "schedule": f"{getattr(args.lr_scheduler_type, 'value', args.lr_scheduler_type)}, warm-up {args.warmup_steps}",
             "weight decay": args.weight_decay,
             "seed": args.seed,
