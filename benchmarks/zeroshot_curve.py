@@ -10,7 +10,7 @@ the zero-shot figures at all.
 
 Each checkpoint's recorded pre-training relations are checked against the splits' test relations (a checkpoint that
 saw one is refused, naming it), as the evaluator does. The sentences of each point are `step x train_batch_size` from
-the checkpoint's trainer state. A curve of one run with a learning-rate schedule over all its steps is not a set of
+the checkpoint's trainer state (one process's share under several processes). A curve of one run with a learning-rate schedule over all its steps is not a set of
 shorter runs: its middle points were taken at a higher learning rate than a run of that length ends with.
 """
 
