@@ -10,8 +10,9 @@ the zero-shot figures at all.
 
 Each checkpoint's recorded pre-training relations are checked against the splits' test relations (a checkpoint that
 saw one is refused, naming it), as the evaluator does. The sentences of each point are `step x train_batch_size` from
-the checkpoint's trainer state (one process's share under several processes). A curve of one run with a learning-rate schedule over all its steps is not a set of
-shorter runs: its middle points were taken at a higher learning rate than a run of that length ends with.
+the checkpoint's trainer state (one process's share under several processes). A curve of one run with a learning-rate
+schedule over all its steps is not a set of shorter runs: its middle points were taken at a higher learning rate than
+a run of that length ends with.
 """
 
 from __future__ import annotations
@@ -50,8 +51,11 @@ def curve_points(run_dir: str | Path) -> list[tuple[Path, dict]]:
         state_file = directory / TRAINER_STATE
         if not (state_file.is_file() and (directory / "config.json").is_file()):
             continue  # an unfinished checkpoint (killed while saving), or a run that has not ended
-        state = json.loads(state_file.read_text())
-        if "global_step" not in state:
+        try:
+            state = json.loads(state_file.read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{state_file}: not a JSON Trainer state ({error})") from None
+        if not isinstance(state, dict) or "global_step" not in state:
             raise ValueError(f"{state_file}: field 'global_step' missing: not a Trainer state")
         points.append((directory, state))
     points.sort(key=lambda point: (point[1]["global_step"], point[0] == run_dir))

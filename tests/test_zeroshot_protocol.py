@@ -488,3 +488,9 @@ def test_curve_scores_every_complete_checkpoint_by_step(tiny_model, processor, s
         curve.main(argv)
     with pytest.raises(FileNotFoundError, match="no checkpoint-N directory"):
         curve.main([*argv[:1], str(tmp_path / "empty"), *argv[2:]])
+    (run / "checkpoint-10" / "trainer_state.json").write_text('{"global_step": 10,')  # cut off mid-write
+    with pytest.raises(ValueError, match=r"checkpoint-10/trainer_state\.json: not a JSON Trainer state"):
+        curve.main(argv)
+    (run / "checkpoint-10" / "trainer_state.json").write_text('{"step": 10}')
+    with pytest.raises(ValueError, match=r"checkpoint-10/trainer_state\.json: field 'global_step' missing"):
+        curve.main(argv)
