@@ -443,8 +443,8 @@ class SaconTrainer(Trainer):
         special = {"params", "model", "optimizer_dict"} & set(optimizer_kwargs)
         if special or not isinstance(optimizer_cls, type) or not issubclass(optimizer_cls, torch.optim.Optimizer):
             logger.warning(
-                f"optimizer {self.args.optim} builds its own parameter groups: logit_scale gets the encoders' learning "
-                "rate and weight decay settings"
+                f"optimizer {self.args.optim} builds its own parameter groups: logit_scale (and the label encoder, "
+                "whatever label_encoder_learning_rate says) gets the encoders' learning rate and weight decay settings"
             )
             return super().create_optimizer(model)
         self.optimizer = optimizer_cls(self.parameter_groups(opt_model), **optimizer_kwargs)
