@@ -34,9 +34,9 @@ from modeling_sacon.fewshot.zeroshot_protocol import (
 )
 from modeling_sacon.utils.loading import load_sacon_model
 
+from benchmarks.harness.zeroshot import LABEL_FILE, SENTENCE_FILES as FEWREL_FILES  # noqa: E402  (the block's test data)
+
 DEFAULT_SPLITS = "zeroshot/fewrel_rel2id_*_ori.json"
-FEWREL_FILES = ("fewrel/val_wiki.json", "fewrel_train_sample/train_wiki_sample.json")
-LABEL_FILE = "fewrel/pid2name.json"
 TRAINER_STATE = "trainer_state.json"
 
 
