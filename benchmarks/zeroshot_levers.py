@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Inference-time levers on RE-Matching's zero-shot splits for one checkpoint: label-text forms, direction-aware
 scoring, label centring and a transductive calibration, each scored with the protocol's macro F1 beside the
-protocol's own scoring, and the oracle bound (label vectors built from the labelled test sentences).
+protocol's own scoring, and an oracle reference (label vectors built from the labelled test sentences).
 
     python benchmarks/zeroshot_levers.py --model_name_or_path outputs/sacon-minilm               # the ori splits
     python benchmarks/zeroshot_levers.py --model_name_or_path CKPT --splits 'zeroshot/fewrel_rel2id_*_4?.json' \\
@@ -53,7 +53,7 @@ LABEL_FORMS: dict[str, Callable[[str, str], str | tuple[str, str]]] = {
 }
 ENSEMBLE = ("name [SEP] description", "name: description", "description only")  # the forms that keep the description
 SWAP_WEIGHTS = (0.5, 1.0)  # direction-aware penalty weights
-ORACLE = "oracle: mean test sentence per relation (a bound, not the protocol)"
+ORACLE = "oracle: mean test sentence per relation (labelled test data, not the protocol)"
 
 
 def direction_aware(scores: torch.Tensor, swapped: torch.Tensor, weight: float) -> torch.Tensor:
@@ -69,9 +69,9 @@ def transductive(scores: torch.Tensor) -> torch.Tensor:
 
 
 def oracle_prototypes(sentences: torch.Tensor, gold: Sequence[int], m: int) -> torch.Tensor:
-    """Each relation's normalised mean test-sentence vector: the label vector that fits this sentence encoder best,
-    built from the labelled test sentences (so not the protocol). Its F1 bounds what any label text can reach with
-    these sentence vectors; the gap below it is the label tower's, the gap above it the sentence encoder's."""
+    """Each relation's normalised mean test-sentence vector as its label vector, built from the labelled test sentences
+    (so not the protocol): where these sentence vectors put each relation. Label vectors there score this row's F1
+    (nearest centroid, a reference rather than a strict bound); far below it, the label tower is what falls short."""
     index = torch.as_tensor(list(gold))
     sums = torch.zeros(m, sentences.shape[-1], dtype=sentences.dtype).index_add_(0, index, sentences)
     return F.normalize(sums, dim=-1)
@@ -90,7 +90,7 @@ def lever_scores(
 ) -> dict[str, torch.Tensor]:
     """Every lever's [n, m] scores from L2-normalised sentence, swapped-sentence and (per label form) label vectors;
     `reference`: the mean normalised "sentence" and "label" vectors of the pre-training corpus, for the centred levers;
-    `gold` (each sentence's relation index): adds the oracle-prototype bound."""
+    `gold` (each sentence's relation index): adds the oracle reference row."""
     protocol = sentences @ labels["name [SEP] description"].T
     out = {"protocol: name [SEP] description": protocol}
     out.update({f"label text: {form}": sentences @ vectors.T for form, vectors in labels.items()

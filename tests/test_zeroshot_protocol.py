@@ -397,7 +397,7 @@ def test_direction_aware_and_transductive_scores_by_hand():
     assert both["centred labels (corpus label mean)"].argmax().item() == 1
     assert torch.allclose(both["centred labels (corpus label mean)"], sentence @ expected.T)
     assert torch.allclose(both["centred labels and sentences (corpus means)"], sentence @ expected.T, atol=1e-4)  # 0 mean
-    # the oracle bound: relation 0's prototype is (1, 0) + (0.6, 0.8) = (1.6, 0.8) -> (0.894, 0.447); relation 1's (0, 1)
+    # the oracle reference: relation 0's prototype is (1, 0) + (0.6, 0.8) = (1.6, 0.8) -> (0.894, 0.447); relation 1's (0, 1)
     sentences = torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]])
     prototypes = levers.oracle_prototypes(sentences, [0, 0, 1], 2)
     assert torch.allclose(prototypes, torch.tensor([[2 / 5 ** 0.5, 1 / 5 ** 0.5], [0.0, 1.0]]), atol=1e-6)
@@ -447,7 +447,7 @@ def test_levers_protocol_row_is_the_evaluators_f1(tiny_model, processor, small_f
     assert result["mean_f1"]["protocol: name [SEP] description"] == {"5": protocol["m5/ori"], "10": protocol["m10/40"]}
     # label forms, their ensemble, direction weights, the centred pair, transductive, oracle; the centring means come from the
     # embedded corpus' sentences and labels of the checkpoint's own relations (P31, P17), 20 sentences each
-    assert len(result["per_split"]) == 4 + 1 + 2 + 2 + 1 + 1  # ... and the oracle bound
+    assert len(result["per_split"]) == 4 + 1 + 2 + 2 + 1 + 1  # ... and the oracle reference
     assert result["reference"]["labels"] == 2 and result["reference"]["sentences"] == 40
 
     save_pretraining_relations(checkpoint, ["P31", "P641"])  # P641 (sport): a test relation of 5_ori
