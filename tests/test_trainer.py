@@ -19,7 +19,7 @@ from modeling_sacon.data.collator import SERVE_KEY, SaconPretrainingCollator, Se
 from modeling_sacon.data import DataFormatError, EvaluationLeakageError, RelationBalancedBatchSampler, UnknownRelationError
 from modeling_sacon.training.trainer import LOSS_TERMS, SaconTrainer, SaconTrainingArguments, ShuffledBatchSampler
 
-from conftest import tiny_bert_config
+from conftest import save_tiny_backbone, tiny_bert_config
 from test_collator import synthetic_dataset
 
 REPO = Path(__file__).resolve().parent.parent
@@ -411,6 +411,56 @@ def test_a_locked_label_encoder_keeps_its_pretrained_weights(pretrain, tmp_path)
     assert not all(same(model.sentence_encoder, name) for name in start)
     assert model.config.label_mlm_weight == 0.0
     assert "| label encoder | locked (its pretrained weights) |" in (tmp_path / "out" / "README.md").read_text()
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--label_encoder_interpolation", "1.5"], r"--label_encoder_interpolation must be in \[0, 1\] \(1: as trained\), got 1.5"),
+    (["--label_encoder_interpolation", "0.5", "--share_encoders", "True"],
+     r"--label_encoder_interpolation 0.5 needs a label encoder of its own that trains: not with --share_encoders"),
+    (["--label_encoder_interpolation", "0.5", "--freeze_label_encoder", "True"],
+     r"--label_encoder_interpolation 0.5 needs a label encoder of its own that trains"),
+])
+def test_script_rejects_an_interpolation_that_cannot_be(pretrain, tmp_path, no_model_loading, options, message):
+    corpus = fewrel_file(tmp_path / "corpus.json", {"P17": [INSTANCE] * 3, "P1376": [INSTANCE] * 3})
+    labels = fewrel_file(tmp_path / "labels.json", LABELS)
+    with pytest.raises(ValueError, match=message):
+        run_script(pretrain, tmp_path, "--train_files", corpus, "--label_files", labels, *options)
+
+
+def test_label_encoder_interpolation_ends_training_between_backbone_and_trained_weights(pretrain, tmp_path):
+    """--label_encoder_interpolation W: the saved label encoder is backbone + W x (trained - backbone), the trained
+    weights being those of the run's last checkpoint (which keeps them, to resume from); the sentence encoder is the
+    checkpoint's; config and card record W."""
+    from transformers import AutoTokenizer, BertModel
+
+    from modeling_sacon.utils.defaults import default_backbone_path
+
+    backbone = save_tiny_backbone(tmp_path / "backbone")
+    start = BertModel.from_pretrained(backbone).state_dict()
+    other = dict(INSTANCE, tokens="lyon is a city of france".split())
+    corpus = fewrel_file(tmp_path / "corpus.json", {"P17": [INSTANCE, other] * 2, "P1376": [other, INSTANCE] * 2})
+    labels = fewrel_file(tmp_path / "labels.json", LABELS)
+    run_script(pretrain, tmp_path, "--train_files", corpus, "--label_files", labels, "--label_encoder_interpolation", "0.25",
+               "--sentence_model_name_or_path", backbone, "--max_steps", "2", "--learning_rate", "1e-2",
+               "--per_device_train_batch_size", "4", "--save_steps", "2", "--use_cpu", "--report_to", "none",
+               "--dataloader_pin_memory", "false", "--max_seq_length", "32")
+    final = SaconDualEncoderModel.from_pretrained(tmp_path / "out")
+    trained = SaconDualEncoderModel.from_pretrained(tmp_path / "out" / "checkpoint-2")
+    vocab = len(AutoTokenizer.from_pretrained(default_backbone_path()))
+    moved = 0
+    for name, end in trained.label_encoder.state_dict().items():
+        got, reference = final.label_encoder.state_dict()[name], start[name]
+        if "word_embeddings" in name:  # the marker rows have no backbone value: kept as trained
+            torch.testing.assert_close(got[vocab:], end[vocab:])
+            got, end = got[:vocab], end[:vocab]
+        torch.testing.assert_close(got, reference + 0.25 * (end - reference))
+        moved += not torch.equal(end, reference)
+    assert moved > 0  # training moved the label encoder, so the check above is not trivially met
+    for name, tensor in trained.sentence_encoder.state_dict().items():
+        assert torch.equal(final.sentence_encoder.state_dict()[name], tensor)
+    assert final.config.label_encoder_interpolation == 0.25
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "| label encoder | interpolated with its backbone after training, weight 0.25 (WiSE-FT) |" in card
 
 
 def test_label_encoder_learning_rate_has_its_own_groups(processor, data, tmp_path):
