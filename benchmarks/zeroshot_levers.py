@@ -35,6 +35,7 @@ from modeling_sacon.fewshot.zeroshot_protocol import (
     ZeroShotSplit, check_strictness, find_split_files, gather_test_sentences, load_pretraining_relations, load_zeroshot_split,
     macro_prf,
 )
+from modeling_sacon.training.interpolation import interpolate_label_encoder, load_reference_weights, recorded_label_backbone
 from modeling_sacon.utils.loading import load_sacon_model
 
 from benchmarks.harness.zeroshot import LABEL_FILE, SENTENCE_FILES as FEWREL_FILES  # noqa: E402  (the block's test data)
@@ -54,6 +55,34 @@ LABEL_FORMS: dict[str, Callable[[str, str], str | tuple[str, str]]] = {
 ENSEMBLE = ("name [SEP] description", "name: description", "description only")  # the forms that keep the description
 SWAP_WEIGHTS = (0.5, 1.0)  # direction-aware penalty weights
 ORACLE = "oracle: mean test sentence per relation (labelled test data, not the protocol)"
+
+
+def interpolation_lever(weight: float) -> str:
+    return f"label encoder interpolated with its backbone, weight {weight:g} (WiSE-FT)"
+
+
+@torch.no_grad()
+def interpolated_label_vectors(encoder: SaconEncoder, reference: Mapping[str, torch.Tensor], weights: Sequence[float],
+                               labels: Sequence[tuple[str, str]]) -> dict[str, torch.Tensor]:
+    """{lever: normalised label vectors} with the label encoder at each of `weights` between `reference` (its
+    backbone) and the checkpoint (`--label_encoder_interpolation` / examples/interpolate_label_encoder.py); the
+    model is restored afterwards."""
+    model = encoder.model
+    trained = {name: tensor.clone() for name, tensor in model.label_encoder.state_dict().items()}
+    recorded = getattr(model.config, "label_encoder_interpolation", None)
+    out = {}
+    try:
+        for weight in weights:
+            model.label_encoder.load_state_dict(trained)
+            interpolate_label_encoder(model, reference, weight)
+            out[interpolation_lever(weight)] = F.normalize(encoder.encode_labels(labels), dim=-1)
+    finally:
+        model.label_encoder.load_state_dict(trained)
+        if recorded is None:
+            model.config.__dict__.pop("label_encoder_interpolation", None)
+        else:
+            model.config.label_encoder_interpolation = recorded
+    return out
 
 
 def direction_aware(scores: torch.Tensor, swapped: torch.Tensor, weight: float) -> torch.Tensor:
@@ -87,10 +116,12 @@ def centred(vectors: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
 def lever_scores(
     sentences: torch.Tensor, swapped: torch.Tensor, labels: Mapping[str, torch.Tensor],
     reference: Mapping[str, torch.Tensor] | None = None, gold: Sequence[int] | None = None,
+    interpolated: Mapping[str, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Every lever's [n, m] scores from L2-normalised sentence, swapped-sentence and (per label form) label vectors;
     `reference`: the mean normalised "sentence" and "label" vectors of the pre-training corpus, for the centred levers;
-    `gold` (each sentence's relation index): adds the oracle reference row."""
+    `interpolated`: {lever: label vectors} of interpolated label encoders; `gold` (each sentence's relation index):
+    adds the oracle reference row."""
     protocol = sentences @ labels["name [SEP] description"].T
     out = {"protocol: name [SEP] description": protocol}
     out.update({f"label text: {form}": sentences @ vectors.T for form, vectors in labels.items()
@@ -103,6 +134,7 @@ def lever_scores(
         label_vectors = centred(labels["name [SEP] description"], reference["label"])
         out["centred labels (corpus label mean)"] = sentences @ label_vectors.T
         out["centred labels and sentences (corpus means)"] = centred(sentences, reference["sentence"]) @ label_vectors.T
+    out.update({lever: sentences @ vectors.T for lever, vectors in (interpolated or {}).items()})
     out["transductive calibration (not the protocol)"] = transductive(protocol)
     if gold is not None:
         out[ORACLE] = sentences @ oracle_prototypes(sentences, gold, protocol.shape[1]).T
@@ -130,7 +162,8 @@ def corpus_means(encoder, relations: Sequence[str], sentence_files: Sequence[str
 
 @torch.no_grad()
 def measure(encoder, splits: Sequence[ZeroShotSplit], sources, label_table, batch_size: int = 128,
-            reference: Mapping[str, torch.Tensor] | None = None) -> dict:
+            reference: Mapping[str, torch.Tensor] | None = None, backbone: Mapping[str, torch.Tensor] | None = None,
+            interpolation_weights: Sequence[float] = ()) -> dict:
     """{lever: {split key: F1 %}} and each lever's mean F1 per m (keyed "5", "10", ...: as in the JSON)."""
     relations = list(dict.fromkeys(r for split in splits for r in split.test))
     rows = gather_test_sentences(sources, relations, source="the test sentences")
@@ -139,6 +172,8 @@ def measure(encoder, splits: Sequence[ZeroShotSplit], sources, label_table, batc
     swapped = F.normalize(encode_length_sorted(encoder, list(backwards), batch_size), dim=-1)
     labels = {form: F.normalize(encoder.encode_labels([make(*label_table[r]) for r in relations]), dim=-1)
               for form, make in LABEL_FORMS.items()}
+    interpolated = (interpolated_label_vectors(encoder, backbone, interpolation_weights, [label_table[r] for r in relations])
+                    if interpolation_weights else {})
     index = {r: i for i, r in enumerate(relations)}
     rows_of: dict[str, list[int]] = {r: [] for r in relations}
     for i, relation in enumerate(rows["relation"][:]):
@@ -149,7 +184,7 @@ def measure(encoder, splits: Sequence[ZeroShotSplit], sources, label_table, batc
         columns = [index[r] for r in split.test]
         gold = [k for k, r in enumerate(split.test) for _ in rows_of[r]]
         scores = lever_scores(sentences[selected], swapped[selected], {f: v[columns] for f, v in labels.items()},
-                              reference, gold)
+                              reference, gold, {lever: v[columns] for lever, v in interpolated.items()})
         for lever, values in scores.items():
             per_split.setdefault(lever, {})[split.key] = round(100 * macro_prf(gold, values.argmax(-1).tolist()).f1, 2)
     return {"per_split": per_split, "mean_f1": mean_f1(per_split)}
@@ -207,6 +242,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="label tables for the centred levers' label mean")
     parser.add_argument("--reference_per_relation", type=int, default=20,
                         help="sentences per pre-training relation in the sentence mean (0: no centred levers)")
+    parser.add_argument("--label_interpolation", nargs="*", type=float, default=[], metavar="W",
+                        help="rows with the label encoder interpolated with its backbone at these weights (WiSE-FT)")
+    parser.add_argument("--backbone", default=None,
+                        help="the label encoder's backbone for --label_interpolation (default: as its config records)")
     parser.add_argument("--output_json", default=None)
     return parser.parse_args(argv)
 
@@ -230,8 +269,15 @@ def main(argv: list[str] | None = None) -> dict:
         with torch.no_grad():
             reference = corpus_means(encoder, pretraining_relations, args.reference_files, args.reference_label_files,
                                      args.reference_per_relation, args.batch_size, args.data_dir)
+    backbone = None
+    if args.label_interpolation:
+        path = args.backbone or recorded_label_backbone(model)
+        if path is None:
+            raise SystemExit("zeroshot_levers.py: --label_interpolation needs the label encoder's backbone: give --backbone")
+        backbone = load_reference_weights(path)
     result = {"model": args.model_name_or_path, "splits": [s.key for s in splits],
-              **measure(encoder, splits, sources, label_table, args.batch_size, reference)}
+              **measure(encoder, splits, sources, label_table, args.batch_size, reference, backbone,
+                        args.label_interpolation)}
     if reference is not None:
         result["reference"] = {"sentences": reference["sentences"], "labels": reference["labels"],
                                "files": [*args.reference_files, *args.reference_label_files]}

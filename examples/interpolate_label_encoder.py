@@ -15,12 +15,11 @@ strictness check, model code) and records the weight as `label_encoder_interpola
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 from pathlib import Path
 
-from modeling_sacon.training.interpolation import interpolate_label_encoder, load_reference_weights
+from modeling_sacon.training.interpolation import interpolate_label_encoder, load_reference_weights, recorded_label_backbone
 from modeling_sacon.utils.loading import load_sacon_model
 
 WEIGHT_FILES = (".safetensors", ".bin")  # rewritten by save_pretrained, never copied
@@ -29,11 +28,9 @@ NOT_COPIED = ("benchmark_spec.json",)  # the benchmark harness's record of the r
 
 def reference_of(model, given: str | None) -> str:
     """The backbone to interpolate toward: `given`, else the label encoder's recorded source if it exists here."""
-    if given:
-        return given
-    recorded = getattr(model.config.label_config, "_name_or_path", "") or ""
-    if recorded and os.path.isdir(recorded):
-        return recorded
+    if given or recorded_label_backbone(model):
+        return given or recorded_label_backbone(model)
+    recorded = getattr(model.config.label_config, "_name_or_path", "")
     raise SystemExit(f"interpolate_label_encoder.py: the label encoder was initialised from {recorded or 'an unrecorded backbone'!r}, "
                      "which is not a directory here: give --reference_model (e.g. sentence-transformers/all-MiniLM-L6-v2)")
 

@@ -494,3 +494,38 @@ def test_curve_scores_every_complete_checkpoint_by_step(tiny_model, processor, s
     (run / "checkpoint-10" / "trainer_state.json").write_text('{"step": 10}')
     with pytest.raises(ValueError, match=r"checkpoint-10/trainer_state\.json: field 'global_step' missing"):
         curve.main(argv)
+
+
+def test_levers_interpolation_rows_are_the_evaluators_f1_of_the_interpolated_model(tiny_model, processor, small_fewrel,
+                                                                                    data_dir, tmp_path):
+    """--label_interpolation: weight 0.5 scores as the evaluator does on the checkpoint interpolated by the package's
+    rule (examples/interpolate_label_encoder.py); weight 1, scored after it, as the protocol row (each weight starts
+    from the checkpoint's own weights)."""
+    import copy
+
+    from modeling_sacon.training.interpolation import interpolate_label_encoder, load_reference_weights
+
+    from conftest import save_tiny_backbone
+
+    levers = importlib.import_module("benchmarks.zeroshot_levers")
+    checkpoint, backbone = tmp_path / "ckpt", save_tiny_backbone(tmp_path / "backbone")
+    tiny_model.save_pretrained(checkpoint)
+    processor.save_pretrained(checkpoint)
+    save_pretraining_relations(checkpoint, ["P31", "P17"])
+    result = levers.main(["--model_name_or_path", str(checkpoint), "--data_dir", str(data_dir), "--splits",
+                          "zeroshot/fewrel_rel2id_5_ori.json", "--fewrel_files", *map(str, small_fewrel), "--batch_size", "8",
+                          "--reference_per_relation", "0", "--label_interpolation", "0.5", "1", "--backbone", backbone])
+    rows = result["per_split"]
+    assert rows[levers.interpolation_lever(1.0)] == rows["protocol: name [SEP] description"]
+    wise = copy.deepcopy(tiny_model).eval()
+    interpolate_label_encoder(wise, load_reference_weights(backbone), 0.5)
+    split = load_zeroshot_split(data_dir / "zeroshot" / "fewrel_rel2id_5_ori.json")
+    table = load_label_table(data_dir / "fewrel" / "pid2name.json")
+    evaluator = ZeroShotEvaluator(wise, processor, [load_fewrel_json(small_fewrel)], table, batch_size=4)
+    assert rows[levers.interpolation_lever(0.5)]["m5/ori"] == pytest.approx(100 * evaluator.evaluate_split(split).f1, abs=0.006)
+    assert rows[levers.interpolation_lever(0.5)] != rows["protocol: name [SEP] description"]  # the row can tell them apart
+
+    with pytest.raises(SystemExit, match=r"--label_interpolation needs the label encoder's backbone: give --backbone"):
+        levers.main(["--model_name_or_path", str(checkpoint), "--data_dir", str(data_dir), "--splits",
+                     "zeroshot/fewrel_rel2id_5_ori.json", "--fewrel_files", *map(str, small_fewrel),
+                     "--reference_per_relation", "0", "--label_interpolation", "0.5"])

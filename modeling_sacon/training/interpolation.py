@@ -16,7 +16,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-__all__ = ["interpolate_label_encoder", "interpolate_weights", "load_reference_weights"]
+__all__ = ["interpolate_label_encoder", "interpolate_weights", "load_reference_weights", "recorded_label_backbone"]
 
 
 @torch.no_grad()
@@ -56,6 +56,15 @@ def interpolate_label_encoder(model: nn.Module, reference: Mapping[str, torch.Te
     interpolate_weights(model.label_encoder, reference, weight, what="label encoder")
     # recorded in config.json; a second interpolation toward the same reference multiplies the weights
     model.config.label_encoder_interpolation = getattr(model.config, "label_encoder_interpolation", 1.0) * weight
+
+
+def recorded_label_backbone(model: nn.Module) -> str | None:
+    """The directory the label encoder was initialised from, as its config records it, if that directory exists here
+    (a checkpoint made elsewhere records a path of that machine: then None, and the caller must be told the backbone)."""
+    import os
+
+    recorded = getattr(getattr(model.config, "label_config", None), "_name_or_path", "") or ""
+    return recorded if recorded and os.path.isdir(recorded) else None
 
 
 def load_reference_weights(name_or_path: str) -> dict[str, torch.Tensor]:
