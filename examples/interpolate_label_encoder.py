@@ -35,13 +35,17 @@ def reference_of(model, given: str | None) -> str:
                      "which is not a directory here: give --reference_model (e.g. sentence-transformers/all-MiniLM-L6-v2)")
 
 
-def main(argv: list[str] | None = None) -> str:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model_name_or_path", required=True, help="a trained SaCon checkpoint (directory or Hub id)")
     parser.add_argument("--weight", type=float, required=True, help="0: the backbone's weights, 1: as trained")
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--reference_model", default=None, help="the label encoder's backbone (default: recorded)")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> str:
+    args = parse_args(argv)
     if Path(args.output_dir).resolve() == Path(args.model_name_or_path).resolve():
         raise SystemExit("interpolate_label_encoder.py: --output_dir must differ from --model_name_or_path")
     model, processor = load_sacon_model(args.model_name_or_path)

@@ -171,7 +171,7 @@ def parse(invocation: Invocation) -> None:
         with mock.patch("transformers.training_args.is_torch_bf16_gpu_available", return_value=True):
             parse_args(invocation.args, defaults=module.CPU_BUDGET)
     elif invocation.script in ("benchmarks/run_all.py", "benchmarks/zeroshot_levers.py", "benchmarks/zeroshot_curve.py",
-                               "examples/push_corpus.py"):
+                               "examples/push_corpus.py", "examples/interpolate_label_encoder.py"):
         module.parse_args(invocation.args)
     elif invocation.script == "examples/evaluate_fewrel.py":
         from modeling_sacon.commands import evaluate, parse_arguments
@@ -254,6 +254,7 @@ class Workspace:
             "examples/predict_fewrel_leaderboard.py": ["--output_dir", str(out)],
             "examples/quickstart.py": ["--sentences", "2"],
             "examples/push_corpus.py": [],
+            "examples/interpolate_label_encoder.py": [],
         }
         if invocation.script not in rules:
             raise AssertionError(f"{invocation.script}: no rule runs it on a tiny model (add its overrides here)")
