@@ -37,7 +37,9 @@ def reference_of(model, given: str | None) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model_name_or_path", required=True, help="a trained SaCon checkpoint (directory or Hub id)")
+    parser.add_argument("--model_name_or_path", required=True,
+                        help="a trained SaCon checkpoint directory (a Hub model: download it first, e.g. with "
+                             "`huggingface-cli download ORG/NAME --local-dir DIR`)")
     parser.add_argument("--weight", type=float, required=True, help="0: the backbone's weights, 1: as trained")
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--reference_model", default=None, help="the label encoder's backbone (default: recorded)")
@@ -46,17 +48,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> str:
     args = parse_args(argv)
+    if not Path(args.model_name_or_path).is_dir():  # its card and pretraining_relations.json must come along
+        raise SystemExit(f"interpolate_label_encoder.py: {args.model_name_or_path} is not a directory (download a Hub "
+                         "model first: its card and recorded pre-training relations are copied with it)")
     if Path(args.output_dir).resolve() == Path(args.model_name_or_path).resolve():
         raise SystemExit("interpolate_label_encoder.py: --output_dir must differ from --model_name_or_path")
     model, processor = load_sacon_model(args.model_name_or_path)
     interpolate_label_encoder(model, load_reference_weights(reference_of(model, args.reference_model)), args.weight)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    source = Path(args.model_name_or_path)
-    if source.is_dir():  # the card, pretraining_relations.json, model code: everything but the weights
-        for path in source.iterdir():
-            if path.is_file() and not path.name.endswith(WEIGHT_FILES) and path.name not in NOT_COPIED:
-                shutil.copy2(path, out / path.name)
+    for path in Path(args.model_name_or_path).iterdir():  # the card, pretraining_relations.json, model code
+        if path.is_file() and not path.name.endswith(WEIGHT_FILES) and path.name not in NOT_COPIED:
+            shutil.copy2(path, out / path.name)
     card = out / "README.md"
     if card.is_file():  # the copied card describes the trained weights: say what changed
         card.write_text(card.read_text().rstrip("\n") + f"\n\nThe label encoder of this checkpoint was then interpolated with "

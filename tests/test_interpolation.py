@@ -125,6 +125,8 @@ def test_script_asks_for_the_backbone_when_its_recorded_path_is_gone(tmp_path, p
     config = json.loads((run / "config.json").read_text())
     config["label_config"]["_name_or_path"] = str(tmp_path / "gone")
     (run / "config.json").write_text(json.dumps(config))
+    with pytest.raises(SystemExit, match=r"not-here is not a directory \(download a Hub model first"):
+        script.main(["--model_name_or_path", "org/not-here", "--weight", "0.5", "--output_dir", str(tmp_path / "wise")])
     with pytest.raises(SystemExit, match=r"initialised from '.*gone', which is not a directory here: give --reference_model"):
         script.main(["--model_name_or_path", str(run), "--weight", "0.5", "--output_dir", str(tmp_path / "wise")])
     script.main(["--model_name_or_path", str(run), "--weight", "0.5", "--output_dir", str(tmp_path / "wise"),
