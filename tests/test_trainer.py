@@ -302,6 +302,15 @@ def run_script(pretrain, tmp_path, *options):
     return pretrain.main(["--output_dir", str(tmp_path / "out"), "--eval_fewrel", "none", *options])
 
 
+def assert_rejected(pretrain, tmp_path, options, message):
+    """The script refuses `options` on a valid two-relation corpus with `message` (before any model loads, where the
+    test asks for `no_model_loading`)."""
+    corpus = fewrel_file(tmp_path / "corpus.json", {"P17": [INSTANCE] * 3, "P1376": [INSTANCE] * 3})
+    labels = fewrel_file(tmp_path / "labels.json", LABELS)
+    with pytest.raises(ValueError, match=message):
+        run_script(pretrain, tmp_path, "--train_files", corpus, "--label_files", labels, *options)
+
+
 def test_script_rejects_malformed_json(pretrain, tmp_path, no_model_loading):
     bad = fewrel_file(tmp_path / "corpus.json", '{"P17": [{"tokens": ["a"],}')
     with pytest.raises(DataFormatError, match=r"corpus\.json: malformed JSON at line 1"):
@@ -349,10 +358,7 @@ def test_script_rejects_fewrel_evaluation_relations(pretrain, tmp_path, no_model
     ],
 )
 def test_script_rejects_batches_without_two_relations(pretrain, tmp_path, no_model_loading, options, message):
-    corpus = fewrel_file(tmp_path / "corpus.json", {"P17": [INSTANCE] * 3, "P1376": [INSTANCE] * 3})
-    labels = fewrel_file(tmp_path / "labels.json", LABELS)
-    with pytest.raises(ValueError, match=message):
-        run_script(pretrain, tmp_path, "--train_files", corpus, "--label_files", labels, *options)
+    assert_rejected(pretrain, tmp_path, options, message)
 
 
 def test_trainer_rejects_a_batch_of_one_relation(processor, data, tmp_path):
@@ -373,11 +379,7 @@ def test_script_rejects_hard_label_negatives_without_a_count(pretrain, tmp_path,
     (["--label_mlm_weight", "1"], r"--freeze_label_encoder trains nothing in the label encoder: --label_mlm_weight 1"),
 ])
 def test_script_rejects_a_locked_label_encoder_that_cannot_be(pretrain, tmp_path, no_model_loading, options, message):
-    corpus = fewrel_file(tmp_path / "corpus.json", {"P17": [INSTANCE] * 3, "P1376": [INSTANCE] * 3})
-    labels = fewrel_file(tmp_path / "labels.json", LABELS)
-    with pytest.raises(ValueError, match=message):
-        run_script(pretrain, tmp_path, "--train_files", corpus, "--label_files", labels, "--freeze_label_encoder", "True",
-                   *options)
+    assert_rejected(pretrain, tmp_path, ["--freeze_label_encoder", "True", *options], message)
 
 
 def test_a_locked_label_encoder_keeps_its_pretrained_weights(pretrain, tmp_path):
@@ -421,10 +423,7 @@ def test_a_locked_label_encoder_keeps_its_pretrained_weights(pretrain, tmp_path)
      r"--label_encoder_interpolation 0.5 needs a label encoder of its own that trains"),
 ])
 def test_script_rejects_an_interpolation_that_cannot_be(pretrain, tmp_path, no_model_loading, options, message):
-    corpus = fewrel_file(tmp_path / "corpus.json", {"P17": [INSTANCE] * 3, "P1376": [INSTANCE] * 3})
-    labels = fewrel_file(tmp_path / "labels.json", LABELS)
-    with pytest.raises(ValueError, match=message):
-        run_script(pretrain, tmp_path, "--train_files", corpus, "--label_files", labels, *options)
+    assert_rejected(pretrain, tmp_path, options, message)
 
 
 def test_label_encoder_interpolation_ends_training_between_backbone_and_trained_weights(pretrain, tmp_path):
