@@ -18,6 +18,7 @@ recorded pre-training relations are checked against every split's test relations
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -65,23 +66,13 @@ def interpolation_lever(weight: float) -> str:
 def interpolated_label_vectors(encoder: SaconEncoder, reference: Mapping[str, torch.Tensor], weights: Sequence[float],
                                labels: Sequence[tuple[str, str]]) -> dict[str, torch.Tensor]:
     """{lever: normalised label vectors} with the label encoder at each of `weights` between `reference` (its
-    backbone) and the checkpoint (`--label_encoder_interpolation` / examples/interpolate_label_encoder.py); the
-    model is restored afterwards."""
-    model = encoder.model
-    trained = {name: tensor.clone() for name, tensor in model.label_encoder.state_dict().items()}
-    recorded = getattr(model.config, "label_encoder_interpolation", None)
+    backbone) and the checkpoint, as `--label_encoder_interpolation` / examples/interpolate_label_encoder.py make it;
+    each on a copy of the model, so the checkpoint's own rows stay as they are."""
     out = {}
-    try:
-        for weight in weights:
-            model.label_encoder.load_state_dict(trained)
-            interpolate_label_encoder(model, reference, weight)
-            out[interpolation_lever(weight)] = F.normalize(encoder.encode_labels(labels), dim=-1)
-    finally:
-        model.label_encoder.load_state_dict(trained)
-        if recorded is None:
-            model.config.__dict__.pop("label_encoder_interpolation", None)
-        else:
-            model.config.label_encoder_interpolation = recorded
+    for weight in weights:
+        model = copy.deepcopy(encoder.model)
+        interpolate_label_encoder(model, reference, weight)
+        out[interpolation_lever(weight)] = F.normalize(SaconEncoder(model, encoder.processor).encode_labels(labels), dim=-1)
     return out
 
 

@@ -381,9 +381,14 @@ def freeze_label_encoder(model: SaconDualEncoderModel) -> None:
             module.p = 0.0  # the Trainer's model.train() would otherwise add noise to the fixed label vectors
 
 
-def build_model_and_processor(model_args: ModelArguments, data_args: DataArguments):
+def backbone_paths(model_args: ModelArguments) -> tuple[str, str]:
+    """(sentence encoder, label encoder) checkpoints the model starts from."""
     sentence_path = model_args.sentence_model_name_or_path or default_backbone_path()
-    label_path = model_args.label_model_name_or_path or sentence_path
+    return sentence_path, model_args.label_model_name_or_path or sentence_path
+
+
+def build_model_and_processor(model_args: ModelArguments, data_args: DataArguments):
+    sentence_path, label_path = backbone_paths(model_args)
     tokenizer = AutoTokenizer.from_pretrained(sentence_path)
     if label_path != sentence_path and not model_args.share_encoders:
         if AutoTokenizer.from_pretrained(label_path).get_vocab() != tokenizer.get_vocab():
@@ -563,7 +568,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Sac
         trainer.log_metrics("train", train_result.metrics)
         trainer.save_metrics("train", train_result.metrics)
     if model_args.label_encoder_interpolation < 1.0:  # after the checkpoints, which keep the trained weights to resume
-        label_path = model_args.label_model_name_or_path or model_args.sentence_model_name_or_path or default_backbone_path()
+        label_path = backbone_paths(model_args)[1]
         interpolate_label_encoder(trainer.model, load_reference_weights(label_path), model_args.label_encoder_interpolation)
         logger.info(f"label encoder interpolated with {label_path}, weight {model_args.label_encoder_interpolation:g}")
     if eval_dataset is not None:

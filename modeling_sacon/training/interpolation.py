@@ -5,7 +5,7 @@ Why: pre-training fits the label encoder to the corpus' few hundred relation tex
 then read as a variant of a seen one (on FewRel's zero-shot splits `child` lands on `mother`), while the untouched
 backbone reads texts well but is not aligned with the sentence encoder. Weights between the two,
 `backbone + weight * (trained - backbone)`, keep most of the alignment and much of the backbone's reading: they
-score higher on relations unseen in pre-training than either end (docs/results.md). Only the label encoder moves;
+score higher on relations unseen in pre-training than the trained weights (docs/results.md). Only the label encoder moves;
 the sentence encoder, and so few-shot prototypes, stay as trained.
 """
 
