@@ -28,8 +28,9 @@ NOT_COPIED = ("benchmark_spec.json",)  # the benchmark harness's record of the r
 
 def reference_of(model, given: str | None) -> str:
     """The backbone to interpolate toward: `given`, else the label encoder's recorded source if it exists here."""
-    if given or recorded_label_backbone(model):
-        return given or recorded_label_backbone(model)
+    path = given or recorded_label_backbone(model)
+    if path:
+        return path
     recorded = getattr(model.config.label_config, "_name_or_path", "")
     raise SystemExit(f"interpolate_label_encoder.py: the label encoder was initialised from {recorded or 'an unrecorded backbone'!r}, "
                      "which is not a directory here: give --reference_model (e.g. sentence-transformers/all-MiniLM-L6-v2)")

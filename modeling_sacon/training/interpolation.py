@@ -11,6 +11,7 @@ the sentence encoder, and so few-shot prototypes, stay as trained.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 
 import torch
@@ -61,8 +62,6 @@ def interpolate_label_encoder(model: nn.Module, reference: Mapping[str, torch.Te
 def recorded_label_backbone(model: nn.Module) -> str | None:
     """The directory the label encoder was initialised from, as its config records it, if that directory exists here
     (a checkpoint made elsewhere records a path of that machine: then None, and the caller must be told the backbone)."""
-    import os
-
     recorded = getattr(getattr(model.config, "label_config", None), "_name_or_path", "") or ""
     return recorded if recorded and os.path.isdir(recorded) else None
 
