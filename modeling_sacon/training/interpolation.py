@@ -1,12 +1,13 @@
 """Weight-space interpolation of the label encoder with the backbone it started from (WiSE-FT, Wortsman et al.,
 CVPR 2022: "Robust fine-tuning of zero-shot models").
 
-Why: pre-training fits the label encoder to the corpus' few hundred relation texts. A relation text it never saw is
-then read as a variant of a seen one (on FewRel's zero-shot splits `child` lands on `mother`), while the untouched
-backbone reads texts well but is not aligned with the sentence encoder. Weights between the two,
+Why: pre-training fits the label encoder to the corpus' few hundred relation texts, so a relation text it never saw
+is read as a variant of a seen one, while the untouched backbone reads texts well but is not aligned with the sentence
+encoder. Weights between the two,
 `backbone + weight * (trained - backbone)`, keep most of the alignment and much of the backbone's reading: they
-score higher on relations unseen in pre-training than the trained weights (docs/results.md). Only the label encoder moves;
-the sentence encoder, and so few-shot prototypes, stay as trained.
+score higher on relations unseen in pre-training than the trained weights (docs/results.md; they do not separate
+inverse kin relations such as child and mother). Only the label encoder moves; the sentence encoder, and so few-shot
+prototypes, stay as trained.
 """
 
 from __future__ import annotations
