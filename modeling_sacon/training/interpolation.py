@@ -3,9 +3,8 @@ CVPR 2022: "Robust fine-tuning of zero-shot models").
 
 Why: pre-training fits the label encoder to the corpus' few hundred relation texts, so a relation text it never saw
 is read as a variant of a seen one, while the untouched backbone reads texts well but is not aligned with the sentence
-encoder. Weights between the two,
-`backbone + weight * (trained - backbone)`, keep most of the alignment and much of the backbone's reading: they
-score higher on relations unseen in pre-training than the trained weights (docs/results.md; they do not separate
+encoder. Weights between the two, `backbone + weight * (trained - backbone)`, keep most of the alignment and much of
+the backbone's reading: they score higher on relations unseen in pre-training than the trained weights (docs/results.md; they do not separate
 inverse kin relations such as child and mother). Only the label encoder moves; the sentence encoder, and so few-shot
 prototypes, stay as trained.
 """
