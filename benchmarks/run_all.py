@@ -75,8 +75,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def zeroshot_variant(budget: Budget) -> str:
     """The zero-shot summary's file-name suffix: "" at the budget's own block, else `_<mode>` for another seeded
     pre-training mode, `_batch<N>` for another batch size, `_fewrel` (or `_corpus`) for FewRel's training relations
-    added to the corpus (or not), `_bf16` (or `_fp32`) for bf16 autocast and `_locked` (or `_unlocked`) for a locked
-    label encoder where the budget does the other, so that each variant measured can be committed."""
+    added to the corpus (or not), `_bf16` (or `_fp32`) for bf16 autocast, `_locked` (or `_unlocked`) for a locked
+    label encoder where the budget does the other, and `_wise<W>` for label encoders interpolated at W before scoring,
+    so that each variant measured can be committed."""
     default = BUDGETS[budget.name]
     suffix = "" if budget.zeroshot_pretraining == default.zeroshot_pretraining else f"_{budget.zeroshot_pretraining}"
     batch = budget.zeroshot_pretrain_batch_size
@@ -87,6 +88,8 @@ def zeroshot_variant(budget: Budget) -> str:
         suffix += "_bf16" if budget.zeroshot_bf16 else "_fp32"
     if budget.zeroshot_locked_labels != default.zeroshot_locked_labels:
         suffix += "_locked" if budget.zeroshot_locked_labels else "_unlocked"
+    if budget.zeroshot_label_interpolation != default.zeroshot_label_interpolation:
+        suffix += f"_wise{budget.zeroshot_label_interpolation:g}"
     return suffix
 
 

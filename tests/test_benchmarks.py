@@ -125,6 +125,7 @@ def test_smoke_budget_end_to_end_and_resume(tmp_path, data_dir):
     assert again["quality"]["rows"] == quality["rows"]
     assert again["zeroshot"]["per_split"] == zeroshot["per_split"]
     _check_zeroshot_partial(output_dir)
+    _check_zeroshot_interpolated(output_dir, data_dir, zeroshot)
 
     # the step-overhead diagnostic runs on the same inputs (the smoke budget's tiny backbone)
     command = [sys.executable, "benchmarks/measure.py", "step_breakdown", "--backbone", str(output_dir / "backbone"),
@@ -203,6 +204,40 @@ def _check_zeroshot(zeroshot: dict, output_dir: Path) -> dict:
     assert set(load_pretraining_relations(output_dir / "runs" / "pretrain-seed1")) & split.held_out
     assert zeroshot["protocol"]["ori_run"] == "quality/pretrain-seed1"
     return zeroshot
+
+
+def _check_zeroshot_interpolated(output_dir: Path, data_dir: Path, plain: dict) -> None:
+    """`--set zeroshot_label_interpolation=0.5` scores the block's runs as trained (no run starts) with their label
+    encoders interpolated, as `examples/interpolate_label_encoder.py` writes them: the same numbers split by split."""
+    from benchmarks.harness import zeroshot
+
+    env = {**os.environ, "SACON_DATA_DIR": str(data_dir)}
+    command = [sys.executable, "benchmarks/run_all.py", "--budget", "smoke", "--output_dir", str(output_dir),
+               "--only", "zeroshot", "--set", "zeroshot_label_interpolation=0.5"]
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+    results = json.loads((output_dir / "results.json").read_text())
+    assert sorted(results["units"]["computed"]) == ["zeroshot/eval-ori-wise0.5", "zeroshot/eval-split40-wise0.5"]
+    interpolated = results["zeroshot"]
+    assert interpolated["protocol"]["label_interpolation"] == 0.5 and set(interpolated["per_split"]) == set(plain["per_split"])
+    assert "label encoder interpolated at 0.5 (WiSE-FT)" in (output_dir / "results.md").read_text()
+    for key, run in (("ori", "pretrain-seed1"), ("split40", "zeroshot-split40")):
+        written = output_dir / f"wise-{key}"
+        script = [sys.executable, "examples/interpolate_label_encoder.py", "--model_name_or_path",
+                  str(output_dir / "runs" / run), "--weight", "0.5", "--output_dir", str(written)]
+        done = subprocess.run(script, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-4000:]
+        files = [f"zeroshot/fewrel_rel2id_{m}_{'ori' if key == 'ori' else '40'}.json" for m in (5, 10)]
+        expected = zeroshot.evaluate_checkpoint(str(written), files, pool_per_relation=budgets.SMOKE.zeroshot_pool_per_relation,
+                                                batch_size=budgets.SMOKE.eval_batch_size, device="cpu")
+        for split in expected["splits"]:
+            got = interpolated["per_split"][split["split"]]
+            assert (got["precision"], got["recall"], got["f1"]) == (split["precision"], split["recall"], split["f1"])
+    with pytest.raises(ValueError, match=r"zeroshot_label_interpolation must be in \[0, 1\] \(1: as trained\), got 1.5"):
+        zeroshot.label_interpolation(budgets.SMOKE.with_overrides({"zeroshot_label_interpolation": "1.5"}))
+    locked = budgets.SMOKE.with_overrides({"zeroshot_label_interpolation": "0.5", "zeroshot_locked_labels": "true"})
+    with pytest.raises(ValueError, match="a locked label encoder is its backbone"):
+        zeroshot.label_interpolation(locked)
 
 
 def _check_zeroshot_partial(output_dir: Path) -> None:
@@ -499,6 +534,7 @@ def test_a_block_run_alone_leaves_the_other_summaries_alone():
     bf16 = cpu.with_overrides({"zeroshot_bf16": "true", "zeroshot_batch_size": "128"})
     assert run_all.zeroshot_variant(bf16) == "_batch128_bf16"
     assert run_all.zeroshot_variant(cpu.with_overrides({"zeroshot_locked_labels": "true"})) == "_locked"
+    assert run_all.zeroshot_variant(bf16.with_overrides({"zeroshot_label_interpolation": "0.5"})) == "_batch128_bf16_wise0.5"
 
 
 def test_sweep_recipes_are_valid_pretrain_arguments(harness):

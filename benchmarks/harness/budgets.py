@@ -144,6 +144,10 @@ class Budget:
     # True: every run of the block keeps the label encoder at its pretrained weights (`--freeze_label_encoder True`:
     # only the sentence encoder learns); units and runs are named with `-locked`
     zeroshot_locked_labels: bool = False
+    # below 1: every checkpoint of the block is scored with its label encoder interpolated with its backbone at this
+    # weight (WiSE-FT, `modeling_sacon.training.interpolation`; what `--label_encoder_interpolation` does at the end of
+    # a run). The runs are the block's as trained (shared with the plain block); only the evaluations differ
+    zeroshot_label_interpolation: float = 1.0
 
     # speed and memory
     speed_step_warmup: int = 2

@@ -264,6 +264,7 @@ def _zeroshot(zeroshot: dict, budget: Budget) -> list[str]:
     extra = " ".join(protocol.get("pretrain_extra_args") or [])
     pool = protocol["pool_per_relation"]
     fewrel = protocol.get("fewrel_training", False)
+    weight = protocol.get("label_interpolation", 1.0)
     fewrel_data = ("the embedded corpus plus FewRel's sentences of every other relation ("
                    + ", ".join(f"`{f}`" for f in protocol["sentences"]) + ")")  # the test sentences' files
     lines = [
@@ -279,6 +280,8 @@ def _zeroshot(zeroshot: dict, budget: Budget) -> list[str]:
            "the `ori` splits, whose test relations are val_wiki's (which the corpus does not hold), are scored on "
            f"{_ori_run(protocol.get('ori_run'), protocol['pretraining_seed'])}; ")
         + SEEDED_PRETRAINING.get(protocol.get("seeded_pretraining"), "").format(data=fewrel_data if fewrel else "the embedded corpus")
+        + (f"Each checkpoint's label encoder is interpolated with its backbone at weight {weight:g} before scoring "
+           "(WiSE-FT: `examples/interpolate_label_encoder.py`); the sentence encoder is as trained. " if weight < 1 else "")
         + "Every checkpoint's `pretraining_relations.json` is checked against the test relations before scoring. "
         "Test sentences: "
         + ("all of " if not pool else f"the first {pool} per relation of ")
@@ -296,6 +299,7 @@ def _zeroshot(zeroshot: dict, budget: Budget) -> list[str]:
         partial = f" ({entry['n_splits']} of {entry['n_splits'] + len(entry['missing'])} splits)" if entry["missing"] else ""
         cells.append(_mean_std(entry, "f1") + partial)
     method = "SaCon (this project), corpus + the split's FewRel training relations" if fewrel else "SaCon (this project)"
+    method += f", label encoder interpolated at {weight:g} (WiSE-FT)" if weight < 1 else ""
     lines.append(f"| {method} | {budget.backbone_label} | these | " + " | ".join(cells) + " |")
     for row in zeroshot["published"]:
         values = [f"{row['f1'][str(m)]:.2f}" if str(m) in row["f1"] else "—" for m in ms]

@@ -134,9 +134,11 @@ def _test_sentences(pool_per_relation: int | None):
 
 
 def evaluate_checkpoint(model_path: str, split_files: list[str], *, pool_per_relation: int | None, batch_size: int,
-                        device: str) -> dict:
+                        device: str, label_interpolation: float = 1.0, backbone: str | None = None) -> dict:
     """`examples/evaluate_zeroshot.py`'s evaluation of one checkpoint on `split_files`: every split's SplitResult (as a
-    dict), and which eval relations of each split the checkpoint saw (allowed, reported)."""
+    dict), and which eval relations of each split the checkpoint saw (allowed, reported). `label_interpolation` below 1:
+    the label encoder is first interpolated with `backbone` (the block's; the one its config records when None) at
+    that weight, in memory, as `examples/interpolate_label_encoder.py` would write it."""
     import torch
 
     from modeling_sacon.data import load_label_table, resolve_data_path
@@ -153,6 +155,15 @@ def evaluate_checkpoint(model_path: str, split_files: list[str], *, pool_per_rel
     if relations is None:
         raise ValueError(f"{model_path} has no {PRETRAINING_RELATIONS_FILE}: its zero-shot strictness cannot be checked")
     model, processor = load_sacon_model(model_path)
+    if label_interpolation < 1.0:
+        from modeling_sacon.training.interpolation import (
+            interpolate_label_encoder, load_reference_weights, recorded_label_backbone,
+        )
+
+        reference = backbone or recorded_label_backbone(model)
+        if reference is None:
+            raise ValueError(f"{model_path}: its label encoder's backbone is not on this machine; name it (backbone=...)")
+        interpolate_label_encoder(model, load_reference_weights(reference), label_interpolation)
     evaluator = ZeroShotEvaluator(
         model.to(device), processor, _test_sentences(pool_per_relation), load_label_table(resolve_data_path(LABEL_FILE)),
         pretraining_relations=relations, checkpoint=model_path, batch_size=batch_size, source=", ".join(SENTENCE_FILES),
@@ -174,17 +185,31 @@ def evaluate_checkpoint(model_path: str, split_files: list[str], *, pool_per_rel
     }
 
 
+def label_interpolation(budget: Budget) -> float:
+    """The block's `zeroshot_label_interpolation`, checked: in [0, 1], and not with locked label encoders (which are
+    their backbone: nothing to interpolate)."""
+    weight = budget.zeroshot_label_interpolation
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"zeroshot_label_interpolation must be in [0, 1] (1: as trained), got {weight}")
+    if weight < 1.0 and budget.zeroshot_locked_labels:
+        raise ValueError(f"zeroshot_label_interpolation={weight:g} with zeroshot_locked_labels: a locked label encoder is "
+                         "its backbone, there is nothing to interpolate")
+    return weight
+
+
 def run_zeroshot(budget: Budget, output_dir: Path, store: UnitStore, compute: bool, train: bool = True) -> dict:
+    weight = label_interpolation(budget)  # first: a weight outside [0, 1] is refused before anything is built
     backbone = backbone_path(budget, output_dir, store, compute)
     units = zeroshot_training_units(budget, backbone, output_dir)
     by_name = {unit["name"]: unit for unit in units}
     eval_common = {"pool_per_relation": budget.zeroshot_pool_per_relation, "batch_size": budget.eval_batch_size,
                    "device": budget.device}
+    interpolated = {"label_interpolation": weight} if weight < 1.0 else {}  # absent at 1: the plain block's units stay
 
     def evaluation(unit: dict, finished: str) -> tuple[str, dict]:
         spec = {"model": unit["name"], "trained": finished, "splits": unit["splits"], "sentences": list(SENTENCE_FILES),
-                "labels": LABEL_FILE, **eval_common}
-        return f"zeroshot/eval-{unit['zeroshot_key']}", spec
+                "labels": LABEL_FILE, **eval_common, **interpolated}
+        return f"zeroshot/eval-{unit['zeroshot_key']}{f'-wise{weight:g}' if interpolated else ''}", spec
 
     def evaluation_stale(name: str, entry: dict) -> bool:
         return store.fresh(*evaluation(by_name[name], entry["finished"])) is None
@@ -202,7 +227,9 @@ def run_zeroshot(budget: Budget, output_dir: Path, store: UnitStore, compute: bo
             continue
         evaluations[unit["name"]] = store.run(
             *evaluation(unit, entry["finished"]),
-            lambda unit=unit: evaluate_checkpoint(unit["run_dir"], unit["splits"], **eval_common), compute,
+            lambda unit=unit: evaluate_checkpoint(unit["run_dir"], unit["splits"], **eval_common, **interpolated,
+                                                  backbone=backbone),
+            compute,
         )
     return assemble_zeroshot(budget, units, training, evaluations)
 
@@ -256,6 +283,7 @@ def assemble_zeroshot(budget: Budget, units: list[dict], training: dict, evaluat
             "pretrain_extra_args": list(budget.pretrain_extra_args), "ori_run": _ori_run(units),
             "seeded_pretraining": budget.zeroshot_pretraining, "fewrel_training": budget.zeroshot_fewrel_training,
             "bf16": budget.zeroshot_bf16, "locked_labels": budget.zeroshot_locked_labels,
+            "label_interpolation": budget.zeroshot_label_interpolation,
             "pool_per_relation": budget.zeroshot_pool_per_relation, "sentences": list(SENTENCE_FILES),
             "labels": LABEL_FILE,
         },
