@@ -137,8 +137,8 @@ def evaluate_checkpoint(model_path: str, split_files: list[str], *, pool_per_rel
                         device: str, label_interpolation: float = 1.0, backbone: str | None = None) -> dict:
     """`examples/evaluate_zeroshot.py`'s evaluation of one checkpoint on `split_files`: every split's SplitResult (as a
     dict), and which eval relations of each split the checkpoint saw (allowed, reported). `label_interpolation` below 1:
-    the label encoder is first interpolated with `backbone` (the block's; the one its config records when None) at
-    that weight, in memory, as `examples/interpolate_label_encoder.py` would write it."""
+    the label encoder is first interpolated with `backbone` (the block's) at that weight, in memory, as
+    `examples/interpolate_label_encoder.py` would write it."""
     import torch
 
     from modeling_sacon.data import load_label_table, resolve_data_path
@@ -156,14 +156,11 @@ def evaluate_checkpoint(model_path: str, split_files: list[str], *, pool_per_rel
         raise ValueError(f"{model_path} has no {PRETRAINING_RELATIONS_FILE}: its zero-shot strictness cannot be checked")
     model, processor = load_sacon_model(model_path)
     if label_interpolation < 1.0:
-        from modeling_sacon.training.interpolation import (
-            interpolate_label_encoder, load_reference_weights, recorded_label_backbone,
-        )
+        from modeling_sacon.training.interpolation import interpolate_label_encoder, load_reference_weights
 
-        reference = backbone or recorded_label_backbone(model)
-        if reference is None:
-            raise ValueError(f"{model_path}: its label encoder's backbone is not on this machine; name it (backbone=...)")
-        interpolate_label_encoder(model, load_reference_weights(reference), label_interpolation)
+        if backbone is None:
+            raise ValueError(f"label_interpolation {label_interpolation:g} needs the backbone {model_path} started from")
+        interpolate_label_encoder(model, load_reference_weights(backbone), label_interpolation)
     evaluator = ZeroShotEvaluator(
         model.to(device), processor, _test_sentences(pool_per_relation), load_label_table(resolve_data_path(LABEL_FILE)),
         pretraining_relations=relations, checkpoint=model_path, batch_size=batch_size, source=", ".join(SENTENCE_FILES),
