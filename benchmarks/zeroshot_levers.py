@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Inference-time levers on RE-Matching's zero-shot splits for one checkpoint: label-text forms, direction-aware
-scoring, label centring and a transductive calibration, each scored with the protocol's macro F1 beside the
-protocol's own scoring, and an oracle reference (label vectors built from the labelled test sentences).
+scoring, label centring, hubness correction (CSLS), WiSE-FT label encoders and a transductive calibration, each
+scored with the protocol's macro F1 beside the protocol's own scoring, and an oracle reference (label vectors built
+from the labelled test sentences).
 
     python benchmarks/zeroshot_levers.py --model_name_or_path outputs/sacon-minilm               # the ori splits
     python benchmarks/zeroshot_levers.py --model_name_or_path CKPT --splits 'zeroshot/fewrel_rel2id_*_4?.json' \\
@@ -55,6 +56,8 @@ LABEL_FORMS: dict[str, Callable[[str, str], str | tuple[str, str]]] = {
 }
 ENSEMBLE = ("name [SEP] description", "name: description", "description only")  # the forms that keep the description
 SWAP_WEIGHTS = (0.5, 1.0)  # direction-aware penalty weights
+HUBNESS_NEIGHBOURS = 20  # corpus sentences in a label's hubness (CSLS's k)
+HUBNESS_WEIGHTS = (0.5, 1.0)
 ORACLE = "oracle: mean test sentence per relation (labelled test data, not the protocol)"
 
 
@@ -64,15 +67,15 @@ def interpolation_lever(weight: float) -> str:
 
 @torch.no_grad()
 def interpolated_label_vectors(encoder: SaconEncoder, reference: Mapping[str, torch.Tensor], weights: Sequence[float],
-                               labels: Sequence[tuple[str, str]]) -> dict[str, torch.Tensor]:
-    """{lever: normalised label vectors} with the label encoder at each of `weights` between `reference` (its
+                               labels: Sequence[tuple[str, str]]) -> dict[float, torch.Tensor]:
+    """{weight: normalised label vectors} with the label encoder at each of `weights` between `reference` (its
     backbone) and the checkpoint, as `--label_encoder_interpolation` / examples/interpolate_label_encoder.py make it;
     each on a copy of the model, so the checkpoint's own rows stay as they are."""
     out = {}
     for weight in weights:
         model = copy.deepcopy(encoder.model)
         interpolate_label_encoder(model, reference, weight)
-        out[interpolation_lever(weight)] = F.normalize(SaconEncoder(model, encoder.processor).encode_labels(labels), dim=-1)
+        out[weight] = F.normalize(SaconEncoder(model, encoder.processor).encode_labels(labels), dim=-1)
     return out
 
 
@@ -97,6 +100,25 @@ def oracle_prototypes(sentences: torch.Tensor, gold: Sequence[int], m: int) -> t
     return F.normalize(sums, dim=-1)
 
 
+def hubness(labels: torch.Tensor, corpus_sentences: torch.Tensor, k: int = HUBNESS_NEIGHBOURS) -> torch.Tensor:
+    """[m] each label's mean cosine to its `k` nearest pre-training sentences (CSLS's local density, Conneau et al.
+    2018): a label close to many sentences of *other* relations is a hub that takes sentences it does not describe.
+    Measured on the corpus (the checkpoint's own relations), never on the test split."""
+    return (labels @ corpus_sentences.T).topk(min(k, corpus_sentences.shape[0]), dim=-1).values.mean(-1)
+
+
+def hubness_corrected(scores: torch.Tensor, labels: torch.Tensor, corpus_sentences: torch.Tensor,
+                      weight: float) -> torch.Tensor:
+    """[n, m] `scores` less `weight` times each label's hubness (a sentence's own density is the same for every label,
+    so CSLS's other term leaves the argmax unchanged)."""
+    return scores - weight * hubness(labels, corpus_sentences)
+
+
+def hubness_lever(weight: float, interpolation: float | None = None) -> str:
+    labels = "labels" if interpolation is None else f"WiSE-FT {interpolation:g} labels"
+    return f"hubness-corrected {labels} (CSLS on corpus sentences, k={HUBNESS_NEIGHBOURS}, weight {weight:g})"
+
+
 def centred(vectors: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
     """L2-normalised `vectors` less a reference `mean`: removes the direction every vector of a tower shares, which
     makes generic labels nearest to many sentences (hubs). The means come from the pre-training corpus (the
@@ -107,12 +129,13 @@ def centred(vectors: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
 def lever_scores(
     sentences: torch.Tensor, swapped: torch.Tensor, labels: Mapping[str, torch.Tensor],
     reference: Mapping[str, torch.Tensor] | None = None, gold: Sequence[int] | None = None,
-    interpolated: Mapping[str, torch.Tensor] | None = None,
+    interpolated: Mapping[float, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Every lever's [n, m] scores from L2-normalised sentence, swapped-sentence and (per label form) label vectors;
-    `reference`: the mean normalised "sentence" and "label" vectors of the pre-training corpus, for the centred levers;
-    `interpolated`: {lever: label vectors} of interpolated label encoders; `gold` (each sentence's relation index):
-    adds the oracle reference row."""
+    `reference`: the mean normalised "sentence" and "label" vectors of the pre-training corpus, for the centred levers,
+    and its normalised sentence vectors ("sentences"), for the hubness-corrected ones; `interpolated`: {weight: label
+    vectors} of label encoders interpolated with their backbone; `gold` (each sentence's relation index): adds the
+    oracle reference row."""
     protocol = sentences @ labels["name [SEP] description"].T
     out = {"protocol: name [SEP] description": protocol}
     out.update({f"label text: {form}": sentences @ vectors.T for form, vectors in labels.items()
@@ -125,18 +148,24 @@ def lever_scores(
         label_vectors = centred(labels["name [SEP] description"], reference["label"])
         out["centred labels (corpus label mean)"] = sentences @ label_vectors.T
         out["centred labels and sentences (corpus means)"] = centred(sentences, reference["sentence"]) @ label_vectors.T
-    out.update({lever: sentences @ vectors.T for lever, vectors in (interpolated or {}).items()})
+    out.update({interpolation_lever(weight): sentences @ vectors.T for weight, vectors in (interpolated or {}).items()})
+    if reference is not None and "sentences" in reference:
+        bases = {None: labels["name [SEP] description"], **(interpolated or {})}
+        out.update({hubness_lever(w, interpolation):
+                    hubness_corrected(sentences @ vectors.T, vectors, reference["sentences"], w)
+                    for interpolation, vectors in bases.items() for w in HUBNESS_WEIGHTS})
     out["transductive calibration (not the protocol)"] = transductive(protocol)
     if gold is not None:
         out[ORACLE] = sentences @ oracle_prototypes(sentences, gold, protocol.shape[1]).T
     return out
 
 
-def corpus_means(encoder, relations: Sequence[str], sentence_files: Sequence[str], label_files: Sequence[str],
+def corpus_reference(encoder, relations: Sequence[str], sentence_files: Sequence[str], label_files: Sequence[str],
                  per_relation: int, batch_size: int, data_dir: str | None = None) -> dict | None:
-    """Mean normalised sentence vector (the first `per_relation` sentences of each of `relations` in `sentence_files`)
-    and mean normalised label vector ("name [SEP] description" of every one of `relations` in `label_files`); None
-    when the files hold no sentence or no label of `relations` (then there are no centred levers)."""
+    """Mean normalised sentence vector (the first `per_relation` sentences of each of `relations` in `sentence_files`),
+    those vectors themselves ("sentences"), and the mean normalised label vector ("name [SEP] description" of every one
+    of `relations` in `label_files`); None when the files hold no sentence or no label of `relations` (then there are
+    no centred or hubness levers)."""
     from modeling_sacon.data import first_per_relation
 
     table = load_label_table([resolve_data_path(f, data_dir) for f in label_files])
@@ -148,7 +177,7 @@ def corpus_means(encoder, relations: Sequence[str], sentence_files: Sequence[str
         return None
     sentences = F.normalize(encode_length_sorted(encoder, list(rows), batch_size), dim=-1)
     labels = F.normalize(encoder.encode_labels([table[r] for r in known]), dim=-1)
-    return {"sentence": sentences.mean(0), "label": labels.mean(0), "sentences": len(rows), "labels": len(known)}
+    return {"sentence": sentences.mean(0), "label": labels.mean(0), "sentences": sentences, "labels": len(known)}
 
 
 @torch.no_grad()
@@ -175,7 +204,7 @@ def measure(encoder, splits: Sequence[ZeroShotSplit], sources, label_table, batc
         columns = [index[r] for r in split.test]
         gold = [k for k, r in enumerate(split.test) for _ in rows_of[r]]
         scores = lever_scores(sentences[selected], swapped[selected], {f: v[columns] for f, v in labels.items()},
-                              reference, gold, {lever: v[columns] for lever, v in interpolated.items()})
+                              reference, gold, {w: v[columns] for w, v in interpolated.items()})
         for lever, values in scores.items():
             per_split.setdefault(lever, {})[split.key] = round(100 * macro_prf(gold, values.argmax(-1).tolist()).f1, 2)
     return {"per_split": per_split, "mean_f1": mean_f1(per_split)}
@@ -258,7 +287,7 @@ def main(argv: list[str] | None = None) -> dict:
     reference = None
     if args.reference_per_relation and pretraining_relations:
         with torch.no_grad():
-            reference = corpus_means(encoder, pretraining_relations, args.reference_files, args.reference_label_files,
+            reference = corpus_reference(encoder, pretraining_relations, args.reference_files, args.reference_label_files,
                                      args.reference_per_relation, args.batch_size, args.data_dir)
     backbone = None
     if args.label_interpolation:
@@ -270,7 +299,7 @@ def main(argv: list[str] | None = None) -> dict:
               **measure(encoder, splits, sources, label_table, args.batch_size, reference, backbone,
                         args.label_interpolation)}
     if reference is not None:
-        result["reference"] = {"sentences": reference["sentences"], "labels": reference["labels"],
+        result["reference"] = {"sentences": len(reference["sentences"]), "labels": reference["labels"],
                                "files": [*args.reference_files, *args.reference_label_files]}
     return _report(result, args.output_json)
 

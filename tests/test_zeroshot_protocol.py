@@ -406,6 +406,29 @@ def test_direction_aware_and_transductive_scores_by_hand():
     assert levers.ORACLE not in both  # only with the gold relations
 
 
+def test_hubness_correction_by_hand():
+    """CSLS: a label's hubness is its mean cosine to its k nearest corpus sentences; subtracting it can hand a sentence
+    from a label that is near everything (a hub) to the one that describes it."""
+    levers = importlib.import_module("benchmarks.zeroshot_levers")
+    labels = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
+    corpus = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]])
+    # label 0: cosines 1, 0.8, 0 -> two nearest 1 and 0.8, mean 0.9; label 1: 0.6, 0.96, 0.8 -> 0.96 and 0.8, mean 0.88
+    assert torch.allclose(levers.hubness(labels, corpus, k=2), torch.tensor([0.9, 0.88]))
+    assert torch.allclose(levers.hubness(labels, corpus, k=10), torch.tensor([0.6, 2.36 / 3]))  # k capped at the corpus
+    # label 1 is the hub (0.787 > 0.6 over the whole corpus: k = HUBNESS_NEIGHBOURS >= 3): 0.9 > 0.8 becomes 0.113 < 0.2
+    scores = torch.tensor([[0.8, 0.9]])
+    corrected = levers.hubness_corrected(scores, labels, corpus, 1.0)
+    assert torch.allclose(corrected, torch.tensor([[0.8 - 0.6, 0.9 - 2.36 / 3]]))
+    assert scores.argmax().item() == 1 and corrected.argmax().item() == 0
+    sentence = torch.tensor([[0.8, 0.6]])
+    rows = levers.lever_scores(sentence, sentence, dict.fromkeys(levers.LABEL_FORMS, labels),
+                               {"label": torch.zeros(2), "sentence": torch.zeros(2), "sentences": corpus},
+                               interpolated={0.5: labels.flip(0)})
+    assert torch.allclose(rows[levers.hubness_lever(0.5)], sentence @ labels.T - 0.5 * torch.tensor([0.6, 2.36 / 3]))
+    assert torch.allclose(rows[levers.hubness_lever(1.0, 0.5)], sentence @ labels.flip(0).T - torch.tensor([2.36 / 3, 0.6]))
+    assert len([lever for lever in rows if lever.startswith("hubness")]) == 2 * len(levers.HUBNESS_WEIGHTS)
+
+
 def test_levers_combine_merges_checkpoints_scored_on_disjoint_splits(tmp_path):
     levers = importlib.import_module("benchmarks.zeroshot_levers")
     P = "protocol: name [SEP] description"
@@ -445,9 +468,10 @@ def test_levers_protocol_row_is_the_evaluators_f1(tiny_model, processor, small_f
     for split in splits:
         assert protocol[split.key] == pytest.approx(100 * evaluator.evaluate_split(split).f1, abs=0.006)
     assert result["mean_f1"]["protocol: name [SEP] description"] == {"5": protocol["m5/ori"], "10": protocol["m10/40"]}
-    # label forms, their ensemble, direction weights, the centred pair, transductive, oracle; the centring means come from the
-    # embedded corpus' sentences and labels of the checkpoint's own relations (P31, P17), 20 sentences each
-    assert len(result["per_split"]) == 4 + 1 + 2 + 2 + 1 + 1  # ... and the oracle reference
+    # label forms, their ensemble, direction weights, the centred pair, the hubness weights, transductive, oracle; the
+    # corpus vectors come from the embedded corpus' sentences and labels of the checkpoint's own relations (P31, P17),
+    # 20 sentences each
+    assert len(result["per_split"]) == 4 + 1 + 2 + 2 + 2 + 1 + 1  # ... and the oracle reference
     assert result["reference"]["labels"] == 2 and result["reference"]["sentences"] == 40
 
     save_pretraining_relations(checkpoint, ["P31", "P641"])  # P641 (sport): a test relation of 5_ori
