@@ -149,7 +149,7 @@ def lever_scores(
         out["centred labels (corpus label mean)"] = sentences @ label_vectors.T
         out["centred labels and sentences (corpus means)"] = centred(sentences, reference["sentence"]) @ label_vectors.T
     out.update({interpolation_lever(weight): sentences @ vectors.T for weight, vectors in (interpolated or {}).items()})
-    if reference is not None and "sentences" in reference:
+    if reference is not None:
         bases = {None: labels["name [SEP] description"], **(interpolated or {})}
         out.update({hubness_lever(w, interpolation):
                     hubness_corrected(sentences @ vectors.T, vectors, reference["sentences"], w)

@@ -392,7 +392,7 @@ def test_direction_aware_and_transductive_scores_by_hand():
     # the label nearest a sentence changes once the shared direction is removed: 0.993 > 0.920, then 0.866 < 0.980
     sentence = torch.tensor([[0.5, 0.866]])
     both = levers.lever_scores(sentence, sentence, dict.fromkeys(levers.LABEL_FORMS, labels),
-                               {"label": torch.tensor([0.6, 0.0]), "sentence": torch.zeros(2)})
+                               {"label": torch.tensor([0.6, 0.0]), "sentence": torch.zeros(2), "sentences": labels})
     assert both["protocol: name [SEP] description"].argmax().item() == 0
     assert both["centred labels (corpus label mean)"].argmax().item() == 1
     assert torch.allclose(both["centred labels (corpus label mean)"], sentence @ expected.T)
